@@ -1,0 +1,100 @@
+// The one shared enum of block classes: containers, volumes and file systems
+// classify into it; placement asks only isMetadata() and priorityOf(); stats
+// report per class. Numeric values are part of the serialised map format:
+// append new classes at the end, never renumber.
+
+export enum BlockClass {
+  Data = 0,
+  Free = 1,
+  Container = 2,
+  PartitionTable = 3,
+  Superblock = 4,
+  GroupDescriptor = 5,
+  ReservedGdt = 6,
+  BlockBitmap = 7,
+  InodeBitmap = 8,
+  InodeTable = 9,
+  Directory = 10,
+  Indirect = 11,
+  ExtentTree = 12,
+  Xattr = 13,
+  Symlink = 14,
+  Journal = 15,
+  Special = 16,
+  Mmp = 17,
+}
+
+export const CLASS_NAMES: Readonly<Record<BlockClass, string>> = Object.freeze({
+  [BlockClass.Data]: 'data',
+  [BlockClass.Free]: 'free',
+  [BlockClass.Container]: 'container',
+  [BlockClass.PartitionTable]: 'partition-table',
+  [BlockClass.Superblock]: 'superblock',
+  [BlockClass.GroupDescriptor]: 'group-descriptor',
+  [BlockClass.ReservedGdt]: 'reserved-gdt',
+  [BlockClass.BlockBitmap]: 'block-bitmap',
+  [BlockClass.InodeBitmap]: 'inode-bitmap',
+  [BlockClass.InodeTable]: 'inode-table',
+  [BlockClass.Directory]: 'directory',
+  [BlockClass.Indirect]: 'indirect',
+  [BlockClass.ExtentTree]: 'extent-tree',
+  [BlockClass.Xattr]: 'xattr',
+  [BlockClass.Symlink]: 'symlink',
+  [BlockClass.Journal]: 'journal',
+  [BlockClass.Special]: 'special',
+  [BlockClass.Mmp]: 'mmp',
+})
+
+export const ALL_CLASSES: readonly BlockClass[] = Object.freeze(
+  (Object.keys(CLASS_NAMES) as unknown as string[]).map((k) => Number(k) as BlockClass),
+)
+
+const BY_NAME = new Map<string, BlockClass>(ALL_CLASSES.map((c) => [CLASS_NAMES[c], c]))
+
+export function className(c: BlockClass): string {
+  return CLASS_NAMES[c] ?? `unknown(${c})`
+}
+
+export function classFromName(name: string): BlockClass {
+  const c = BY_NAME.get(name)
+  if (c === undefined) throw new Error(`unknown block class name "${name}"`)
+  return c
+}
+
+/** Meta-data is everything but guest file data and free space. */
+export function isMetadata(c: BlockClass): boolean {
+  return c !== BlockClass.Data && c !== BlockClass.Free
+}
+
+/**
+ * Cache priority of a class, higher = kept longer. Structures every lookup
+ * walks (superblock, descriptors, bitmaps, container tables) rank above
+ * per-object meta-data (inodes, directories, mapping blocks), which ranks above
+ * the journal (written once, read only at recovery).
+ */
+export function priorityOf(c: BlockClass): number {
+  switch (c) {
+    case BlockClass.Superblock:
+    case BlockClass.GroupDescriptor:
+    case BlockClass.Container:
+    case BlockClass.PartitionTable:
+    case BlockClass.Mmp:
+      return 4
+    case BlockClass.BlockBitmap:
+    case BlockClass.InodeBitmap:
+    case BlockClass.InodeTable:
+    case BlockClass.Directory:
+    case BlockClass.Indirect:
+    case BlockClass.ExtentTree:
+      return 3
+    case BlockClass.Xattr:
+    case BlockClass.Symlink:
+    case BlockClass.Special:
+    case BlockClass.ReservedGdt:
+      return 2
+    case BlockClass.Journal:
+      return 1
+    default:
+      return 0
+  }
+}
