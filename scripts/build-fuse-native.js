@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds fuse-native's addon from source against Debian's libfuse-dev (libfuse 2.9).
+// Builds our own syscall addon (native/, for what Node's fs lacks) and
+// fuse-native's addon from source against Debian's libfuse-dev (libfuse 2.9).
 // The published prebuild is replaced because patches/fuse-native+2.2.6.patch changes
 // its C code (nanosecond times, 64-bit stat/statfs, recycled thread state, exit
 // notification, direct_io per open, extra mount options). node-gyp-build loads
@@ -36,9 +37,12 @@ const prefix = path.dirname(path.dirname(process.execPath))
 const nodedir = process.env.npm_config_nodedir ||
   (fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : '')
 if (nodedir) args.push('--nodedir=' + nodedir)
-execFileSync(gyp[0], [...gyp.slice(1), ...args], { cwd: dir, stdio: 'inherit' })
-const built = path.join(dir, 'build', 'Release', 'fuse.node')
-if (!fs.existsSync(built)) {
-  console.error('build-fuse-native: node-gyp finished but ' + built + ' is missing')
-  process.exit(1)
+const ours = path.join(__dirname, '..', 'native')
+for (const [cwd, product] of [[dir, 'fuse.node'], [ours, 'vmdi_sys.node']]) {
+  execFileSync(gyp[0], [...gyp.slice(1), ...args], { cwd, stdio: 'inherit' })
+  const built = path.join(cwd, 'build', 'Release', product)
+  if (!fs.existsSync(built)) {
+    console.error('build-fuse-native: node-gyp finished but ' + built + ' is missing')
+    process.exit(1)
+  }
 }

@@ -1,0 +1,190 @@
+// Syscalls the pass-through needs and Node's fs module lacks: utimensat with
+// nanoseconds (and UTIME_NOW/UTIME_OMIT), mknod (fifos, sockets, devices),
+// the l*xattr family and statvfs. All never follow a final symlink
+// (AT_SYMLINK_NOFOLLOW, l* variants). Every function returns a negative errno
+// on failure instead of throwing: the FUSE layer answers with it unchanged.
+#include <node_api.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define PATH_MAX_BYTES 4096
+#define NAME_MAX_BYTES 256
+
+static napi_value num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static int get_str(napi_env env, napi_value v, char *buf, size_t size) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return -EINVAL;
+  if (len >= size - 1) return -ENAMETOOLONG;
+  return 0;
+}
+
+static double get_num(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+// utimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec) -> 0 | -errno
+static napi_value sys_utimensat(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (e) return num(env, e);
+  struct timespec ts[2];
+  ts[0].tv_sec = (time_t) get_num(env, argv[1]);
+  ts[0].tv_nsec = (long) get_num(env, argv[2]);
+  ts[1].tv_sec = (time_t) get_num(env, argv[3]);
+  ts[1].tv_nsec = (long) get_num(env, argv[4]);
+  int r = utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW);
+  return num(env, r < 0 ? -errno : 0);
+}
+
+// mknod(path, mode, dev) -> 0 | -errno
+static napi_value sys_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (e) return num(env, e);
+  int r = mknod(path, (mode_t) get_num(env, argv[1]), (dev_t) get_num(env, argv[2]));
+  return num(env, r < 0 ? -errno : 0);
+}
+
+// lgetxattr(path, name) -> Buffer | -errno
+static napi_value sys_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES], name[NAME_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (!e) e = get_str(env, argv[1], name, sizeof name);
+  if (e) return num(env, e);
+  for (int attempt = 0; attempt < 4; attempt++) {
+    ssize_t size = lgetxattr(path, name, NULL, 0);
+    if (size < 0) return num(env, -errno);
+    char *buf = malloc(size > 0 ? (size_t) size : 1);
+    if (!buf) return num(env, -ENOMEM);
+    ssize_t got = lgetxattr(path, name, buf, (size_t) size);
+    if (got < 0) {
+      int err = errno;
+      free(buf);
+      if (err == ERANGE) continue; // grew between the two calls
+      return num(env, -err);
+    }
+    napi_value out;
+    void *data;
+    napi_create_buffer_copy(env, (size_t) got, buf, &data, &out);
+    free(buf);
+    return out;
+  }
+  return num(env, -ERANGE);
+}
+
+// lsetxattr(path, name, value: Buffer, flags) -> 0 | -errno
+static napi_value sys_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES], name[NAME_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (!e) e = get_str(env, argv[1], name, sizeof name);
+  if (e) return num(env, e);
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) return num(env, -EINVAL);
+  int r = lsetxattr(path, name, data, len, (int) get_num(env, argv[3]));
+  return num(env, r < 0 ? -errno : 0);
+}
+
+// llistxattr(path) -> Buffer of NUL-terminated names | -errno
+static napi_value sys_llistxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (e) return num(env, e);
+  for (int attempt = 0; attempt < 4; attempt++) {
+    ssize_t size = llistxattr(path, NULL, 0);
+    if (size < 0) return num(env, -errno);
+    char *buf = malloc(size > 0 ? (size_t) size : 1);
+    if (!buf) return num(env, -ENOMEM);
+    ssize_t got = llistxattr(path, buf, (size_t) size);
+    if (got < 0) {
+      int err = errno;
+      free(buf);
+      if (err == ERANGE) continue;
+      return num(env, -err);
+    }
+    napi_value out;
+    void *data;
+    napi_create_buffer_copy(env, (size_t) got, buf, &data, &out);
+    free(buf);
+    return out;
+  }
+  return num(env, -ERANGE);
+}
+
+// lremovexattr(path, name) -> 0 | -errno
+static napi_value sys_lremovexattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES], name[NAME_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (!e) e = get_str(env, argv[1], name, sizeof name);
+  if (e) return num(env, e);
+  int r = lremovexattr(path, name);
+  return num(env, r < 0 ? -errno : 0);
+}
+
+// statvfs(path) -> [bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax] | -errno
+static napi_value sys_statvfs(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (e) return num(env, e);
+  struct statvfs s;
+  if (statvfs(path, &s) < 0) return num(env, -errno);
+  double v[11] = { (double) s.f_bsize, (double) s.f_frsize, (double) s.f_blocks, (double) s.f_bfree,
+                   (double) s.f_bavail, (double) s.f_files, (double) s.f_ffree, (double) s.f_favail,
+                   (double) (s.f_fsid & 0xffffffffUL), (double) s.f_flag, (double) s.f_namemax };
+  napi_value arr;
+  napi_create_array_with_length(env, 11, &arr);
+  for (uint32_t i = 0; i < 11; i++) napi_set_element(env, arr, i, num(env, v[i]));
+  return arr;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "utimensat", NULL, sys_utimensat, NULL, NULL, NULL, napi_default, NULL },
+    { "mknod", NULL, sys_mknod, NULL, NULL, NULL, napi_default, NULL },
+    { "lgetxattr", NULL, sys_lgetxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "lsetxattr", NULL, sys_lsetxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "llistxattr", NULL, sys_llistxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "lremovexattr", NULL, sys_lremovexattr, NULL, NULL, NULL, napi_default, NULL },
+    { "statvfs", NULL, sys_statvfs, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

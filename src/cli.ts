@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+// vmdi-fuse command line. Every error is one line naming the thing at fault
+// and the fix, with a non-zero exit status.
+
+// More libuv threads: every store read and write of the mount runs there.
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16'
+
+import { Command, CommanderError, Option } from 'commander'
+import { CliError } from './errors'
+import { log } from './log'
+import { describeAcceptedOptions, FIXED_OPTIONS } from './fuse/options'
+import { MountConfig, runDetached, runForeground, unmount, VERSION } from './fuse/daemon'
+import { readRecord, requestControl } from './fuse/runtime'
+import fs from 'fs'
+import path from 'path'
+
+const program = new Command()
+
+program
+  .name('vmdi-fuse')
+  .description(
+    'Mount a datastore of virtual machine disk images through FUSE. Every file of STORE is\n' +
+      'visible and writable at MOUNTPOINT exactly as it is underneath; re-export MOUNTPOINT\n' +
+      'over NFS (--nfs) to hypervisors, or run VMs and benchmarks on it directly.',
+  )
+  .version(VERSION, '-V, --version', 'print the version and exit')
+  .argument('<store>', 'directory that holds the disk images (the HDD datastore)')
+  .argument('<mountpoint>', 'empty directory to mount on (outside STORE)')
+  .option('-f, --foreground', 'stay attached to the terminal (systemd, tests); otherwise detach once mounted')
+  .option(
+    '-o, --options <opts>',
+    'extra mount options, comma separated, repeatable. Accepted: ' + describeAcceptedOptions(),
+    (v: string, prev: string[]) => prev.concat(v),
+    [] as string[],
+  )
+  .option('--nfs', 'set what a knfsd re-export needs (noforget: file handles stay valid); see README for /etc/exports')
+  .option('--force', 'clear a stale mount left at MOUNTPOINT by a daemon that died, then mount')
+  .option('--log <file>', 'log file when detached', '/var/log/vmdi-fuse.log')
+  .option('--debug', 'log every FUSE request (libfuse debug) and debug messages')
+  .addHelpText(
+    'after',
+    '\nAlways set: ' +
+      FIXED_OPTIONS.map(([o, why]) => `${o} (${why})`).join('; ') +
+      '.\n\nExamples:\n' +
+      '  vmdi-fuse /hdd/store /export                 mount and detach\n' +
+      '  vmdi-fuse -f --nfs /hdd/store /export        stay attached, ready for knfsd\n' +
+      '  vmdi-fuse umount /export                     unmount and wait for the daemon to exit\n' +
+      '  vmdi-fuse status /export --json              what the daemon is doing\n',
+  )
+  .action(async (store: string, mountpoint: string, o: Record<string, unknown>) => {
+    const cfg: MountConfig = {
+      store,
+      mountpoint,
+      foreground: Boolean(o.foreground),
+      options: (o.options as string[]) ?? [],
+      nfs: Boolean(o.nfs),
+      force: Boolean(o.force),
+      debug: Boolean(o.debug),
+      log: o.foreground ? (process.env.VMDI_FUSE_DETACHED ? (o.log as string) : null) : (o.log as string),
+    }
+    if (cfg.foreground) {
+      const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
+      try {
+        await runForeground(cfg, () => {
+          if (detached) process.send!({ ready: true })
+        })
+      } catch (e) {
+        if (detached) process.send!({ error: (e as Error).message })
+        throw e
+      }
+      return
+    }
+    const argv = process.argv.slice(1).filter((a) => a !== '--foreground' && a !== '-f')
+    const r = await runDetached(cfg, argv)
+    process.stdout.write(`vmdi-fuse: mounted ${path.resolve(store)} on ${path.resolve(mountpoint)} (daemon pid ${r.pid}, log ${r.log})\n`)
+  })
+
+program
+  .command('umount')
+  .alias('unmount')
+  .description('unmount MOUNTPOINT and wait until its daemon has finished in-flight operations, closed its files and exited')
+  .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
+  .option('--lazy', 'detach even while files are open (the daemon exits after they close or after a grace period)')
+  .action(async (mountpoint: string, o: { lazy?: boolean }) => {
+    const real = await unmount(mountpoint, { lazy: Boolean(o.lazy) })
+    process.stdout.write(`vmdi-fuse: unmounted ${real}\n`)
+  })
+
+program
+  .command('status')
+  .description('what the daemon serving MOUNTPOINT is doing: store, options, open files, operations, per-thread state')
+  .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
+  .option('--json', 'machine-readable output')
+  .action(async (mountpoint: string, o: { json?: boolean }) => {
+    let real: string
+    try {
+      real = fs.realpathSync(mountpoint)
+    } catch {
+      throw new CliError(`${mountpoint} is not reachable: is it a stale mount (vmdi-fuse --force) or a typo?`)
+    }
+    const rec = readRecord(real)
+    if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
+    let st: Record<string, unknown>
+    try {
+      st = (await requestControl(rec.socket, { cmd: 'status' })) as Record<string, unknown>
+    } catch (e) {
+      throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${(e as Error).message}`)
+    }
+    if (o.json) {
+      process.stdout.write(JSON.stringify(st, null, 2) + '\n')
+      return
+    }
+    const ops = st.ops as Record<string, number>
+    const threads = st.threads as { created: number; parked: number }
+    process.stdout.write(
+      [
+        `mount point  ${st.mountpoint}`,
+        `store        ${st.store}`,
+        `daemon       pid ${st.pid}, version ${st.version}`,
+        `options      ${(st.options as string[]).join(',')}`,
+        `open files   ${st.openFiles}`,
+        `in flight    ${st.inFlight}`,
+        `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
+        `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
+      ].join('\n') + '\n',
+    )
+  })
+
+async function main(): Promise<void> {
+  program.exitOverride()
+  try {
+    await program.parseAsync(process.argv)
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // commander already printed its message (usage errors, --help, --version).
+      process.exit(e.exitCode === 0 ? 0 : 2)
+    }
+    if (e instanceof CliError) {
+      process.stderr.write(`vmdi-fuse: ${e.message}\n`)
+      process.exit(e.exitCode)
+    }
+    log.error((e as Error)?.stack ?? String(e))
+    process.exit(1)
+  }
+}
+
+void main()
+export { program, Option }

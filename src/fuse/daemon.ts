@@ -1,0 +1,267 @@
+// The mount's lifecycle: preflight, mount, serve, and a clean end on
+// SIGINT/SIGTERM, `vmdi-fuse umount` or an outside `fusermount -u`: in-flight
+// operations finish, store files are closed, exit status 0.
+//
+// Without --foreground the CLI re-runs itself detached (like every libfuse
+// program, it returns once the mount is ready): the child reports "ready" or
+// the one-line error over an IPC channel, then cuts it.
+import { execFile, spawn } from 'child_process'
+import fs from 'fs'
+import path from 'path'
+import type Fuse from 'fuse-native'
+import { CliError } from '../errors'
+import { log, setLogLevel } from '../log'
+import { buildOps, OpTracker } from './ops'
+import { escapeOptionValue, FIXED_OPTIONS, parseUserOptions } from './options'
+import { StoreFs } from './passthrough'
+import { checkFuseDevice, checkMountpoint, checkStore, lazyUnmount, loadFuseBinding } from './preflight'
+import { readRecord, removeRecord, runtimePaths, serveControl, writeRecord, pidAlive } from './runtime'
+
+import { VERSION } from '../root'
+export { VERSION }
+
+export interface MountConfig {
+  store: string
+  mountpoint: string
+  foreground: boolean
+  options: string[]
+  nfs: boolean
+  force: boolean
+  debug: boolean
+  log: string | null
+}
+
+/** How long a busy unmount waits for open files to close before the daemon exits anyway. */
+const SHUTDOWN_GRACE_MS = 30_000
+/** Operations running longer than this are logged (never abandoned: see README). */
+const SLOW_OP_MS = 10_000
+
+interface Prepared {
+  store: string
+  mountpoint: string
+  extra: string[]
+}
+
+/** Every check that can fail before a mount exists. */
+export function prepare(cfg: MountConfig): Prepared {
+  const user = parseUserOptions(cfg.options)
+  checkFuseDevice()
+  loadFuseBinding()
+  const store = checkStore(cfg.store)
+  const mp = checkMountpoint(cfg.mountpoint, store, { force: cfg.force, nonempty: user.nonempty })
+  const extra = FIXED_OPTIONS.filter(([o]) => o !== 'allow_other' && o !== 'default_permissions').map(([o]) => o)
+  if (cfg.nfs && !user.extra.some((o) => o === 'noforget' || o.startsWith('remember='))) extra.push('noforget')
+  // User values override our defaults of the same name (max_read=..., max_write=...).
+  const userNames = new Set(user.extra.map((o) => o.split('=')[0]))
+  const merged = extra.filter((o) => !userNames.has(o.split('=')[0])).concat(user.extra)
+  if (!userNames.has('fsname')) merged.push(`fsname=${escapeOptionValue(store)}`)
+  merged.push('subtype=vmdi-fuse')
+  // fuse-native copies the option string into a 1024-byte buffer.
+  if (merged.join(',').length > 900) throw new CliError('mount options are too long (over 900 characters): shorten -o fsname= or the store path')
+  return { store, mountpoint: mp.path, extra: merged }
+}
+
+/** Mounts in this process and serves until the mount ends. Resolves once mounted. */
+export async function runForeground(cfg: MountConfig, onReady?: () => void): Promise<void> {
+  if (cfg.debug) setLogLevel('debug')
+  const prep = prepare(cfg)
+  const FuseCtor = loadFuseBinding()
+  const store = new StoreFs(prep.store)
+  const tracker = new OpTracker()
+  let fuse: Fuse | null = null
+  let ending = false
+  let loopEnded = false
+  let loopEndedWaiter: (() => void) | null = null
+
+  const ops = buildOps(store, tracker, () => fuse)
+  fuse = new FuseCtor(prep.mountpoint, ops, {
+    allowOther: true,
+    defaultPermissions: true,
+    // The binding's own 15 s timeout answers the kernel ETIMEDOUT while our I/O
+    // may still fill the kernel's buffer. Off: a slow store makes callers wait,
+    // as a local disk would; the watchdog below logs such operations.
+    timeout: false,
+    debug: cfg.debug,
+    extraOptions: prep.extra,
+    onExit: () => {
+      loopEnded = true
+      loopEndedWaiter?.()
+      void finish('the mount was removed')
+    },
+  })
+
+  await new Promise<void>((resolve, reject) => {
+    fuse!.mount((err) => {
+      if (err) {
+        // A failed mount can leave a dead mount point behind: clear it.
+        try {
+          lazyUnmount(prep.mountpoint)
+        } catch {
+          /* nothing was mounted */
+        }
+        reject(new CliError(`mounting ${prep.store} on ${prep.mountpoint} failed: ${err.message} (libfuse's own message, if any, is above)`))
+      } else resolve()
+    })
+  })
+
+  const paths = runtimePaths(prep.mountpoint)
+  let control: Awaited<ReturnType<typeof serveControl>>
+  try {
+    control = await serveControl(paths.socket, (req) => {
+      if (req.cmd === 'status') return status()
+      throw new Error(`unknown request ${JSON.stringify(req.cmd)}`)
+    })
+  } catch (e) {
+    lazyUnmount(prep.mountpoint)
+    throw new CliError(`the control socket ${paths.socket} could not be created (${(e as Error).message}): check that ${path.dirname(paths.socket)} is writable; nothing is mounted`)
+  }
+  writeRecord({
+    pid: process.pid,
+    store: prep.store,
+    mountpoint: prep.mountpoint,
+    socket: paths.socket,
+    log: cfg.log,
+    started: new Date().toISOString(),
+    version: VERSION,
+  })
+  const watchdog = setInterval(() => {
+    for (const o of tracker.slow(SLOW_OP_MS)) {
+      log.warn(`slow operation: ${o.op} ${o.path} has waited ${Math.round((Date.now() - o.started) / 1000)} s for the store (still waiting, not abandoned)`)
+    }
+  }, SLOW_OP_MS / 2)
+  watchdog.unref()
+
+  const onSignal = (sig: NodeJS.Signals) => {
+    log.info(`${sig} received: unmounting ${prep.mountpoint}`)
+    void unmountAndFinish()
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  process.on('SIGHUP', () => log.info('SIGHUP ignored (nothing to reload)'))
+
+  log.info(`mounted ${prep.store} on ${prep.mountpoint} (pid ${process.pid}, options ${prep.extra.join(',')})`)
+  onReady?.()
+
+  function status() {
+    return {
+      pid: process.pid,
+      version: VERSION,
+      store: prep.store,
+      mountpoint: prep.mountpoint,
+      options: prep.extra,
+      openFiles: store.openFiles(),
+      inFlight: tracker.inFlight.size,
+      ops: tracker.counts,
+      errors: tracker.errors,
+      threads: fuse!.threadStats(),
+      memory: process.memoryUsage(),
+    }
+  }
+
+  async function unmountAndFinish(): Promise<void> {
+    if (ending) return
+    const busy = await new Promise<boolean>((res) => {
+      execFile('fusermount', ['-u', prep.mountpoint], (err, _out, stderr) => {
+        if (!err) return res(false)
+        log.warn(`unmounting ${prep.mountpoint}: ${String(stderr).trim() || err.message}`)
+        res(true)
+      })
+    })
+    if (busy && !loopEnded) {
+      log.warn(`${prep.mountpoint} is busy: detaching it lazily; open files are served for up to ${SHUTDOWN_GRACE_MS / 1000} s more`)
+      try {
+        lazyUnmount(prep.mountpoint)
+      } catch (e) {
+        log.error(`lazy unmount of ${prep.mountpoint} failed: ${(e as Error).message}`)
+      }
+      await Promise.race([
+        new Promise<void>((res) => (loopEndedWaiter = res)),
+        new Promise<void>((res) => setTimeout(res, SHUTDOWN_GRACE_MS).unref()),
+      ])
+    }
+    await finish(busy ? 'lazy unmount' : 'unmounted')
+  }
+
+  async function finish(why: string): Promise<void> {
+    if (ending) return
+    ending = true
+    const n = tracker.inFlight.size
+    if (n) log.info(`waiting for ${n} operation(s) in flight`)
+    await tracker.idle()
+    const open = store.openFiles()
+    await store.closeAll()
+    control.close()
+    removeRecord(prep.mountpoint)
+    log.info(`${prep.mountpoint}: ${why}; ${open} open file(s) closed; exiting`)
+    process.exit(0)
+  }
+}
+
+/**
+ * Detached start: re-run this CLI with --foreground in a new session, logs to
+ * cfg.log; resolve when the child says the mount is ready, reject with its error.
+ */
+export async function runDetached(cfg: MountConfig, argv: string[]): Promise<{ pid: number; log: string }> {
+  // Fail fast, in the caller's terminal, on everything checkable before forking.
+  prepare(cfg)
+  const logPath = cfg.log ?? '/var/log/vmdi-fuse.log'
+  fs.mkdirSync(path.dirname(logPath), { recursive: true })
+  const logFd = fs.openSync(logPath, 'a')
+  const child = spawn(process.execPath, [...process.execArgv, ...argv, '--foreground', '--log', logPath], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'ipc'],
+    env: { ...process.env, VMDI_FUSE_DETACHED: '1' },
+  })
+  fs.closeSync(logFd)
+  return new Promise((resolve, reject) => {
+    let settled = false
+    child.on('message', (m: { ready?: boolean; error?: string }) => {
+      if (settled) return
+      settled = true
+      child.disconnect()
+      child.unref()
+      if (m.ready) resolve({ pid: child.pid!, log: logPath })
+      else reject(new CliError(m.error ?? 'the daemon failed to start'))
+    })
+    child.on('exit', (code) => {
+      if (settled) return
+      settled = true
+      reject(new CliError(`the daemon exited (status ${code}) before the mount was ready: see ${logPath}`))
+    })
+  })
+}
+
+/** `vmdi-fuse umount`: unmount and wait for the daemon to exit. */
+export async function unmount(mountpoint: string, opts: { lazy: boolean; timeoutMs?: number }): Promise<string> {
+  let real: string
+  try {
+    real = fs.realpathSync(mountpoint)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOTCONN') real = path.resolve(mountpoint)
+    else throw new CliError(`${mountpoint} does not exist: name the mount point of a running vmdi-fuse`)
+  }
+  const rec = readRecord(real)
+  const { readMounts } = await import('./preflight')
+  const mounted = readMounts().find((m) => m.mountpoint === real)
+  if (!mounted) {
+    if (rec) removeRecord(real)
+    throw new CliError(`${mountpoint} is not mounted`)
+  }
+  if (mounted.fstype !== 'fuse.vmdi-fuse') throw new CliError(`${mountpoint} is a ${mounted.fstype} mount, not vmdi-fuse: use umount`)
+  const args = opts.lazy ? ['-u', '-z', real] : ['-u', real]
+  await new Promise<void>((resolve, reject) => {
+    execFile('fusermount', args, (err, _o, stderr) => {
+      if (!err) return resolve()
+      const msg = String(stderr).trim()
+      if (/busy/i.test(msg)) {
+        reject(new CliError(`${mountpoint} is busy: close the files open in it (fuser -vm ${mountpoint} lists them) or use vmdi-fuse umount --lazy ${mountpoint}`))
+      } else reject(new CliError(`unmounting ${mountpoint} failed: ${msg || err.message}`))
+    })
+  })
+  if (rec && pidAlive(rec.pid)) {
+    const deadline = Date.now() + (opts.timeoutMs ?? 60_000)
+    while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    if (pidAlive(rec.pid)) throw new CliError(`${mountpoint} is unmounted but daemon pid ${rec.pid} has not exited yet: see ${rec.log ?? 'its log'}`)
+  }
+  return real
+}

@@ -1,0 +1,388 @@
+// The pass-through file system: every operation performed on the STORE
+// directory with the store's own semantics. Paths are mount-relative ("/a/b")
+// and never contain "..": the kernel resolves names one component at a time.
+// The daemon never follows a final symlink (lstat, O_NOFOLLOW, lchown,
+// AT_SYMLINK_NOFOLLOW, l*xattr). Handlers throw Node fs errors or return a
+// negative errno; src/fuse/ops.ts is the single errno boundary.
+//
+// File handles: `fh` numbers (uint32, from 1) index our own table; each holds
+// the store fd. Lock order: none needed, the table is touched only on the
+// Node main thread.
+
+import fs from 'fs'
+import path from 'path'
+import { E } from './errno'
+import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
+
+const fsp = fs.promises
+const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
+
+/** Bits of the open reply (patched fuse-native): bypass the page cache / keep it. */
+export const OPEN_DIRECT_IO = 1
+export const OPEN_KEEP_CACHE = 2
+
+export interface Caller {
+  uid: number
+  gid: number
+  pid: number
+}
+
+export interface OpenFile {
+  fd: number
+  /** Mount-relative path at open time (renames are not tracked: informational). */
+  path: string
+  flags: number
+}
+
+export interface TimeSpec {
+  sec: number
+  nsec: number
+}
+
+export interface StatfsResult {
+  bsize: number
+  frsize: number
+  blocks: number
+  bfree: number
+  bavail: number
+  files: number
+  ffree: number
+  favail: number
+  fsid: number
+  flag: number
+  namemax: number
+}
+
+const READDIR_STAT_CONCURRENCY = 64
+
+export class StoreFs {
+  readonly root: string
+  private readonly files = new Map<number, OpenFile>()
+  private nextFh = 1
+  private readonly daemonIsRoot = process.getuid?.() === 0
+
+  constructor(root: string) {
+    this.root = path.resolve(root)
+    // The kernel applies the caller's umask to every mode it sends us; the
+    // daemon's own must not strip bits a second time.
+    process.umask(0)
+  }
+
+  /** The store path of a mount path. Refuses anything that could leave the store. */
+  resolve(p: string): string {
+    if (typeof p !== 'string' || p[0] !== '/' || p.includes('\0')) throw Object.assign(new Error(`bad path ${p}`), { errno: E.EINVAL })
+    if (p === '/') return this.root
+    for (const part of p.split('/')) {
+      if (part === '..' || part === '.') throw Object.assign(new Error(`path ${p} has a dot component`), { errno: E.EACCES })
+    }
+    return this.root + p
+  }
+
+  openFiles(): number {
+    return this.files.size
+  }
+
+  file(fh: number): OpenFile {
+    const f = this.files.get(fh)
+    if (!f) throw Object.assign(new Error(`unknown file handle ${fh}`), { errno: E.EBADF })
+    return f
+  }
+
+  private addFile(f: OpenFile): number {
+    // fh values are uint32 and never 0 (0 means "no handle" in the binding).
+    for (let i = 0; i < 0xffffffff; i++) {
+      const fh = this.nextFh
+      this.nextFh = this.nextFh >= 0xfffffffe ? 1 : this.nextFh + 1
+      if (!this.files.has(fh)) {
+        this.files.set(fh, f)
+        return fh
+      }
+    }
+    throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
+  }
+
+  /** Closes every open store fd (shutdown). */
+  async closeAll(): Promise<void> {
+    const fds = [...this.files.values()].map((f) => f.fd)
+    this.files.clear()
+    await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))))
+  }
+
+  // --- attributes -----------------------------------------------------------
+
+  getattr(p: string): Promise<fs.BigIntStats> {
+    return fsp.lstat(this.resolve(p), { bigint: true })
+  }
+
+  fgetattr(p: string, fh: number): Promise<fs.BigIntStats> {
+    if (!fh) return this.getattr(p)
+    const f = this.file(fh)
+    return new Promise((res, rej) => fs.fstat(f.fd, { bigint: true }, (err, st) => (err ? rej(err) : res(st))))
+  }
+
+  async access(p: string, mode: number): Promise<void> {
+    await fsp.access(this.resolve(p), mode)
+  }
+
+  async statfs(p: string): Promise<StatfsResult> {
+    const r = sys().statvfs(this.resolve(p))
+    if (typeof r === 'number') throw Object.assign(new Error('statvfs failed'), { errno: r })
+    const [bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax] = r
+    return { bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax }
+  }
+
+  async chmod(p: string, mode: number): Promise<void> {
+    // The kernel never asks to chmod a symlink (Linux has no lchmod).
+    await fsp.chmod(this.resolve(p), mode)
+  }
+
+  async chown(p: string, uid: number, gid: number): Promise<void> {
+    // (uid_t)-1 / (gid_t)-1 mean "leave unchanged"; the binding passes them as uint32.
+    await fsp.lchown(this.resolve(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid)
+  }
+
+  async utimens(p: string, atime: TimeSpec, mtime: TimeSpec): Promise<void> {
+    const r = sys().utimensat(this.resolve(p), atime.sec, atime.nsec, mtime.sec, mtime.nsec)
+    if (r < 0) throw Object.assign(new Error('utimensat failed'), { errno: r })
+  }
+
+  async truncate(p: string, size: number): Promise<void> {
+    const fd = await openNoFollow(this.resolve(p), fs.constants.O_WRONLY)
+    try {
+      await new Promise<void>((res, rej) => fs.ftruncate(fd, size, (err) => (err ? rej(err) : res())))
+    } finally {
+      await closeFd(fd)
+    }
+  }
+
+  ftruncate(p: string, fh: number, size: number): Promise<void> {
+    if (!fh) return this.truncate(p, size)
+    const f = this.file(fh)
+    return new Promise((res, rej) => fs.ftruncate(f.fd, size, (err) => (err ? rej(err) : res())))
+  }
+
+  // --- directories ------------------------------------------------------------
+
+  async readdir(p: string): Promise<{ names: string[]; stats: fs.Stats[] }> {
+    const dir = this.resolve(p)
+    const entries = await fsp.readdir(dir)
+    const names = ['.', '..', ...entries]
+    const stats: fs.Stats[] = new Array(names.length)
+    const parent = p === '/' ? path.dirname(this.root) : path.dirname(dir)
+    const targets = [dir, parent, ...entries.map((n) => path.join(dir, n))]
+    let next = 0
+    const worker = async () => {
+      while (next < targets.length) {
+        const i = next++
+        try {
+          stats[i] = await fsp.lstat(targets[i])
+        } catch {
+          stats[i] = undefined as unknown as fs.Stats // vanished meanwhile: dropped below
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(READDIR_STAT_CONCURRENCY, targets.length) }, worker))
+    const keptNames: string[] = []
+    const keptStats: fs.Stats[] = []
+    for (let i = 0; i < names.length; i++) {
+      if (stats[i]) {
+        keptNames.push(names[i])
+        keptStats.push(stats[i])
+      }
+    }
+    return { names: keptNames, stats: keptStats }
+  }
+
+  async mkdir(p: string, mode: number, caller: Caller | null): Promise<void> {
+    const target = this.resolve(p)
+    await fsp.mkdir(target, { mode })
+    await this.giveToCaller(target, caller)
+  }
+
+  async rmdir(p: string): Promise<void> {
+    await fsp.rmdir(this.resolve(p))
+  }
+
+  async fsyncdir(p: string, datasync: number): Promise<void> {
+    const fd = await openNoFollow(this.resolve(p), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
+    try {
+      await new Promise<void>((res, rej) => (datasync ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? rej(err) : res())))
+    } finally {
+      await closeFd(fd)
+    }
+  }
+
+  // --- names ------------------------------------------------------------------
+
+  async unlink(p: string): Promise<void> {
+    await fsp.unlink(this.resolve(p))
+  }
+
+  async rename(src: string, dest: string): Promise<void> {
+    await fsp.rename(this.resolve(src), this.resolve(dest))
+  }
+
+  async link(src: string, dest: string): Promise<void> {
+    await fsp.link(this.resolve(src), this.resolve(dest))
+  }
+
+  async symlink(target: string, p: string, caller: Caller | null): Promise<void> {
+    const linkPath = this.resolve(p)
+    await fsp.symlink(target, linkPath)
+    await this.giveToCaller(linkPath, caller)
+  }
+
+  async readlink(p: string): Promise<string> {
+    return fsp.readlink(this.resolve(p))
+  }
+
+  async mknod(p: string, mode: number, dev: number, caller: Caller | null): Promise<void> {
+    const target = this.resolve(p)
+    const r = sys().mknod(target, mode, dev)
+    if (r < 0) throw Object.assign(new Error('mknod failed'), { errno: r })
+    await this.giveToCaller(target, caller)
+  }
+
+  // --- extended attributes ------------------------------------------------------
+
+  async setxattr(p: string, name: string, value: Buffer, flags: number): Promise<void> {
+    const r = sys().lsetxattr(this.resolve(p), name, Buffer.from(value), flags)
+    if (r < 0) throw Object.assign(new Error('setxattr failed'), { errno: r })
+  }
+
+  async getxattr(p: string, name: string): Promise<Buffer> {
+    const r = sys().lgetxattr(this.resolve(p), name)
+    if (typeof r === 'number') throw Object.assign(new Error('getxattr failed'), { errno: r })
+    return r
+  }
+
+  async listxattr(p: string): Promise<string[]> {
+    const r = sys().llistxattr(this.resolve(p))
+    if (typeof r === 'number') throw Object.assign(new Error('listxattr failed'), { errno: r })
+    return r.toString('utf8').split('\0').filter((s) => s.length > 0)
+  }
+
+  async removexattr(p: string, name: string): Promise<void> {
+    const r = sys().lremovexattr(this.resolve(p), name)
+    if (r < 0) throw Object.assign(new Error('removexattr failed'), { errno: r })
+  }
+
+  // --- files --------------------------------------------------------------------
+
+  /**
+   * O_DIRECT is stripped towards the store (libfuse's buffers are not aligned;
+   * durability comes from fsync) and answered with direct_io for this handle, so
+   * the caller still bypasses the page cache of the mount.
+   */
+  async open(p: string, flags: number): Promise<{ fh: number; openFlags: number }> {
+    const fd = await openNoFollow(this.resolve(p), (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
+    const fh = this.addFile({ fd, path: p, flags })
+    return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
+  }
+
+  async create(p: string, mode: number, flags: number, caller: Caller | null): Promise<{ fh: number; openFlags: number }> {
+    const target = this.resolve(p)
+    const base = (flags & ~O_DIRECT & ~O_CREAT & ~O_EXCL) | O_NOFOLLOW
+    let fd: number
+    let created = true
+    try {
+      // O_EXCL so that only an entry we made is given to the caller.
+      fd = await openNoFollow(target, base | O_CREAT | O_EXCL, mode)
+    } catch (e) {
+      // The kernel saw no such name, but it appeared in the store meanwhile.
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || flags & O_EXCL) throw e
+      fd = await openNoFollow(target, base)
+      created = false
+    }
+    if (created) {
+      try {
+        await this.giveToCaller(target, caller, fd)
+      } catch (e) {
+        await closeFd(fd)
+        throw e
+      }
+    }
+    const fh = this.addFile({ fd, path: p, flags: flags & ~O_CREAT })
+    return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
+  }
+
+  /** Reads into `buf` (the kernel's buffer, valid until we answer) until full or EOF. */
+  read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const fd = this.file(fh).fd
+    return new Promise((resolve, reject) => {
+      let done = 0
+      const step = (): void => {
+        fs.read(fd, buf, done, len - done, pos + done, (err, n) => {
+          if (err) return done > 0 ? resolve(done) : reject(err)
+          done += n
+          if (n === 0 || done >= len) return resolve(done)
+          step()
+        })
+      }
+      step()
+    })
+  }
+
+  /** Writes all of `buf` (a short write only on error after progress). */
+  write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const f = this.file(fh)
+    const fd = f.fd
+    return new Promise((resolve, reject) => {
+      let done = 0
+      const step = (): void => {
+        fs.write(fd, buf, done, len - done, pos + done, (err, n) => {
+          if (err) return done > 0 ? resolve(done) : reject(err)
+          done += n
+          if (done >= len) return resolve(done)
+          step()
+        })
+      }
+      step()
+    })
+  }
+
+  async flush(_fh: number): Promise<void> {
+    // close(2) of a local file does not sync: neither do we. Durability is fsync's job.
+  }
+
+  fsync(fh: number, datasync: number): Promise<void> {
+    const fd = this.file(fh).fd
+    return new Promise((res, rej) => (datasync ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? rej(err) : res())))
+  }
+
+  async release(fh: number): Promise<void> {
+    const f = this.files.get(fh)
+    if (!f) return
+    this.files.delete(fh)
+    await closeFd(f.fd)
+  }
+
+  // --- ownership of what callers create ------------------------------------------
+
+  /**
+   * The daemon runs as root, so new store entries belong to root until given
+   * to the caller. A setgid parent directory keeps its group (the store already
+   * did that when we created the entry), as the kernel would for the caller.
+   */
+  private async giveToCaller(target: string, caller: Caller | null, fd?: number): Promise<void> {
+    if (!this.daemonIsRoot || !caller) return
+    const parent = await fsp.stat(path.dirname(target))
+    const gid = parent.mode & 0o2000 ? -1 : caller.gid
+    if (caller.uid === 0 && (gid === -1 || gid === 0)) return
+    if (fd !== undefined) {
+      await new Promise<void>((res, rej) => fs.fchown(fd, caller.uid, gid, (err) => (err ? rej(err) : res())))
+    } else {
+      await fsp.lchown(target, caller.uid, gid)
+    }
+  }
+}
+
+function openNoFollow(p: string, flags: number, mode?: number): Promise<number> {
+  return new Promise((res, rej) => fs.open(p, flags, mode ?? 0o666, (err, fd) => (err ? rej(err) : res(fd))))
+}
+
+function closeFd(fd: number): Promise<void> {
+  return new Promise((res) => fs.close(fd, () => res()))
+}
+
+export { UTIME_NOW, UTIME_OMIT }

@@ -1,0 +1,27 @@
+// Typed access to native/vmdi_sys.c: syscalls Node's fs module lacks. Each
+// returns a negative errno instead of throwing, so FUSE handlers pass it on.
+import path from 'path'
+import { PROJECT_ROOT } from '../root'
+
+export interface VmdiSys {
+  utimensat(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): number
+  mknod(path: string, mode: number, dev: number): number
+  lgetxattr(path: string, name: string): Buffer | number
+  lsetxattr(path: string, name: string, value: Buffer, flags: number): number
+  llistxattr(path: string): Buffer | number
+  lremovexattr(path: string, name: string): number
+  statvfs(path: string): number[] | number
+}
+
+/** Kernel special values for utimensat's tv_nsec. */
+export const UTIME_NOW = (1 << 30) - 1
+export const UTIME_OMIT = (1 << 30) - 2
+
+let loaded: VmdiSys | null = null
+
+export function sys(): VmdiSys {
+  if (!loaded) {
+    loaded = require(path.join(PROJECT_ROOT, 'native', 'build', 'Release', 'vmdi_sys.node')) as VmdiSys
+  }
+  return loaded
+}
