@@ -45,10 +45,10 @@ interface Prepared {
 /** Every check that can fail before a mount exists. */
 export function prepare(cfg: MountConfig): Prepared {
   const user = parseUserOptions(cfg.options)
-  checkFuseDevice()
-  loadFuseBinding()
   const store = checkStore(cfg.store)
   const mp = checkMountpoint(cfg.mountpoint, store, { force: cfg.force, nonempty: user.nonempty })
+  checkFuseDevice()
+  loadFuseBinding()
   const extra = FIXED_OPTIONS.filter(([o]) => o !== 'allow_other' && o !== 'default_permissions').map(([o]) => o)
   if (cfg.nfs && !user.extra.some((o) => o === 'noforget' || o.startsWith('remember='))) extra.push('noforget')
   // User values override our defaults of the same name (max_read=..., max_write=...).

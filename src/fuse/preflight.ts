@@ -36,7 +36,7 @@ export function loadFuseBinding(): typeof import('fuse-native') {
   } catch (e) {
     const msg = (e as Error).message ?? String(e)
     if (/libfuse\.so\.2/.test(msg)) {
-      throw new CliError('libfuse.so.2 was not found: install the FUSE 2 library (apt-get install libfuse2), then retry')
+      throw new CliError(`libfuse.so.2 is missing or unusable (${msg.split('\n')[0].slice(0, 160)}): install the FUSE 2 library (apt-get install --reinstall libfuse2), then retry`)
     }
     if (/No native build was found|Cannot find module/.test(msg)) {
       throw new CliError('the FUSE binding is not built: run scripts/setup.sh (it runs npm ci, which patches and builds fuse-native)')

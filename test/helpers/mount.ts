@@ -1,0 +1,63 @@
+// Real mounts for tests: `vmdi-fuse -f STORE MNT` as a child process.
+import { ChildProcess, spawn } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { CLI, runCli } from './cli'
+
+export interface Mounted {
+  store: string
+  mnt: string
+  proc: ChildProcess
+  log: () => string
+  exited: Promise<number | null>
+  /** `vmdi-fuse umount` and the daemon's exit status. */
+  stop(): Promise<number | null>
+}
+
+export function tmpdir(prefix = 'vmdi-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+export function isMounted(mnt: string): boolean {
+  const real = path.resolve(mnt)
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === real)
+}
+
+export async function waitFor(cond: () => boolean, ms = 20_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+export async function mount(store: string, mnt: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Mounted> {
+  fs.mkdirSync(mnt, { recursive: true })
+  let out = ''
+  const proc = spawn(process.execPath, [CLI, '-f', ...args, store, mnt], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  proc.stdout!.on('data', (d) => (out += d))
+  proc.stderr!.on('data', (d) => (out += d))
+  const exited = new Promise<number | null>((res) => proc.on('exit', (code) => res(code)))
+  let dead = false
+  void exited.then(() => (dead = true))
+  await waitFor(() => dead || (isMounted(mnt) && out.includes('mounted ')), 30_000, `mount of ${store} on ${mnt}`)
+  if (dead) throw new Error(`vmdi-fuse exited before mounting:\n${out}`)
+  return {
+    store,
+    mnt,
+    proc,
+    log: () => out,
+    exited,
+    async stop() {
+      if (!dead) {
+        const r = runCli(['umount', mnt])
+        if (r.status !== 0) throw new Error(`umount failed: ${r.stderr}`)
+      }
+      return exited
+    },
+  }
+}
