@@ -107,6 +107,9 @@ export function checkMountpoint(mnt: string, store: string, opts: { force: boole
   let st: fs.Stats
   try {
     st = fs.statSync(mnt)
+    // The kernel may answer stat from its attribute cache for a moment after
+    // the daemon died; listing the directory always asks the daemon.
+    if (readMounts().some((m) => m.mountpoint === path.resolve(mnt) && m.fstype.startsWith('fuse'))) fs.readdirSync(mnt)
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code
     if (code === 'ENOTCONN') {

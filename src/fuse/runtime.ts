@@ -48,12 +48,14 @@ export function removeRecord(mountpoint: string): void {
   for (const f of [p.record, p.socket]) fs.rmSync(f, { force: true })
 }
 
+/** Whether pid runs (a zombie, exited but not yet reaped by its parent, does not). */
 export function pidAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    return state !== 'Z' && state !== 'X'
+  } catch {
+    return false
   }
 }
 
