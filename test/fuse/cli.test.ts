@@ -138,7 +138,7 @@ describe('lifecycle', () => {
     expect(u.status, u.stderr).toBe(0)
     expect(isMounted(mnt)).toBe(false)
     expect(pidAlive(pid)).toBe(false) // gone, or a zombie waiting for init to reap it
-    expect(fs.readFileSync(log, 'utf8')).toMatch(/unmounted; 0 open file\(s\) closed; exiting/)
+    expect(fs.readFileSync(log, 'utf8')).toMatch(/the mount was removed; 0 open file\(s\) closed; exiting/)
   })
 
   for (const how of ['SIGINT', 'SIGTERM', 'fusermount -u'] as const) {
