@@ -1,0 +1,121 @@
+// npm run bench:passthrough [-- --size MiB --runtime S --json FILE]
+//
+// fio in one run against three targets: the store directly, the vmdi-fuse
+// mount of it, and a mount whose handlers do no I/O (scripts/nullfs.ts: the
+// ceiling of the FUSE binding on this machine). Every job uses O_DIRECT so each
+// request crosses FUSE (the mount answers O_DIRECT opens with direct_io); on the
+// store itself O_DIRECT reaches the disk, so "mount/store" is for the record.
+// Prints a table of IOPS, MB/s and the ratios; the target is mount/ceiling >= 0.8.
+import { ChildProcess, execFileSync, spawn } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { PROJECT_ROOT } from '../src/root'
+
+interface Job {
+  name: string
+  rw: string
+  bs: string
+  numjobs: number
+}
+const JOBS: Job[] = [
+  { name: 'seq read 1M', rw: 'read', bs: '1M', numjobs: 1 },
+  { name: 'seq write 1M', rw: 'write', bs: '1M', numjobs: 1 },
+  { name: 'rand read 4K qd1', rw: 'randread', bs: '4k', numjobs: 1 },
+  { name: 'rand write 4K qd1', rw: 'randwrite', bs: '4k', numjobs: 1 },
+  { name: 'rand read 4K 8 jobs', rw: 'randread', bs: '4k', numjobs: 8 },
+  { name: 'rand write 4K 8 jobs', rw: 'randwrite', bs: '4k', numjobs: 8 },
+]
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(name)
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : dflt
+}
+
+function waitReady(p: ChildProcess, what: string, marker: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let out = ''
+    const on = (d: Buffer) => {
+      out += d
+      if (out.includes(marker)) resolve()
+    }
+    p.stdout?.on('data', on)
+    p.stderr?.on('data', on)
+    p.on('exit', (c) => reject(new Error(`${what} exited ${c}: ${out}`)))
+  })
+}
+
+function fio(file: string, job: Job, runtime: number, sizeMiB: number): { iops: number; mbps: number } {
+  const out = execFileSync(
+    'fio',
+    [
+      '--name=bench', `--filename=${file}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--numjobs=${job.numjobs}`,
+      '--direct=1', '--ioengine=psync', '--time_based', `--runtime=${runtime}`, '--ramp_time=1',
+      `--size=${sizeMiB}M`, '--group_reporting', '--output-format=json', '--randrepeat=0',
+    ],
+    { encoding: 'utf8', maxBuffer: 64 << 20 },
+  )
+  const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0]
+  const side = job.rw.includes('read') ? j.read : j.write
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6 }
+}
+
+async function main(): Promise<void> {
+  const sizeMiB = Number(arg('--size', '512'))
+  const runtime = Number(arg('--runtime', '5'))
+  const jsonOut = arg('--json', '')
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-bench-'))
+  const store = path.join(base, 'store')
+  const mnt = path.join(base, 'mnt')
+  const nmnt = path.join(base, 'null')
+  for (const d of [store, mnt, nmnt]) fs.mkdirSync(d)
+  const img = path.join(store, 'bench.img')
+  process.stderr.write(`bench: writing a ${sizeMiB} MiB test file\n`)
+  execFileSync('dd', ['if=/dev/urandom', `of=${img}`, 'bs=1M', `count=${sizeMiB}`, 'status=none'])
+  const cli = path.join(PROJECT_ROOT, 'dist', 'src', 'cli.js')
+  const vm = spawn(process.execPath, [cli, '-f', store, mnt], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const nf = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist', 'scripts', 'nullfs.js'), nmnt, String(sizeMiB << 20)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  try {
+    await Promise.all([waitReady(vm, 'vmdi-fuse', 'mounted '), waitReady(nf, 'nullfs', 'ready')])
+    const rows: Array<{ job: string; store: { iops: number; mbps: number }; mount: { iops: number; mbps: number }; ceiling: { iops: number; mbps: number } }> = []
+    for (const job of JOBS) {
+      process.stderr.write(`bench: ${job.name}\n`)
+      // Interleave the three targets per job so machine noise hits them alike.
+      const ceiling = fio(path.join(nmnt, 'null.img'), job, runtime, sizeMiB)
+      const mount = fio(path.join(mnt, 'bench.img'), job, runtime, sizeMiB)
+      const direct = fio(img, job, runtime, sizeMiB)
+      rows.push({ job: job.name, store: direct, mount, ceiling })
+    }
+    const f = (n: number) => (n >= 100 ? n.toFixed(0) : n.toFixed(1))
+    const lines = [
+      `| job | store IOPS | mount IOPS | no-I/O mount IOPS | mount / no-I/O | mount / store |`,
+      `|---|---:|---:|---:|---:|---:|`,
+      ...rows.map(
+        (r) =>
+          `| ${r.job} | ${f(r.store.iops)} (${f(r.store.mbps)} MB/s) | ${f(r.mount.iops)} (${f(r.mount.mbps)} MB/s) | ${f(r.ceiling.iops)} (${f(r.ceiling.mbps)} MB/s) | ${(r.mount.iops / r.ceiling.iops).toFixed(2)} | ${(r.mount.iops / r.store.iops).toFixed(2)} |`,
+      ),
+    ]
+    process.stdout.write(`\nfio, O_DIRECT, psync, ${runtime} s per job, ${sizeMiB} MiB file, ${os.cpus().length} CPUs\n\n${lines.join('\n')}\n\n`)
+    process.stdout.write(`target: mount / no-I/O >= 0.80 on every job; ${rows.every((r) => r.mount.iops / r.ceiling.iops >= 0.8) ? 'met' : 'NOT met on: ' + rows.filter((r) => r.mount.iops / r.ceiling.iops < 0.8).map((r) => r.job).join(', ')}\n`)
+    if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify({ sizeMiB, runtime, rows }, null, 2))
+  } finally {
+    vm.kill('SIGTERM')
+    nf.kill('SIGTERM')
+    await new Promise((r) => setTimeout(r, 1000))
+    for (const d of [mnt, nmnt]) {
+      try {
+        execFileSync('fusermount', ['-u', '-z', d], { stdio: 'ignore' })
+      } catch {
+        /* already unmounted */
+      }
+    }
+    fs.rmSync(base, { recursive: true, force: true })
+  }
+}
+
+main().catch((e) => {
+  console.error(`bench-passthrough: ${(e as Error).message}`)
+  process.exit(1)
+})
