@@ -3,6 +3,7 @@
 // the l*xattr family and statvfs. All never follow a final symlink
 // (AT_SYMLINK_NOFOLLOW, l* variants). Every function returns a negative errno
 // on failure instead of throwing: the FUSE layer answers with it unchanged.
+#define _GNU_SOURCE
 #include <node_api.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -173,6 +175,39 @@ static napi_value sys_statvfs(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+// preadNowait(fd, buf, offset, length, position) -> bytes | -errno.
+// preadv2 with RWF_NOWAIT: answers from the page cache without blocking, or
+// -EAGAIN when the data is not cached (the caller then reads on the thread
+// pool). This saves the thread-pool round trip on every cached read.
+static napi_value sys_pread_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) return num(env, -EINVAL);
+  double off = get_num(env, argv[2]), want = get_num(env, argv[3]), pos = get_num(env, argv[4]);
+  if (off < 0 || want < 0 || off + want > (double) len) return num(env, -EINVAL);
+  struct iovec iov = { (char *) data + (size_t) off, (size_t) want };
+  ssize_t r = preadv2((int) get_num(env, argv[0]), &iov, 1, (off_t) pos, RWF_NOWAIT);
+  return num(env, r < 0 ? -errno : (double) r);
+}
+
+// pwriteNowait(fd, buf, offset, length, position) -> bytes | -errno (RWF_NOWAIT, as above).
+static napi_value sys_pwrite_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) return num(env, -EINVAL);
+  double off = get_num(env, argv[2]), want = get_num(env, argv[3]), pos = get_num(env, argv[4]);
+  if (off < 0 || want < 0 || off + want > (double) len) return num(env, -EINVAL);
+  struct iovec iov = { (char *) data + (size_t) off, (size_t) want };
+  ssize_t r = pwritev2((int) get_num(env, argv[0]), &iov, 1, (off_t) pos, RWF_NOWAIT);
+  return num(env, r < 0 ? -errno : (double) r);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "utimensat", NULL, sys_utimensat, NULL, NULL, NULL, napi_default, NULL },
@@ -182,6 +217,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "llistxattr", NULL, sys_llistxattr, NULL, NULL, NULL, napi_default, NULL },
     { "lremovexattr", NULL, sys_lremovexattr, NULL, NULL, NULL, napi_default, NULL },
     { "statvfs", NULL, sys_statvfs, NULL, NULL, NULL, napi_default, NULL },
+    { "preadNowait", NULL, sys_pread_nowait, NULL, NULL, NULL, napi_default, NULL },
+    { "pwriteNowait", NULL, sys_pwrite_nowait, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

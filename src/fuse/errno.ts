@@ -15,6 +15,7 @@ export const E = {
   ENOTCONN: -os.constants.errno.ENOTCONN,
   ENOSYS: -os.constants.errno.ENOSYS,
   EMFILE: -os.constants.errno.EMFILE,
+  EAGAIN: -os.constants.errno.EAGAIN,
 } as const
 
 /** A negative errno for anything thrown by a handler or by Node's fs. */

@@ -55,13 +55,19 @@ type Reply = (...args: any[]) => void
 
 export function buildOps(store: StoreFs, tracker: OpTracker, fuseRef: () => Fuse | null): Record<string, Reply> {
   /** Runs one op: result → reply(0, ...value) or reply(-errno). */
-  function run<T>(op: string, path: string, reply: Reply, work: () => Promise<T>, answer: (v: T) => unknown[]): void {
+  function run<T>(op: string, path: string, reply: Reply, work: () => Promise<T> | T, answer: (v: T) => unknown[]): void {
     const id = tracker.begin(op, path)
-    let p: Promise<T>
+    let p: Promise<T> | T
     try {
       p = work()
     } catch (e) {
       p = Promise.reject(e)
+    }
+    if (!(p instanceof Promise)) {
+      // Answered without waiting (a page-cache hit): no promise round trip.
+      tracker.end(id, op, 0)
+      reply(...answer(p))
+      return
     }
     p.then(
       (v) => {

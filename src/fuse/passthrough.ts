@@ -29,6 +29,9 @@ export interface Caller {
 
 export interface OpenFile {
   fd: number
+  /** Whether preadv2/pwritev2 with RWF_NOWAIT work on this file (cleared on EOPNOTSUPP). */
+  nowaitRead: boolean
+  nowaitWrite: boolean
   /** Mount-relative path at open time (renames are not tracked: informational). */
   path: string
   flags: number
@@ -276,7 +279,7 @@ export class StoreFs {
    */
   async open(p: string, flags: number): Promise<{ fh: number; openFlags: number }> {
     const fd = await openNoFollow(this.resolve(p), (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
-    const fh = this.addFile({ fd, path: p, flags })
+    const fh = this.addFile({ fd, path: p, flags, nowaitRead: true, nowaitWrite: true })
     return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
   }
 
@@ -302,17 +305,27 @@ export class StoreFs {
         throw e
       }
     }
-    const fh = this.addFile({ fd, path: p, flags: flags & ~O_CREAT })
+    const fh = this.addFile({ fd, path: p, flags: flags & ~O_CREAT, nowaitRead: true, nowaitWrite: true })
     return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
   }
 
-  /** Reads into `buf` (the kernel's buffer, valid until we answer) until full or EOF. */
-  read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const fd = this.file(fh).fd
+  /**
+   * Reads into `buf` (the kernel's buffer, valid until we answer) until full or
+   * EOF. What the page cache holds is read at once on this thread (RWF_NOWAIT);
+   * the rest goes to the thread pool, so a disk read never blocks the loop.
+   */
+  read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
+    const f = this.file(fh)
+    let done = 0
+    if (f.nowaitRead) {
+      const r = sys().preadNowait(f.fd, buf, 0, len, pos)
+      if (r === len) return r
+      if (r > 0) done = r
+      else if (r !== E.EAGAIN && r !== 0) f.nowaitRead = false // EOPNOTSUPP etc.: not on this file
+    }
     return new Promise((resolve, reject) => {
-      let done = 0
       const step = (): void => {
-        fs.read(fd, buf, done, len - done, pos + done, (err, n) => {
+        fs.read(f.fd, buf, done, len - done, pos + done, (err, n) => {
           if (err) return done > 0 ? resolve(done) : reject(err)
           done += n
           if (n === 0 || done >= len) return resolve(done)
@@ -323,14 +336,19 @@ export class StoreFs {
     })
   }
 
-  /** Writes all of `buf` (a short write only on error after progress). */
-  write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+  /** Writes all of `buf` (a short write only on error after progress); RWF_NOWAIT first, as read. */
+  write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
     const f = this.file(fh)
-    const fd = f.fd
+    let done = 0
+    if (f.nowaitWrite) {
+      const r = sys().pwriteNowait(f.fd, buf, 0, len, pos)
+      if (r === len) return r
+      if (r > 0) done = r
+      else if (r !== E.EAGAIN) f.nowaitWrite = false
+    }
     return new Promise((resolve, reject) => {
-      let done = 0
       const step = (): void => {
-        fs.write(fd, buf, done, len - done, pos + done, (err, n) => {
+        fs.write(f.fd, buf, done, len - done, pos + done, (err, n) => {
           if (err) return done > 0 ? resolve(done) : reject(err)
           done += n
           if (done >= len) return resolve(done)

@@ -11,6 +11,10 @@ export interface VmdiSys {
   llistxattr(path: string): Buffer | number
   lremovexattr(path: string, name: string): number
   statvfs(path: string): number[] | number
+  /** preadv2(RWF_NOWAIT): bytes, or -EAGAIN when the data is not in the page cache. */
+  preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
+  /** pwritev2(RWF_NOWAIT): bytes, or -EAGAIN / -EOPNOTSUPP when it would block. */
+  pwriteNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
 }
 
 /** Kernel special values for utimensat's tv_nsec. */
