@@ -68,21 +68,26 @@ static napi_value sys_mknod(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : 0);
 }
 
-// lgetxattr(path, name) -> Buffer | -errno
-static napi_value sys_lgetxattr(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  char path[PATH_MAX_BYTES], name[NAME_MAX_BYTES];
-  int e = get_str(env, argv[0], path, sizeof path);
-  if (!e) e = get_str(env, argv[1], name, sizeof name);
-  if (e) return num(env, e);
+// A size probe, then the fetch, retried if the value grew in between:
+// lgetxattr and llistxattr share this. Returns a Buffer or -errno.
+typedef ssize_t (*fetch_fn)(const char *path, const char *name, char *buf, size_t size);
+
+static ssize_t fetch_xattr(const char *path, const char *name, char *buf, size_t size) {
+  return lgetxattr(path, name, buf, size);
+}
+
+static ssize_t fetch_list(const char *path, const char *name, char *buf, size_t size) {
+  (void) name;
+  return llistxattr(path, buf, size);
+}
+
+static napi_value sized_fetch(napi_env env, fetch_fn fetch, const char *path, const char *name) {
   for (int attempt = 0; attempt < 4; attempt++) {
-    ssize_t size = lgetxattr(path, name, NULL, 0);
+    ssize_t size = fetch(path, name, NULL, 0);
     if (size < 0) return num(env, -errno);
     char *buf = malloc(size > 0 ? (size_t) size : 1);
     if (!buf) return num(env, -ENOMEM);
-    ssize_t got = lgetxattr(path, name, buf, (size_t) size);
+    ssize_t got = fetch(path, name, buf, (size_t) size);
     if (got < 0) {
       int err = errno;
       free(buf);
@@ -96,6 +101,18 @@ static napi_value sys_lgetxattr(napi_env env, napi_callback_info info) {
     return out;
   }
   return num(env, -ERANGE);
+}
+
+// lgetxattr(path, name) -> Buffer | -errno
+static napi_value sys_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[PATH_MAX_BYTES], name[NAME_MAX_BYTES];
+  int e = get_str(env, argv[0], path, sizeof path);
+  if (!e) e = get_str(env, argv[1], name, sizeof name);
+  if (e) return num(env, e);
+  return sized_fetch(env, fetch_xattr, path, name);
 }
 
 // lsetxattr(path, name, value: Buffer, flags) -> 0 | -errno
@@ -122,25 +139,7 @@ static napi_value sys_llistxattr(napi_env env, napi_callback_info info) {
   char path[PATH_MAX_BYTES];
   int e = get_str(env, argv[0], path, sizeof path);
   if (e) return num(env, e);
-  for (int attempt = 0; attempt < 4; attempt++) {
-    ssize_t size = llistxattr(path, NULL, 0);
-    if (size < 0) return num(env, -errno);
-    char *buf = malloc(size > 0 ? (size_t) size : 1);
-    if (!buf) return num(env, -ENOMEM);
-    ssize_t got = llistxattr(path, buf, (size_t) size);
-    if (got < 0) {
-      int err = errno;
-      free(buf);
-      if (err == ERANGE) continue;
-      return num(env, -err);
-    }
-    napi_value out;
-    void *data;
-    napi_create_buffer_copy(env, (size_t) got, buf, &data, &out);
-    free(buf);
-    return out;
-  }
-  return num(env, -ERANGE);
+  return sized_fetch(env, fetch_list, path, NULL);
 }
 
 // lremovexattr(path, name) -> 0 | -errno

@@ -315,48 +315,12 @@ export class StoreFs {
    * the rest goes to the thread pool, so a disk read never blocks the loop.
    */
   read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
-    const f = this.file(fh)
-    let done = 0
-    if (f.nowaitRead) {
-      const r = sys().preadNowait(f.fd, buf, 0, len, pos)
-      if (r === len) return r
-      if (r > 0) done = r
-      else if (r !== E.EAGAIN && r !== 0) f.nowaitRead = false // EOPNOTSUPP etc.: not on this file
-    }
-    return new Promise((resolve, reject) => {
-      const step = (): void => {
-        fs.read(f.fd, buf, done, len - done, pos + done, (err, n) => {
-          if (err) return done > 0 ? resolve(done) : reject(err)
-          done += n
-          if (n === 0 || done >= len) return resolve(done)
-          step()
-        })
-      }
-      step()
-    })
+    return transfer(this.file(fh), 'read', buf, len, pos)
   }
 
   /** Writes all of `buf` (a short write only on error after progress); RWF_NOWAIT first, as read. */
   write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
-    const f = this.file(fh)
-    let done = 0
-    if (f.nowaitWrite) {
-      const r = sys().pwriteNowait(f.fd, buf, 0, len, pos)
-      if (r === len) return r
-      if (r > 0) done = r
-      else if (r !== E.EAGAIN) f.nowaitWrite = false
-    }
-    return new Promise((resolve, reject) => {
-      const step = (): void => {
-        fs.write(f.fd, buf, done, len - done, pos + done, (err, n) => {
-          if (err) return done > 0 ? resolve(done) : reject(err)
-          done += n
-          if (done >= len) return resolve(done)
-          step()
-        })
-      }
-      step()
-    })
+    return transfer(this.file(fh), 'write', buf, len, pos)
   }
 
   async flush(_fh: number): Promise<void> {
@@ -393,6 +357,39 @@ export class StoreFs {
       await fsp.lchown(target, caller.uid, gid)
     }
   }
+}
+
+/**
+ * One read or write of `len` bytes at `pos`: first without blocking on this
+ * thread (preadv2/pwritev2 with RWF_NOWAIT), then the remainder on the thread
+ * pool. Reads stop at EOF; an error after some progress is a short count.
+ */
+function transfer(f: OpenFile, dir: 'read' | 'write', buf: Buffer, len: number, pos: number): Promise<number> | number {
+  let done = 0
+  const isRead = dir === 'read'
+  if (isRead ? f.nowaitRead : f.nowaitWrite) {
+    const r = isRead ? sys().preadNowait(f.fd, buf, 0, len, pos) : sys().pwriteNowait(f.fd, buf, 0, len, pos)
+    if (r === len) return r
+    if (r > 0) done = r
+    else if (r < 0 && r !== E.EAGAIN) {
+      // EOPNOTSUPP (ext4 has no non-blocking buffered writes) and the like: not on this file.
+      if (isRead) f.nowaitRead = false
+      else f.nowaitWrite = false
+    }
+  }
+  type Io = (fd: number, b: Buffer, off: number, n: number, at: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void
+  const io = (isRead ? fs.read : fs.write) as unknown as Io
+  return new Promise((resolve, reject) => {
+    const step = (): void => {
+      io(f.fd, buf, done, len - done, pos + done, (err: NodeJS.ErrnoException | null, n: number) => {
+        if (err) return done > 0 ? resolve(done) : reject(err)
+        done += n
+        if ((isRead && n === 0) || done >= len) return resolve(done)
+        step()
+      })
+    }
+    step()
+  })
 }
 
 function openNoFollow(p: string, flags: number, mode?: number): Promise<number> {
