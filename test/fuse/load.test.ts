@@ -118,8 +118,11 @@ describe('concurrency', () => {
     // Unpatched, every libfuse worker thread that came and went left its state
     // behind (tens of thousands after this many bursts). Recycled, the count is
     // bounded by the most threads ever alive at once.
-    expect(warm).toBeGreaterThan(1)
-    expect(after).toBeLessThanOrEqual(80) // 64 readers + libfuse's own spare workers
-    expect(after - warm).toBeLessThan(20) // 45 more bursts, (almost) nothing new
+    // Bounds with room for a loaded machine, where libfuse starts new workers
+    // while old ones are still exiting; unpatched, 45 bursts add thousands.
+    const msg = `per-thread states: ${warm} after 5 bursts, ${after} after 50`
+    expect(warm, msg).toBeGreaterThan(1)
+    expect(after, msg).toBeLessThanOrEqual(128) // twice the readers
+    expect(after - warm, msg).toBeLessThanOrEqual(64) // 45 more bursts: at most one burst's worth
   })
 })
