@@ -34,7 +34,7 @@ fi
 
 # npm dependencies: again only when package.json, the lock file or the patch changed.
 stamp=node_modules/.vmdi-setup-stamp
-want=$(cat package.json package-lock.json patches/*.patch scripts/build-fuse-native.js native/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat package.json package-lock.json patches/*.patch scripts/build-fuse-native.js native/binding.gyp native/vmdi_sys.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: npm ci (patches fuse-native and builds its addon and ours from source)"
   npm ci --no-audit --no-fund
