@@ -1,0 +1,77 @@
+// The contract every container format meets (STYLE.md habit 5): the same two
+// disks as raw and as every subformat qemu-img writes; for each, the whole
+// virtual disk read through our map equals `qemu-img convert -O raw`, and our
+// guest → file map equals `qemu-img map --output=json`. Plus the probe chain:
+// content decides, never the name.
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { openImage } from '../../src/introspect/container'
+import type { VirtualDisk } from '../../src/introspect/container/types'
+import { containerFixtures, expectMapMatchesQemu, expectSameBytes, qemuInfo } from '../helpers/qemu'
+
+let dir = ''
+beforeAll(() => {
+  dir = containerFixtures()
+})
+
+async function withDisk<T>(name: string, fn: (d: VirtualDisk) => Promise<T>): Promise<T> {
+  const d = await openImage(path.join(dir, name))
+  try {
+    return await fn(d)
+  } finally {
+    await d.close()
+  }
+}
+
+interface Case {
+  file: string
+  format: string
+  subformat: string
+  /** Map compared only where qemu reports file offsets (streamOptimized: bytes only). */
+  map: boolean
+}
+
+const CASES: Case[] = []
+for (const b of ['mbr', 'gpt']) {
+  CASES.push({ file: `${b}.raw`, format: 'raw', subformat: 'flat', map: true })
+}
+
+describe.each(CASES)('$file', (c) => {
+  it('opens as $format $subformat and reads like qemu', async () => {
+    await withDisk(c.file, async (d) => {
+      expect([d.format, d.subformat]).toEqual([c.format, c.subformat])
+      expect(d.size).toBe(qemuInfo(path.join(dir, c.file))['virtual-size'])
+      await expectSameBytes(d, path.join(dir, c.file))
+      if (c.map) expectMapMatchesQemu(d, path.join(dir, c.file))
+    })
+  })
+})
+
+describe('probe chain', () => {
+  it('answers "not a disk image" for files with no container, table or file system, whatever their name', async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-probe-'))
+    try {
+      for (const [src, name] of [
+        ['random.bin', 'disk.img'],
+        ['notes.txt', 'disk.vmdk'],
+        ['random.bin', 'disk.qcow2'],
+      ]) {
+        fs.copyFileSync(path.join(dir, src), path.join(tmp, name))
+        await expect(openImage(path.join(tmp, name))).rejects.toMatchObject({ code: 'NOT_THIS_FORMAT' })
+      }
+      // A raw disk under a misleading name is still a raw disk.
+      fs.copyFileSync(path.join(dir, 'gpt.raw'), path.join(tmp, 'looks.qcow2'))
+      const d = await openImage(path.join(tmp, 'looks.qcow2'))
+      expect(d.format).toBe('raw')
+      await d.close()
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
+  })
+
+  it('refuses an image outside the store it is opened in', async () => {
+    await expect(openImage(path.join(dir, 'gpt.raw'), { storeRoot: os.tmpdir() })).rejects.toThrow(/outside the store/)
+  })
+})
