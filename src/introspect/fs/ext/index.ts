@@ -1,0 +1,569 @@
+// ext2/ext3/ext4: the class of every fs block (DESIGN.md, pipeline step 3).
+// Static structures come from the superblock and group descriptors; inode
+// tables are read (only their used part where checksummed descriptors say
+// how much is used) as coalesced large reads; then every in-use inode's
+// block map is walked level by level (walk.ts).
+
+import { BlockClass } from '../../classes'
+import { NotThisFormatError } from '../../errors'
+import { ExtentMap, type Run } from '../../map/extent-map'
+import type { Reader } from '../../reader'
+import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode'
+import { jbd2HomeBlocks, parseJournalSuperblock, sniffClass, type JournalLayout } from './journal'
+import { COMPAT, featureNames, gdtBlocks, groupHasSuper, INCOMPAT, parseSuperblock, RO_COMPAT, staticLayout, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, type Superblock } from './superblock'
+import { CoalescingReader, walkInodes, type WalkTarget } from './walk'
+
+export interface ExtScanOptions {
+  onProgress?: (doneBytes: number, totalBytes: number) => void
+  /** Reads in flight at once (default 4). */
+  concurrency?: number
+  /** Largest single read (default 4 MiB). */
+  maxReadBytes?: number
+}
+
+export interface ExtInfo {
+  type: 'ext2' | 'ext3' | 'ext4'
+  blockSize: number
+  blocksCount: number
+  inodesCount: number
+  groupCount: number
+  features: string[]
+  uuid: string
+  label: string
+  /** The journal lives on another device (its blocks are not in this image). */
+  externalJournal: boolean
+}
+
+export interface ExtObject {
+  fsBlock: number
+  class: BlockClass
+  inode?: number
+  logical?: number
+  path?: string
+}
+
+export interface ExtChange {
+  fsBlock: number
+  count: number
+  from: BlockClass
+  to: BlockClass
+}
+
+const INODE_UNINIT = 0x1
+const MAX_SKIP_REASONS = 20
+const ROOT_INO = 2
+const RESIZE_INO = 7
+
+export async function probeExt(r: Reader): Promise<boolean> {
+  if (r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) return false
+  const b = await r.read(SUPERBLOCK_OFFSET + 0x38, 2)
+  return b.readUInt16LE(0) === 0xef53
+}
+
+export async function scanExt(r: Reader, opts: ExtScanOptions = {}): Promise<ExtFs> {
+  const fs = new ExtFs(r, opts)
+  await fs.scan()
+  return fs
+}
+
+export class ExtFs {
+  info!: ExtInfo
+  map = new ExtentMap()
+  readonly stats = { bytesRead: 0, reads: 0, metadataBlocks: 0, ms: 0, skipped: { count: 0, reasons: [] as string[] } }
+  private sb!: Superblock
+  private src!: CoalescingReader
+  // Per group, from the descriptors (typed arrays: no object per group).
+  private blockBitmap!: Float64Array
+  private inodeBitmap!: Float64Array
+  private inodeTable!: Float64Array
+  private gdFlags!: Uint16Array
+  private itableUnused!: Uint32Array
+  private itableBlocks = 0
+  /** Mapping blocks (IND/DIND/TIND, extent nodes) → owning inode: update() re-walks the owner when one is written. */
+  private mappingOwner = new Map<number, number>()
+  /** Journal block → home block named by a jbd2 descriptor, until the journaled copy is seen. */
+  private pendingJournal = new Map<number, number>()
+  private parents: Map<number, { parent: number; name: string }> | null = null
+  private journal: JournalLayout | null = null
+  private journalExtents: JournalLayout['extents'] = []
+
+  constructor(private readonly r: Reader, private readonly opts: ExtScanOptions = {}) {}
+
+  private skip(reason: string): void {
+    this.stats.skipped.count++
+    if (this.stats.skipped.reasons.length < MAX_SKIP_REASONS) this.stats.skipped.reasons.push(reason)
+  }
+
+  async scan(): Promise<void> {
+    const t0 = process.hrtime.bigint()
+    if (this.r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new NotThisFormatError('too small for an ext superblock', { file: this.r.name, layer: 'ext' })
+    const sbBytes = await this.r.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
+    const sb = parseSuperblock(sbBytes, this.r.size, this.r.name)
+    this.sb = sb
+    const bs = sb.blockSize
+    this.src = new CoalescingReader(this.r, bs, sb.blocksCount, this.opts.maxReadBytes ?? 4 << 20, this.opts.concurrency ?? 4)
+    const journal = (sb.compat & COMPAT.has_journal) !== 0
+    this.info = Object.freeze({
+      type: sb.incompat & (INCOMPAT.extent | INCOMPAT['64bit'] | INCOMPAT.flex_bg | INCOMPAT.inline_data | INCOMPAT.meta_bg) ||
+        sb.roCompat & (RO_COMPAT.huge_file | RO_COMPAT.uninit_bg | RO_COMPAT.dir_nlink | RO_COMPAT.extra_isize | RO_COMPAT.metadata_csum)
+        ? 'ext4'
+        : journal
+          ? 'ext3'
+          : 'ext2',
+      blockSize: bs,
+      blocksCount: sb.blocksCount,
+      inodesCount: sb.inodesCount,
+      groupCount: sb.groupCount,
+      features: featureNames(sb),
+      uuid: sb.uuid,
+      label: sb.label,
+      externalJournal: journal && sb.journalInum === 0,
+    }) as ExtInfo
+    this.itableBlocks = Math.ceil((sb.inodesPerGroup * sb.inodeSize) / bs)
+    const runs: Run[] = []
+    await this.readDescriptors()
+    this.addGroupStructures(runs)
+    if (sb.incompat & INCOMPAT.mmp && sb.mmpBlock > 0 && sb.mmpBlock < sb.blocksCount) runs.push([sb.mmpBlock, 1, BlockClass.Mmp])
+
+    // Inode tables: the used part of each, coalesced across groups (flex_bg packs them together).
+    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
+    const want: { group: number; start: number; blocks: number; inodes: number }[] = []
+    for (let g = 0; g < sb.groupCount; g++) {
+      let used = sb.inodesPerGroup
+      if (csum) used = this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])
+      if (used === 0) continue
+      const blocks = Math.ceil((used * sb.inodeSize) / bs)
+      if (this.inodeTable[g] + blocks > sb.blocksCount || this.inodeTable[g] === 0) {
+        this.skip(`group ${g}: inode table at ${this.inodeTable[g]} is outside the file system`)
+        continue
+      }
+      want.push({ group: g, start: this.inodeTable[g], blocks, inodes: used })
+    }
+    const totalBytes = want.reduce((a, w) => a + w.blocks * bs, 0)
+    const gap = Math.max(1, Math.floor((256 << 10) / bs))
+    const maxPer = Math.max(1, Math.floor((this.opts.maxReadBytes ?? 4 << 20) / bs))
+    const reads: [number, number][] = []
+    const owners: number[][] = []
+    want.forEach((w, k) => {
+      const last = reads[reads.length - 1]
+      if (last && w.start >= last[0] + last[1] && w.start - (last[0] + last[1]) <= gap && w.start + w.blocks - last[0] <= maxPer) {
+        last[1] = w.start + w.blocks - last[0]
+        owners[owners.length - 1].push(k)
+      } else {
+        reads.push([w.start, w.blocks])
+        owners.push([k])
+      }
+    })
+    const targets: WalkTarget[] = []
+    let done = 0
+    // Read in batches so a huge file system never holds all its inode tables at once.
+    for (let i = 0; i < reads.length; i += 16) {
+      const batch = reads.slice(i, i + 16)
+      const bufs = await this.src.readRuns(batch)
+      batch.forEach(([start], j) => {
+        for (const k of owners[i + j]) {
+          const w = want[k]
+          const base = (w.start - start) * bs
+          for (let n = 0; n < w.inodes; n++) {
+            const ino = w.group * sb.inodesPerGroup + n + 1
+            const inode = parseInode(bufs[j], base + n * sb.inodeSize, ino)
+            const t = this.target(inode, runs)
+            if (t) targets.push(t)
+          }
+          done += w.blocks * bs
+        }
+      })
+      this.opts.onProgress?.(done, totalBytes)
+      if (targets.length > 65536) await this.walk(targets.splice(0), runs)
+    }
+    await this.walk(targets, runs)
+    this.map = ExtentMap.fromRuns(runs)
+    await this.readJournalSuperblock()
+    this.stats.bytesRead = this.src.bytesRead + SUPERBLOCK_SIZE
+    this.stats.reads = this.src.reads + 1
+    this.stats.metadataBlocks = [...this.map.countByClass().values()].reduce((a, b) => a + b, 0)
+    this.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
+  }
+
+  private async readDescriptors(): Promise<void> {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const n = sb.groupCount
+    this.blockBitmap = new Float64Array(n)
+    this.inodeBitmap = new Float64Array(n)
+    this.inodeTable = new Float64Array(n)
+    this.gdFlags = new Uint16Array(n)
+    this.itableUnused = new Uint32Array(n)
+    const perBlock = bs / sb.descSize
+    const nBlocks = gdtBlocks(sb)
+    // Where descriptor block k of the primary copy is.
+    const loc: number[] = []
+    const metaBg = (sb.incompat & INCOMPAT.meta_bg) !== 0
+    for (let k = 0; k < nBlocks; k++) {
+      if (!metaBg || k < sb.firstMetaBg) loc.push(sb.firstDataBlock + 1 + k)
+      else {
+        const g = k * perBlock
+        loc.push(sb.firstDataBlock + g * sb.blocksPerGroup + (groupHasSuper(sb, g) ? 1 : 0))
+      }
+    }
+    const bufs = await this.src.readBlocks(loc)
+    const is64 = sb.descSize >= 64
+    for (let g = 0; g < n; g++) {
+      const k = Math.floor(g / perBlock)
+      const b = bufs.get(loc[k]) as Buffer
+      const o = (g % perBlock) * sb.descSize
+      this.parseDescriptor(g, b, o, is64)
+    }
+  }
+
+  private parseDescriptor(g: number, b: Buffer, o: number, is64: boolean): void {
+    const hi = (off: number) => (is64 ? b.readUInt32LE(o + off) * 2 ** 32 : 0)
+    this.blockBitmap[g] = b.readUInt32LE(o + 0x0) + hi(0x20)
+    this.inodeBitmap[g] = b.readUInt32LE(o + 0x4) + hi(0x24)
+    this.inodeTable[g] = b.readUInt32LE(o + 0x8) + hi(0x28)
+    this.gdFlags[g] = b.readUInt16LE(o + 0x12)
+    this.itableUnused[g] = b.readUInt16LE(o + 0x1c) + (is64 ? b.readUInt16LE(o + 0x32) * 65536 : 0)
+  }
+
+  private addGroupStructures(runs: Run[]): void {
+    const sb = this.sb
+    const cls = { superblock: BlockClass.Superblock, gdt: BlockClass.GroupDescriptor, 'reserved-gdt': BlockClass.ReservedGdt } as const
+    for (const s of staticLayout(sb)) {
+      if (s.start + s.count > sb.blocksCount) continue
+      runs.push([s.start, s.count, cls[s.kind]])
+    }
+    for (let g = 0; g < sb.groupCount; g++) this.addGroup(g, runs)
+  }
+
+  private addGroup(g: number, runs: Run[]): void {
+    const sb = this.sb
+    const ok = (b: number, n: number, what: string) => {
+      if (b > 0 && b + n <= sb.blocksCount) return true
+      this.skip(`group ${g}: ${what} at block ${b} is outside the file system`)
+      return false
+    }
+    if (ok(this.blockBitmap[g], 1, 'block bitmap')) runs.push([this.blockBitmap[g], 1, BlockClass.BlockBitmap])
+    if (ok(this.inodeBitmap[g], 1, 'inode bitmap')) runs.push([this.inodeBitmap[g], 1, BlockClass.InodeBitmap])
+    // The whole table is meta-data space, initialised or not.
+    if (ok(this.inodeTable[g], this.itableBlocks, 'inode table')) runs.push([this.inodeTable[g], this.itableBlocks, BlockClass.InodeTable])
+  }
+
+  /** What an inode's blocks are; null for inodes with nothing to walk. Adds its xattr block. */
+  private target(inode: Inode, runs: Run[]): WalkTarget | null {
+    const sb = this.sb
+    const ino = inode.ino
+    if (!inUse(inode)) return null
+    if (inode.fileAcl) {
+      if (inode.fileAcl < sb.blocksCount) runs.push([inode.fileAcl, 1, BlockClass.Xattr])
+      else this.skip(`inode ${ino}: xattr block ${inode.fileAcl} is outside the file system`)
+    }
+    if (ino === RESIZE_INO && sb.compat & COMPAT.resize_inode) {
+      // Its DIND block is the one block of its own: the blocks under it are the reserved GDT blocks (and their backups).
+      const dind = inode.block.readUInt32LE(13 * 4)
+      if (dind > 0 && dind < sb.blocksCount) {
+        runs.push([dind, 1, BlockClass.Indirect])
+        this.mappingOwner.set(dind, ino)
+      }
+      return null
+    }
+    let dataClass: BlockClass | null = null
+    const type = inode.mode & S_IFMT
+    if (sb.journalInum && ino === sb.journalInum) dataClass = BlockClass.Journal
+    else if (ino < sb.firstIno && ino !== ROOT_INO) dataClass = BlockClass.Special
+    else if (sb.quotaInums.includes(ino) || (sb.orphanFileInum && ino === sb.orphanFileInum)) dataClass = BlockClass.Special
+    else if (type === S_IFDIR) dataClass = BlockClass.Directory
+    else if (type === S_IFLNK) dataClass = BlockClass.Symlink
+    else if (inode.flags & EXT4_EA_INODE_FL) dataClass = BlockClass.Xattr
+    return { inode, dataClass }
+  }
+
+  private async walk(targets: WalkTarget[], runs: Run[]): Promise<void> {
+    await walkInodes(this.src, targets, {
+      meta: (start, count, cls, ino, logical) => {
+        runs.push([start, count, cls])
+        if (cls === BlockClass.Journal && logical !== undefined) this.journalExtents.push({ logical, start, count })
+        if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) this.mappingOwner.set(start, ino)
+      },
+      skip: (reason) => this.skip(reason),
+    })
+  }
+
+  /** The jbd2 superblock (logical journal block 0): tag sizes of descriptor blocks depend on its features. */
+  private async readJournalSuperblock(): Promise<void> {
+    const ext = this.journalExtents.sort((a, b) => a.logical - b.logical)
+    const first = ext.find((e) => e.logical === 0)
+    if (!first) return
+    const js = parseJournalSuperblock(await this.r.read(first.start * this.sb.blockSize, this.sb.blockSize))
+    this.src.bytesRead += this.sb.blockSize
+    this.src.reads++
+    if (js) this.journal = { extents: ext, ...js }
+  }
+
+  classOf(fsBlock: number): BlockClass {
+    return this.map.classOf(fsBlock)
+  }
+
+  /**
+   * Which inode, logical block and path each block belongs to. Like debugfs
+   * icheck + ncheck: walks every in-use inode's map (data included), so it
+   * costs a scan; meant for the CLI's --at and for tests, not the datapath.
+   */
+  async objectsAt(fsBlock: number, count: number): Promise<ExtObject[]> {
+    const sb = this.sb
+    const out: ExtObject[] = []
+    for (let b = fsBlock; b < fsBlock + count; b++) out.push({ fsBlock: b, class: this.classOf(b) })
+    const lo = fsBlock
+    const hi = fsBlock + count
+    const hits = (start: number, n: number, ino: number, logical?: number) => {
+      for (let b = Math.max(start, lo); b < Math.min(start + n, hi); b++) {
+        const o = out[b - lo]
+        o.inode = ino
+        if (logical !== undefined) o.logical = logical + (b - start)
+      }
+    }
+    // Inode-table blocks name their first inode.
+    for (const o of out) {
+      if (o.class !== BlockClass.InodeTable) continue
+      for (let g = 0; g < sb.groupCount; g++) {
+        const t = this.inodeTable[g]
+        if (o.fsBlock >= t && o.fsBlock < t + this.itableBlocks) {
+          o.inode = g * sb.inodesPerGroup + Math.floor(((o.fsBlock - t) * sb.blockSize) / sb.inodeSize) + 1
+        }
+      }
+    }
+    const targets: WalkTarget[] = []
+    await this.forEachInode((inode) => {
+      if (inode.fileAcl >= lo && inode.fileAcl < hi) hits(inode.fileAcl, 1, inode.ino)
+      if (inode.ino === RESIZE_INO) {
+        hits(inode.block.readUInt32LE(13 * 4), 1, inode.ino)
+        return
+      }
+      targets.push({ inode, dataClass: null })
+    })
+    const src = new CoalescingReader(this.r, sb.blockSize, sb.blocksCount, 4 << 20, 4)
+    await walkInodes(
+      src,
+      targets,
+      {
+        meta: (start, n, _cls, ino, logical) => hits(start, n, ino, logical),
+        data: (start, n, ino, logical) => hits(start, n, ino, logical),
+        skip: () => undefined,
+      },
+      true,
+    )
+    const paths = new Map<number, string>()
+    for (const o of out) {
+      if (o.inode === undefined || o.class === BlockClass.InodeTable) continue
+      if (!paths.has(o.inode)) paths.set(o.inode, await this.pathOf(o.inode))
+      const p = paths.get(o.inode)
+      if (p) o.path = p
+    }
+    return out
+  }
+
+  private async forEachInode(fn: (i: Inode) => void): Promise<void> {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
+    for (let g = 0; g < sb.groupCount; g++) {
+      const used = csum ? (this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])) : sb.inodesPerGroup
+      if (!used || this.inodeTable[g] === 0) continue
+      const blocks = Math.ceil((used * sb.inodeSize) / bs)
+      if (this.inodeTable[g] + blocks > sb.blocksCount) continue
+      const buf = await this.r.read(this.inodeTable[g] * bs, blocks * bs)
+      for (let n = 0; n < used; n++) {
+        const inode = parseInode(buf, n * sb.inodeSize, g * sb.inodesPerGroup + n + 1)
+        if (inUse(inode)) fn(inode)
+      }
+    }
+  }
+
+  private async readInode(ino: number): Promise<Inode> {
+    const sb = this.sb
+    const g = Math.floor((ino - 1) / sb.inodesPerGroup)
+    const idx = (ino - 1) % sb.inodesPerGroup
+    const off = this.inodeTable[g] * sb.blockSize + idx * sb.inodeSize
+    return parseInode(await this.r.read(off, sb.inodeSize), 0, ino)
+  }
+
+  /** Path of an inode, from a parent map built once from every directory (like debugfs ncheck). */
+  private async pathOf(ino: number): Promise<string> {
+    if (ino === ROOT_INO) return '/'
+    if (!this.parents) {
+      const parents = new Map<number, { parent: number; name: string }>()
+      const dirs: WalkTarget[] = []
+      await this.forEachInode((i) => {
+        if ((i.mode & S_IFMT) === S_IFDIR) dirs.push({ inode: i, dataClass: BlockClass.Directory })
+      })
+      const blocksOf: [number, number][] = []
+      const src = new CoalescingReader(this.r, this.sb.blockSize, this.sb.blocksCount, 4 << 20, 4)
+      await walkInodes(src, dirs, { meta: (s, n, cls, dino) => cls === BlockClass.Directory && blocksOf.push([s, dino]) && n > 1 && blocksOf.push(...Array.from({ length: n - 1 }, (_, k) => [s + k + 1, dino] as [number, number])), skip: () => undefined })
+      const bufs = await src.readBlocks(blocksOf.map(([b]) => b))
+      for (const [b, dino] of blocksOf) {
+        const buf = bufs.get(b) as Buffer
+        for (let o = 0; o + 8 <= buf.length; ) {
+          const child = buf.readUInt32LE(o)
+          const recLen = buf.readUInt16LE(o + 4)
+          const nameLen = buf.readUInt8(o + 6)
+          if (recLen < 8 || o + recLen > buf.length) break
+          if (child && nameLen && 8 + nameLen <= recLen) {
+            const name = buf.toString('utf8', o + 8, o + 8 + nameLen)
+            if (name !== '.' && name !== '..' && !parents.has(child)) parents.set(child, { parent: dino, name })
+          }
+          o += recLen
+        }
+      }
+      this.parents = parents
+    }
+    const parts: string[] = []
+    let cur = ino
+    for (let depth = 0; cur !== ROOT_INO && depth < 4096; depth++) {
+      const p = this.parents.get(cur)
+      if (!p) return ''
+      parts.unshift(p.name)
+      cur = p.parent
+    }
+    return '/' + parts.join('/')
+  }
+
+  /**
+   * The map changes one written run of whole fs blocks implies. Call it
+   * BEFORE the bytes reach the Reader: the previous content is read from it
+   * to diff against (nothing is cached per block).
+   */
+  async update(fsBlock: number, bytes: Buffer): Promise<ExtChange[]> {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const changes: ExtChange[] = []
+    const setClass = (start: number, count: number, to: BlockClass) => {
+      for (const [s, c, from] of [...this.classRuns(start, count)]) {
+        if (from === to) continue
+        this.map.set(s, c, to)
+        changes.push({ fsBlock: s, count: c, from, to })
+      }
+    }
+    this.parents = null
+    for (let k = 0; k * bs < bytes.length; k++) {
+      const block = fsBlock + k
+      const nb = bytes.subarray(k * bs, (k + 1) * bs)
+      if (nb.length < bs || block >= sb.blocksCount) break
+      const cls = this.classOf(block)
+      const pendingHome = this.pendingJournal.get(block)
+      if (pendingHome !== undefined) {
+        this.pendingJournal.delete(block)
+        const guess = sniffClass(nb, sb)
+        if (guess !== null && this.classOf(pendingHome) === BlockClass.Data) setClass(pendingHome, 1, guess)
+      }
+      if (cls === BlockClass.InodeTable) await this.updateInodeBlock(block, nb, setClass)
+      else if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) {
+        const owner = this.mappingOwner.get(block)
+        if (owner !== undefined && owner !== RESIZE_INO) {
+          // Re-walk the owner with the new mapping block in place of the old.
+          const inode = await this.readInode(owner)
+          await this.rewalk(inode, inode, setClass, new Map([[block, nb]]))
+        }
+      } else if (cls === BlockClass.Journal) {
+        const homes = jbd2HomeBlocks(nb, block, this.journal)
+        if (homes) for (const [journalBlock, home] of homes) if (home > 0 && home < sb.blocksCount) this.pendingJournal.set(journalBlock, home)
+      } else if (cls === BlockClass.GroupDescriptor) {
+        this.updateDescriptors(block, nb, setClass)
+      }
+    }
+    return changes
+  }
+
+  private *classRuns(start: number, count: number): IterableIterator<Run> {
+    let cur = start
+    for (const [s, c, k] of this.map.runsIn(start, count)) {
+      if (s > cur) yield [cur, s - cur, BlockClass.Data]
+      yield [s, c, k]
+      cur = s + c
+    }
+    if (cur < start + count) yield [cur, start + count - cur, BlockClass.Data]
+  }
+
+  private async updateInodeBlock(block: number, nb: Buffer, setClass: (s: number, c: number, to: BlockClass) => void): Promise<void> {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const old = await this.r.read(block * bs, bs)
+    let g = -1
+    for (let i = 0; i < sb.groupCount; i++) if (block >= this.inodeTable[i] && block < this.inodeTable[i] + this.itableBlocks) g = i
+    if (g < 0) return
+    const first = g * sb.inodesPerGroup + ((block - this.inodeTable[g]) * bs) / sb.inodeSize + 1
+    for (let n = 0; n < bs / sb.inodeSize; n++) {
+      const o = n * sb.inodeSize
+      if (old.subarray(o, o + 0x80).equals(nb.subarray(o, o + 0x80))) continue
+      const before = parseInode(old, o, first + n)
+      const after = parseInode(nb, o, first + n)
+      await this.rewalk(before, after, setClass)
+    }
+  }
+
+  /** Meta-data blocks `before` had and `after` lacks go back to data; `after`'s get their class. */
+  private async rewalk(before: Inode, after: Inode, setClass: (s: number, c: number, to: BlockClass) => void, override?: Map<number, Buffer>): Promise<void> {
+    const collect = async (inode: Inode, useOverride: boolean): Promise<Run[]> => {
+      const runs: Run[] = []
+      const t = this.target(inode, runs)
+      const base = this.src
+      const src = {
+        blockSize: base.blockSize,
+        blocksCount: base.blocksCount,
+        readBlocks: async (blocks: number[]) => {
+          const m = await base.readBlocks(blocks.filter((b) => !(useOverride && override?.has(b))))
+          if (useOverride && override) for (const [b, buf] of override) if (blocks.includes(b)) m.set(b, buf)
+          return m
+        },
+      }
+      if (t) await walkInodes(src, [t], { meta: (s, c, cls) => runs.push([s, c, cls]), skip: (r) => this.skip(r) })
+      return runs
+    }
+    const oldRuns = inUse(before) ? await collect(before, false) : []
+    const newRuns = inUse(after) ? await collect(after, true) : []
+    const keep = ExtentMap.fromRuns(newRuns)
+    for (const [s, c] of oldRuns) {
+      for (const [bs, bc, k] of this.classRunsOf(keep, s, c)) if (k === BlockClass.Data) setClass(bs, bc, BlockClass.Data)
+    }
+    for (const [s, c, cls] of newRuns) {
+      setClass(s, c, cls)
+      if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) this.mappingOwner.set(s, after.ino)
+    }
+  }
+
+  private *classRunsOf(m: ExtentMap, start: number, count: number): IterableIterator<Run> {
+    let cur = start
+    for (const [s, c, k] of m.runsIn(start, count)) {
+      if (s > cur) yield [cur, s - cur, BlockClass.Data]
+      yield [s, c, k]
+      cur = s + c
+    }
+    if (cur < start + count) yield [cur, start + count - cur, BlockClass.Data]
+  }
+
+  private updateDescriptors(block: number, nb: Buffer, setClass: (s: number, c: number, to: BlockClass) => void): void {
+    const sb = this.sb
+    const perBlock = sb.blockSize / sb.descSize
+    // Only the primary copy (right after the primary superblock, or a meta_bg group's first copy) defines the layout.
+    const metaBg = (sb.incompat & INCOMPAT.meta_bg) !== 0
+    let k = block - (sb.firstDataBlock + 1)
+    if (metaBg && k >= sb.firstMetaBg) {
+      const g0 = Math.floor((block - sb.firstDataBlock) / sb.blocksPerGroup)
+      if (g0 % perBlock !== 0) return
+      k = g0 / perBlock
+    }
+    if (k < 0 || k >= gdtBlocks(sb)) return
+    for (let i = 0; i < perBlock; i++) {
+      const g = k * perBlock + i
+      if (g >= sb.groupCount) break
+      const before = [this.blockBitmap[g], this.inodeBitmap[g], this.inodeTable[g]]
+      this.parseDescriptor(g, nb, i * sb.descSize, sb.descSize >= 64)
+      const after = [this.blockBitmap[g], this.inodeBitmap[g], this.inodeTable[g]]
+      if (before.every((v, j) => v === after[j])) continue
+      setClass(before[0], 1, BlockClass.Data)
+      setClass(before[1], 1, BlockClass.Data)
+      setClass(before[2], this.itableBlocks, BlockClass.Data)
+      const runs: Run[] = []
+      this.addGroup(g, runs)
+      for (const [s, c, cls] of runs) setClass(s, c, cls)
+    }
+  }
+}

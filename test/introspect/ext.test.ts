@@ -1,0 +1,166 @@
+// The ext classifier against e2fsprogs (test/helpers/e2oracle.ts) on every
+// fixture of scripts/fixtures/ext.sh: every meta-data block of the oracle is
+// meta-data with the same class in our map, and no other block is.
+import { execFileSync } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BlockClass, className } from '../../src/introspect/classes'
+import { scanExt } from '../../src/introspect/fs/ext'
+import { BufferReader, FileReader } from '../../src/introspect/reader'
+import { ROOT } from '../helpers/cli'
+import { e2oracle } from '../helpers/e2oracle'
+
+const DIR = path.join(ROOT, '.cache', 'fixtures', 'ext')
+let tmp = ''
+beforeAll(() => {
+  execFileSync('bash', [path.join(ROOT, 'scripts', 'fixtures', 'ext.sh')], { stdio: 'inherit' })
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-ext-'))
+})
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }))
+
+const FIXTURES = ['ext2-1024', 'ext2-2048', 'ext2-4096', 'ext3', 'ext4', 'ext4-meta_bg', 'ext4-sparse_super2', 'ext4-inline_data', 'ext4-mmp', 'ext4-nocsum']
+
+async function scanFile(file: string) {
+  const r = await FileReader.open(file)
+  try {
+    return await scanExt(r)
+  } finally {
+    await r.close()
+  }
+}
+
+describe.each(FIXTURES)('%s', (name) => {
+  it('classifies every block exactly as dumpe2fs + debugfs do', async () => {
+    const file = path.join(DIR, `${name}.img`)
+    const oracle = e2oracle(file)
+    const fs = await scanFile(file)
+    expect(fs.info.blockSize).toBe(oracle.blockSize)
+    expect(fs.info.blocksCount).toBe(oracle.blocksCount)
+    expect(fs.stats.skipped.count).toBe(0)
+    const wrong: string[] = []
+    for (let b = 0; b < oracle.blocksCount; b++) {
+      const want = oracle.classes.get(b) ?? 'data'
+      const got = className(fs.classOf(b))
+      if (want !== got && wrong.length < 10) wrong.push(`block ${b}: oracle ${want}, ours ${got}`)
+    }
+    expect(wrong).toEqual([])
+    // Classes the fixture was built to contain really are there.
+    const counts = fs.map.countByClass()
+    if (name === 'ext3') expect(counts.get(BlockClass.Journal)).toBeGreaterThan(0)
+    if (name.startsWith('ext2')) expect(counts.get(BlockClass.Indirect)).toBeGreaterThan(2)
+    if (name === 'ext4') expect(counts.get(BlockClass.ExtentTree)).toBeGreaterThan(2)
+    if (name === 'ext4-mmp') expect(counts.get(BlockClass.Mmp)).toBe(1)
+    // Scanning reads meta-data only: never more than the meta-data there is (plus the superblock).
+    const metaBytes = [...counts.values()].reduce((a, c) => a + c, 0) * oracle.blockSize
+    expect(fs.stats.bytesRead).toBeLessThanOrEqual(metaBytes + 1024)
+  })
+})
+
+describe('objectsAt', () => {
+  it('names the inode, file block and path of a data block and of a directory block, like debugfs icheck/ncheck', async () => {
+    const file = path.join(DIR, 'ext2-4096.img')
+    const fs = await (async () => {
+      const r = await FileReader.open(file)
+      const f = await scanExt(r)
+      return { f, r }
+    })()
+    const stat = execFileSync('debugfs', ['-R', 'stat /d008/e01/f00008', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const block = Number(/\(0\):(\d+)/.exec(stat)![1])
+    const [o] = await fs.f.objectsAt(block, 1)
+    const icheck = execFileSync('debugfs', ['-R', `icheck ${block}`, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    expect(o).toMatchObject({ fsBlock: block, class: BlockClass.Data, inode: Number(icheck.trim().split('\n').pop()!.split(/\s+/)[1]), logical: 0, path: '/d008/e01/f00008' })
+    const dstat = execFileSync('debugfs', ['-R', 'stat /d001', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const dblock = Number(/\(0\):(\d+)/.exec(dstat)![1])
+    const [d] = await fs.f.objectsAt(dblock, 1)
+    expect(d).toMatchObject({ class: BlockClass.Directory, path: '/d001', logical: 0 })
+    await fs.r.close()
+  })
+})
+
+describe('update from captured writes', () => {
+  it('a debugfs mkdir + file write + rm on a copy: feeding the changed blocks to update() gives the fresh scan of the copy', async () => {
+    const src = path.join(DIR, 'ext2-1024.img')
+    const before = path.join(tmp, 'before.img')
+    const after = path.join(tmp, 'after.img')
+    fs.copyFileSync(src, before)
+    fs.copyFileSync(src, after)
+    const big = path.join(tmp, 'payload')
+    fs.writeFileSync(big, Buffer.alloc(600 * 1024, 7))
+    const cmd = path.join(tmp, 'cmds')
+    fs.writeFileSync(cmd, [`mkdir /newdir`, `write ${big} /newdir/payload`, `mkdir /newdir/sub`, `rm /d000/e00/f00000`, `rmdir /level00/level01/level02/level03/level04/level05/level06/level07/level08/level09/level10/level11/level12/level13/level14/level15/level16/level17/level18/level19/level20/level21/level22/level23/bottom`].join('\n') + '\n')
+    execFileSync('debugfs', ['-w', '-f', cmd, after], { stdio: 'ignore' })
+    const a = fs.readFileSync(before)
+    const b = fs.readFileSync(after)
+    const bs = 1024
+    // The scan reads the file that will receive the writes; each block is applied after update() saw it.
+    const live = Buffer.from(a)
+    const reader = new BufferReader(live, 'live')
+    const efs = await scanExt(reader)
+    // Inode-table blocks last, as a guest's writeback often orders them: data and mapping blocks first.
+    const changed: number[] = []
+    for (let k = 0; k < a.length / bs; k++) if (!a.subarray(k * bs, (k + 1) * bs).equals(b.subarray(k * bs, (k + 1) * bs))) changed.push(k)
+    const itable = changed.filter((k) => efs.classOf(k) === BlockClass.InodeTable)
+    const rest = changed.filter((k) => efs.classOf(k) !== BlockClass.InodeTable)
+    for (const k of [...rest, ...itable]) {
+      const nb = b.subarray(k * bs, (k + 1) * bs)
+      await efs.update(k, Buffer.from(nb))
+      nb.copy(live, k * bs)
+    }
+    const fresh = await scanExt(new BufferReader(b, 'after'))
+    const diff: string[] = []
+    for (let k = 0; k < a.length / bs; k++) {
+      if (efs.classOf(k) !== fresh.classOf(k) && diff.length < 10) diff.push(`block ${k}: updated ${className(efs.classOf(k))}, fresh ${className(fresh.classOf(k))}`)
+    }
+    expect(diff).toEqual([])
+    expect(changed.length).toBeGreaterThan(5)
+  })
+})
+
+describe('hostile input', () => {
+  function patched(name: string, patch: (b: Buffer) => void): Buffer {
+    const b = fs.readFileSync(path.join(DIR, `${name}.img`))
+    patch(b)
+    return b
+  }
+
+  it('bad magic is not this format; absurd fields are CorruptError naming the superblock at 1024; bigalloc is unsupported', async () => {
+    await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt16LE(0x1234, 1024 + 0x38))))).rejects.toMatchObject({ code: 'NOT_THIS_FORMAT' })
+    await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt32LE(40, 1024 + 0x18)), 'img'))).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: 'img ext superblock @1024: s_log_block_size 40 gives blocks over 64 KiB',
+    })
+    await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt32LE(0x7fffffff, 1024 + 0x4)), 'img'))).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(/s_blocks_count 2147483647 x 1024 bytes exceeds/),
+    })
+    await expect(scanFile(path.join(DIR, 'ext4-bigalloc.img'))).rejects.toMatchObject({ code: 'UNSUPPORTED' })
+  })
+
+  it('an extent tree that points to itself and block numbers past the end are counted skips, no hang', async () => {
+    const file = path.join(DIR, 'ext4.img')
+    const stat = execFileSync('debugfs', ['-R', 'stat /frag', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const etb0 = Number(/\(ETB0\):(\d+)/.exec(stat)![1])
+    const img = patched('ext4', (b) => {
+      // ETB0 is an index node: point its first entry's child at itself.
+      const o = etb0 * 4096
+      b.writeUInt32LE(etb0, o + 12 + 4)
+      b.writeUInt16LE(0, o + 12 + 8)
+      // And a directory's first block pointer far past the end: root's extent start.
+    })
+    const efs = await scanExt(new BufferReader(img, 'loop'))
+    expect(efs.stats.skipped.count).toBeGreaterThan(0)
+    expect(efs.stats.skipped.reasons.join('\n')).toMatch(/referenced twice|depth/)
+    const ino = 2
+    const past = patched('ext2-1024', (b) => {
+      // Root directory inode (2): in the first inode table; set i_block[0] past the end.
+      const dump = execFileSync('dumpe2fs', [path.join(DIR, 'ext2-1024.img')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      const table = Number(/Inode table at (\d+)/.exec(dump)![1])
+      const isize = Number(/^Inode size:\s+(\d+)/m.exec(dump)![1])
+      b.writeUInt32LE(0x7ffffff0, table * 1024 + (ino - 1) * isize + 0x28)
+    })
+    const e2 = await scanExt(new BufferReader(past, 'past'))
+    expect(e2.stats.skipped.reasons.join('\n')).toMatch(/inode 2: data blocks 2147483632\+1 are outside the file system/)
+  })
+})
