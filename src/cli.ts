@@ -13,6 +13,7 @@ import { MountConfig, runDetached, runForeground, unmount, VERSION } from './fus
 import { readRecord, requestControl } from './fuse/runtime'
 import fs from 'fs'
 import path from 'path'
+import { runInspect, type InspectCliOptions } from './cmd/inspect'
 
 const program = new Command()
 
@@ -126,6 +127,30 @@ program
     )
   })
 
+program
+  .command('inspect')
+  .description(
+    'look inside one disk image without mounting: container format and files, volumes, and for every\n' +
+      'ext2/3/4 file system the class of every block (what the mount keeps on the SSD and in RAM)',
+  )
+  .argument('<image>', 'an image file (raw, VMDK, VHD, VDI, qcow2; decided by content, not by name)')
+  .option('--json', 'machine-readable output (keys documented in the README)')
+  .option('--map', 'print the meta-data byte ranges of each backing file: [offset, length, class]')
+  .option('--at <offset>', 'what lives at this byte of the image file: class, inode and path')
+  .option('--no-scan', 'container and volumes only, no file-system scan')
+  .option('--store <dir>', 'directory extent and parent files must stay inside (default: the image\'s directory)')
+  .addHelpText(
+    'after',
+    '\nExit status: 0 a disk image, 2 not a disk image, 1 usage, I/O or corrupt-image errors.\n\nExamples:\n' +
+      '  vmdi-fuse inspect /hdd/store/vm1.vmdk\n' +
+      '  vmdi-fuse inspect /hdd/store/vm1.qcow2 --json\n' +
+      '  vmdi-fuse inspect /hdd/store/vm1.img --map --json > map.json\n' +
+      '  vmdi-fuse inspect /hdd/store/vm1.img --at 0x12345000\n',
+  )
+  .action(async (image: string, o: InspectCliOptions) => {
+    await runInspect(image, o)
+  })
+
 async function main(): Promise<void> {
   program.exitOverride()
   try {
@@ -133,7 +158,8 @@ async function main(): Promise<void> {
   } catch (e) {
     if (e instanceof CommanderError) {
       // commander already printed its message (usage errors, --help, --version).
-      process.exit(e.exitCode === 0 ? 0 : 2)
+      // inspect's contract keeps 2 for "not a disk image": its usage errors are 1.
+      process.exit(e.exitCode === 0 ? 0 : process.argv[2] === 'inspect' ? 1 : 2)
     }
     if (e instanceof CliError) {
       process.stderr.write(`vmdi-fuse: ${e.message}\n`)

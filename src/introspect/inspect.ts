@@ -1,0 +1,264 @@
+// The whole introspection pipeline for one image: container → volumes → file
+// systems → one map per backing file. Pure (no FUSE, no caches): the CLI's
+// `inspect` prints it, the datapath keeps the maps.
+
+import fs from 'fs'
+import { BlockClass, className } from './classes'
+import { openImage } from './container'
+import type { VirtualDisk } from './container/types'
+import { IntrospectError } from './errors'
+import { scanExt, type ExtFs } from './fs/ext'
+import { FileMapBuilder, type FileMap } from './map/fold'
+import { readVolumes, volumeReader, type Volume, type VolumeLayout } from './volume'
+
+export interface InspectOptions {
+  /** Directory extent and parent files must stay inside (default: the image's directory). */
+  storeRoot?: string
+  /** Scan file systems (default true). Off: container and volumes only. */
+  scan?: boolean
+  /** Scan progress: bytes done and total of the file system being scanned. */
+  onProgress?: (what: string, done: number, total: number) => void
+}
+
+export interface FsReport {
+  /** Index of the volume (Volume.index) the file system lives in. */
+  volume: number
+  type: string
+  blockSize: number
+  blocks: number
+  features: string[]
+  uuid: string
+  label: string
+  /** Blocks and bytes per class (data: every block no run claims). */
+  classes: Record<string, { blocks: number; bytes: number }>
+  scanMs: number
+  bytesRead: number
+  reads: number
+  /** Bytes of RAM the fs-level map takes. */
+  mapBytes: number
+  skipped: { count: number; reasons: string[] }
+}
+
+export interface InspectReport {
+  image: string
+  format: string
+  subformat: string
+  virtualSize: number
+  files: string[]
+  parents: { path: string; format: string; subformat: string }[]
+  allocatedBytes: number
+  readOnly: string | null
+  regions: { file: string; offset: number; length: number; structure: string }[]
+  scheme: string
+  partitions: {
+    index: number
+    scheme: string
+    start: number
+    size: number
+    type: string
+    name: string
+    content: string
+    uuid?: string
+    parent?: number
+  }[]
+  warnings: string[]
+  filesystems: FsReport[]
+  /** Volumes whose file system could not be scanned: the reason (the image is still served, as data). */
+  errors: { volume: number; message: string }[]
+  /** Bytes of RAM the per-file maps take, and their runs (after fold). */
+  fileMapBytes?: number
+}
+
+export interface Inspection {
+  report: InspectReport
+  disk: VirtualDisk
+  layout: VolumeLayout
+  filesystems: { volume: Volume; fs: ExtFs }[]
+  /** One map per backing file, 4 KiB granularity (only when scanned). */
+  fileMaps: FileMap[] | null
+  close(): Promise<void>
+}
+
+const EXT_CONTENT = new Set(['ext2', 'ext3', 'ext4'])
+
+export async function inspectImage(image: string, opts: InspectOptions = {}): Promise<Inspection> {
+  const disk = await openImage(image, { storeRoot: opts.storeRoot })
+  try {
+    const layout = await readVolumes(disk)
+    const filesystems: { volume: Volume; fs: ExtFs }[] = []
+    const errors: { volume: number; message: string }[] = []
+    if (opts.scan !== false) {
+      for (const v of layout.volumes) {
+        if (!EXT_CONTENT.has(v.content)) continue
+        const what = `${v.content} in ${v.scheme === 'none' ? 'the whole disk' : `volume ${v.index}`}`
+        try {
+          const fs = await scanExt(volumeReader(disk, v), {
+            onProgress: opts.onProgress ? (d, t) => opts.onProgress?.(what, d, t) : undefined,
+          })
+          filesystems.push({ volume: v, fs })
+        } catch (e) {
+          if (!(e instanceof IntrospectError)) throw e
+          errors.push({ volume: v.index, message: e.message })
+        }
+      }
+    }
+    const fileMaps = opts.scan !== false ? foldMaps(disk, layout, filesystems) : null
+    const report = makeReport(image, disk, layout, filesystems, errors, fileMaps)
+    return { report, disk, layout, filesystems, fileMaps, close: () => disk.close() }
+  } catch (e) {
+    await disk.close().catch(() => undefined)
+    throw e
+  }
+}
+
+/** Guest offset of byte `offset` of volume `v` (LVs may have several segments). */
+export function volumeToGuest(v: Volume, offset: number): number | null {
+  for (const s of v.segments) {
+    if (offset >= s.volumeOffset && offset < s.volumeOffset + s.length) return s.diskOffset + (offset - s.volumeOffset)
+  }
+  return null
+}
+
+function foldMaps(disk: VirtualDisk, layout: VolumeLayout, filesystems: { volume: Volume; fs: ExtFs }[]): FileMap[] {
+  const b = new FileMapBuilder(disk, (p) => {
+    try {
+      return fs.statSync(p).size
+    } catch {
+      return 0
+    }
+  })
+  for (const r of layout.regions) b.addGuest(r.offset, r.length, BlockClass.PartitionTable)
+  for (const { volume, fs: efs } of filesystems) {
+    const bs = efs.info.blockSize
+    for (const [start, count, cls] of efs.map.runs()) {
+      // A run of fs blocks is contiguous in the volume; segments split it on the disk.
+      const from = start * bs
+      const to = (start + count) * bs
+      for (const s of volume.segments) {
+        const lo = Math.max(from, s.volumeOffset)
+        const hi = Math.min(to, s.volumeOffset + s.length)
+        if (hi > lo) b.addGuest(s.diskOffset + (lo - s.volumeOffset), hi - lo, cls)
+      }
+    }
+  }
+  return b.build()
+}
+
+function makeReport(
+  image: string,
+  disk: VirtualDisk,
+  layout: VolumeLayout,
+  filesystems: { volume: Volume; fs: ExtFs }[],
+  errors: { volume: number; message: string }[],
+  fileMaps: FileMap[] | null,
+): InspectReport {
+  const parents: InspectReport['parents'] = []
+  for (let p = disk.parent; p; p = p.parent) parents.push({ path: p.files[0], format: p.format, subformat: p.subformat })
+  const regions: InspectReport['regions'] = []
+  for (let d: VirtualDisk | null = disk; d; d = d.parent) {
+    for (const r of d.regions()) regions.push({ file: d.files[r.file], offset: r.offset, length: r.length, structure: r.structure })
+  }
+  return {
+    image,
+    format: disk.format,
+    subformat: disk.subformat,
+    virtualSize: disk.size,
+    files: [...disk.files],
+    parents,
+    allocatedBytes: disk.allocatedBytes(),
+    readOnly: disk.readOnlyReason,
+    regions,
+    scheme: layout.scheme,
+    partitions: layout.volumes.map((v) => ({
+      index: v.index,
+      scheme: v.scheme,
+      start: v.start,
+      size: v.size,
+      type: v.type,
+      name: v.name,
+      content: v.content,
+      ...(v.uuid !== undefined ? { uuid: v.uuid } : {}),
+      ...(v.parent !== undefined ? { parent: v.parent } : {}),
+    })),
+    warnings: layout.warnings,
+    filesystems: filesystems.map(({ volume, fs: efs }) => fsReport(volume, efs)),
+    errors,
+    ...(fileMaps ? { fileMapBytes: fileMaps.reduce((a, m) => a + m.map.memoryBytes(), 0) } : {}),
+  }
+}
+
+function fsReport(volume: Volume, efs: ExtFs): FsReport {
+  const bs = efs.info.blockSize
+  const classes: FsReport['classes'] = {}
+  let meta = 0
+  for (const [cls, blocks] of [...efs.map.countByClass()].sort((a, b) => a[0] - b[0])) {
+    classes[className(cls)] = { blocks, bytes: blocks * bs }
+    meta += blocks
+  }
+  const data = Math.max(0, efs.info.blocksCount - meta)
+  classes[className(BlockClass.Data)] = { blocks: data, bytes: data * bs }
+  return {
+    volume: volume.index,
+    type: efs.info.type,
+    blockSize: bs,
+    blocks: efs.info.blocksCount,
+    features: efs.info.features,
+    uuid: efs.info.uuid,
+    label: efs.info.label,
+    classes,
+    scanMs: efs.stats.ms,
+    bytesRead: efs.stats.bytesRead,
+    reads: efs.stats.reads,
+    mapBytes: efs.map.memoryBytes(),
+    skipped: efs.stats.skipped,
+  }
+}
+
+export interface AtReport {
+  /** Byte of the image file asked about. */
+  offset: number
+  file: string
+  /** What holds it: container meta-data, a guest byte, or nothing. */
+  kind: 'container' | 'guest' | 'compressed' | 'unused'
+  class: string
+  structure?: string
+  guestOffset?: number
+  volume?: number
+  fsBlock?: number
+  inode?: number
+  logical?: number
+  path?: string
+}
+
+/** What lives at byte `offset` of the image file (files[0]): class, and for file-system blocks the inode and path. */
+export async function whatIsAt(ins: Inspection, offset: number): Promise<AtReport> {
+  const file = ins.disk.files[0]
+  const loc = ins.disk.locate(0, offset)
+  if (loc.kind === 'container') return { offset, file, kind: 'container', class: className(BlockClass.Container), structure: loc.structure }
+  if (loc.kind === 'unused') return { offset, file, kind: 'unused', class: className(BlockClass.Free) }
+  const g = loc.kind === 'guest' ? loc.guestOffset : loc.guestOffset
+  const base: AtReport = { offset, file, kind: loc.kind, class: className(BlockClass.Data), guestOffset: g }
+  if (loc.kind === 'compressed') return base
+  const table = ins.layout.regions.find((r) => g >= r.offset && g < r.offset + r.length)
+  if (table) return { ...base, class: className(BlockClass.PartitionTable), structure: table.structure }
+  // The innermost volume holding g: an LV before the PV partition that holds it.
+  const holders = ins.layout.volumes.filter((v) => v.segments.some((s) => g >= s.diskOffset && g < s.diskOffset + s.length))
+  holders.sort((a, b) => Number(b.parent !== undefined) - Number(a.parent !== undefined))
+  const v = holders[0]
+  if (!v) return base
+  const seg = v.segments.find((s) => g >= s.diskOffset && g < s.diskOffset + s.length)!
+  const inVolume = seg.volumeOffset + (g - seg.diskOffset)
+  const hit = ins.filesystems.find((f) => f.volume === v)
+  if (!hit) return { ...base, volume: v.index }
+  const fsBlock = Math.floor(inVolume / hit.fs.info.blockSize)
+  const [obj] = await hit.fs.objectsAt(fsBlock, 1)
+  return {
+    ...base,
+    volume: v.index,
+    fsBlock,
+    class: className(obj ? obj.class : hit.fs.classOf(fsBlock)),
+    ...(obj?.inode !== undefined ? { inode: obj.inode } : {}),
+    ...(obj?.logical !== undefined ? { logical: obj.logical } : {}),
+    ...(obj?.path !== undefined ? { path: obj.path } : {}),
+  }
+}
