@@ -85,8 +85,7 @@ export async function runInspect(image: string, o: InspectCliOptions): Promise<v
       const r = await whatIsAt(ins, at)
       if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
       else {
-        const parts = [`${r.offset}: ${r.class}`]
-        if (r.structure) parts.push(`(${r.structure})`)
+        const parts = [`${r.offset}: ${r.class}${r.structure ? ` (${r.structure})` : ''}`]
         if (r.guestOffset !== undefined) parts.push(`guest offset ${r.guestOffset}`)
         if (r.volume !== undefined) parts.push(`volume ${r.volume}`)
         if (r.fsBlock !== undefined) parts.push(`fs block ${r.fsBlock}`)

@@ -242,8 +242,9 @@ export async function whatIsAt(ins: Inspection, offset: number): Promise<AtRepor
   const table = ins.layout.regions.find((r) => g >= r.offset && g < r.offset + r.length)
   if (table) return { ...base, class: className(BlockClass.PartitionTable), structure: table.structure }
   // The innermost volume holding g: an LV before the PV partition that holds it.
-  const holders = ins.layout.volumes.filter((v) => v.segments.some((s) => g >= s.diskOffset && g < s.diskOffset + s.length))
-  holders.sort((a, b) => Number(b.parent !== undefined) - Number(a.parent !== undefined))
+  // (An extended partition only contains logical ones: the smallest holder is the innermost.)
+  const holders = ins.layout.volumes.filter((v) => v.content !== 'extended' && v.segments.some((s) => g >= s.diskOffset && g < s.diskOffset + s.length))
+  holders.sort((a, b) => Number(b.parent !== undefined) - Number(a.parent !== undefined) || a.size - b.size)
   const v = holders[0]
   if (!v) return base
   const seg = v.segments.find((s) => g >= s.diskOffset && g < s.diskOffset + s.length)!
