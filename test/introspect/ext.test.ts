@@ -164,3 +164,58 @@ describe('hostile input', () => {
     expect(e2.stats.skipped.reasons.join('\n')).toMatch(/inode 2: data blocks 2147483632\+1 are outside the file system/)
   })
 })
+
+describe('update from the journal', () => {
+  it('jbd2 descriptor blocks a real kernel wrote classify new meta-data before any checkpoint write is seen', async () => {
+    const src = path.join(DIR, 'ext4.img')
+    const img = path.join(tmp, 'journaled.img')
+    fs.copyFileSync(src, img)
+    const mnt = path.join(tmp, 'mnt')
+    fs.mkdirSync(mnt, { recursive: true })
+    execFileSync('mount', ['-o', 'loop', img, mnt])
+    try {
+      fs.mkdirSync(path.join(mnt, 'jdir'))
+      for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(mnt, 'jdir', `a-file-with-a-long-name-${i}`), '')
+      execFileSync('sync')
+    } finally {
+      execFileSync('umount', [mnt])
+    }
+    const a = fs.readFileSync(src)
+    const b = fs.readFileSync(img)
+    const efs = await scanExt(new BufferReader(Buffer.from(a), 'live'))
+    const bs = efs.info.blockSize
+    // Feed only the journal's blocks, in log order (the journal inode's blocks are contiguous here).
+    const jstat = execFileSync('debugfs', ['-R', 'stat <8>', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const [, j0, j1] = /\(0-\d+\):(\d+)-(\d+)/.exec(jstat)!.map(Number)
+    let fed = 0
+    for (let k = j0; k <= j1; k++) {
+      const nb = b.subarray(k * bs, (k + 1) * bs)
+      if (nb.equals(a.subarray(k * bs, (k + 1) * bs))) continue
+      await efs.update(k, Buffer.from(nb))
+      fed++
+    }
+    expect(fed).toBeGreaterThan(2)
+    const dstat = execFileSync('debugfs', ['-R', 'stat /jdir', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const dirBlocks = [...dstat.matchAll(/\(\d+(?:-\d+)?\):(\d+)(?:-(\d+))?/g)].flatMap((m) => {
+      const out: number[] = []
+      for (let x = Number(m[1]); x <= Number(m[2] ?? m[1]); x++) out.push(x)
+      return out
+    })
+    expect(dirBlocks.length).toBeGreaterThan(1)
+    for (const d of dirBlocks) expect({ d, cls: className(efs.classOf(d)) }).toEqual({ d, cls: 'directory' })
+  })
+
+  it('a directory entry with rec_len 0 is skipped when paths are resolved, no hang', async () => {
+    const file = path.join(DIR, 'ext2-4096.img')
+    const dstat = execFileSync('debugfs', ['-R', 'stat /d008', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const dblock = Number(/\(0\):(\d+)/.exec(dstat)![1])
+    const fstat = execFileSync('debugfs', ['-R', 'stat /d008/e01/f00008', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const fblock = Number(/\(0\):(\d+)/.exec(fstat)![1])
+    const buf = fs.readFileSync(file)
+    buf.writeUInt16LE(0, dblock * 4096 + 4) // '.' of /d008: rec_len 0
+    const efs = await scanExt(new BufferReader(buf, 'rec0'))
+    const [o] = await efs.objectsAt(fblock, 1)
+    expect(o.inode).toBeGreaterThan(0)
+    expect(o.path ?? '').toBe('') // its parent directory no longer names it
+  })
+})

@@ -463,6 +463,12 @@ export class ExtFs {
           await this.rewalk(inode, inode, setClass, new Map([[block, nb]]))
         }
       } else if (cls === BlockClass.Journal) {
+        // The kernel sets jbd2 features (64bit, csum v3: tag sizes) in the journal superblock at mount.
+        if (this.journal && this.journal.extents[0]?.start === block && this.journal.extents[0].logical === 0) {
+          const js = parseJournalSuperblock(nb)
+          if (js) this.journal = { ...this.journal, ...js }
+          continue
+        }
         const homes = jbd2HomeBlocks(nb, block, this.journal)
         if (homes) for (const [journalBlock, home] of homes) if (home > 0 && home < sb.blocksCount) this.pendingJournal.set(journalBlock, home)
       } else if (cls === BlockClass.GroupDescriptor) {
