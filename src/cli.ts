@@ -113,6 +113,7 @@ program
     }
     const ops = st.ops as Record<string, number>
     const threads = st.threads as { created: number; parked: number }
+    const direct = st.direct as { reads: number; writes: number; readBytes: number; writeBytes: number }
     process.stdout.write(
       [
         `mount point  ${st.mountpoint}`,
@@ -122,6 +123,7 @@ program
         `open files   ${st.openFiles}`,
         `in flight    ${st.inFlight}`,
         `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
+        `direct I/O   ${direct.reads} reads (${(direct.readBytes / 2 ** 20).toFixed(1)} MiB), ${direct.writes} writes (${(direct.writeBytes / 2 ** 20).toFixed(1)} MiB) served on the FUSE threads`,
         `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
       ].join('\n') + '\n',
     )

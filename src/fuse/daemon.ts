@@ -90,6 +90,8 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     },
   })
 
+  store.direct = (fh, fd) => fuse!.setDirect(fh, fd)
+
   await new Promise<void>((resolve, reject) => {
     fuse!.mount((err) => {
       if (err) {
@@ -125,7 +127,8 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     version: VERSION,
   })
   const watchdog = setInterval(() => {
-    for (const o of tracker.slow(SLOW_OP_MS)) {
+    const slow = [...tracker.slow(SLOW_OP_MS), ...fuse!.directSlow(SLOW_OP_MS).map((o) => ({ ...o, path: store.pathOf(o.fh) }))]
+    for (const o of slow) {
       log.warn(`slow operation: ${o.op} ${o.path} has waited ${Math.round((Date.now() - o.started) / 1000)} s for the store (still waiting, not abandoned)`)
     }
   }, SLOW_OP_MS / 2)
@@ -154,6 +157,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
       ops: tracker.counts,
       errors: tracker.errors,
       threads: fuse!.threadStats(),
+      direct: fuse!.directStats(),
       memory: process.memoryUsage(),
     }
   }

@@ -20,6 +20,9 @@ declare module 'fuse-native' {
     unmount(cb: (err: Error | null) => void): void
     getContext(): { uid: number; gid: number; pid: number } | null
     threadStats(): { created: number; parked: number }
+    setDirect(fh: number, fd: number): boolean
+    directSlow(ms: number): { fh: number; op: 'read' | 'write'; started: number }[]
+    directStats(): { reads: number; writes: number; readBytes: number; writeBytes: number }
     _fuseOptions(): string
     static unmount(mnt: string, cb: (err: Error | null) => void): void
   }

@@ -35,6 +35,8 @@ export interface OpenFile {
   /** Mount-relative path at open time (renames are not tracked: informational). */
   path: string
   flags: number
+  /** Registered with the binding's direct path (read/write never reach JS). */
+  direct?: boolean
 }
 
 export interface TimeSpec {
@@ -62,6 +64,14 @@ export class StoreFs {
   readonly root: string
   private readonly files = new Map<number, OpenFile>()
   private nextFh = 1
+  private readonly freeFhs: number[] = []
+  /**
+   * Set by the daemon once the binding exists: registers (fd) or drops (-1) the
+   * binding's direct path for a handle, which then serves read and write with
+   * pread/pwrite on the libfuse thread, no JS round trip. Plain pass-through
+   * files use it; the datapath will keep introspected images on the JS path.
+   */
+  direct: ((fh: number, fd: number) => boolean) | null = null
   private readonly daemonIsRoot = process.getuid?.() === 0
 
   constructor(root: string) {
@@ -81,6 +91,11 @@ export class StoreFs {
     return this.root + p
   }
 
+  /** Mount path an open handle was opened by (for log lines about it). */
+  pathOf(fh: number): string {
+    return this.files.get(fh)?.path ?? `(file handle ${fh})`
+  }
+
   openFiles(): number {
     return this.files.size
   }
@@ -93,21 +108,28 @@ export class StoreFs {
 
   private addFile(f: OpenFile): number {
     // fh values are uint32 and never 0 (0 means "no handle" in the binding).
-    for (let i = 0; i < 0xffffffff; i++) {
-      const fh = this.nextFh
-      this.nextFh = this.nextFh >= 0xfffffffe ? 1 : this.nextFh + 1
-      if (!this.files.has(fh)) {
-        this.files.set(fh, f)
-        return fh
-      }
-    }
-    throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
+    // Released handles are reused first, so numbers stay small: the binding's
+    // direct-I/O table covers handles below 65536.
+    const fh = this.freeFhs.pop() ?? this.nextFh++
+    if (fh > 0xfffffffe) throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
+    this.files.set(fh, f)
+    if (this.direct) f.direct = this.direct(fh, f.fd)
+    return fh
+  }
+
+  private dropFile(fh: number): OpenFile | undefined {
+    const f = this.files.get(fh)
+    if (!f) return undefined
+    // The direct path stops before the fd closes (release comes after the kernel's last I/O on fh).
+    if (f.direct) this.direct?.(fh, -1)
+    this.files.delete(fh)
+    this.freeFhs.push(fh)
+    return f
   }
 
   /** Closes every open store fd (shutdown). */
   async closeAll(): Promise<void> {
-    const fds = [...this.files.values()].map((f) => f.fd)
-    this.files.clear()
+    const fds = [...this.files.keys()].map((fh) => this.dropFile(fh)!.fd)
     await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))))
   }
 
@@ -333,10 +355,8 @@ export class StoreFs {
   }
 
   async release(fh: number): Promise<void> {
-    const f = this.files.get(fh)
-    if (!f) return
-    this.files.delete(fh)
-    await closeFd(f.fd)
+    const f = this.dropFile(fh)
+    if (f) await closeFd(f.fd)
   }
 
   // --- ownership of what callers create ------------------------------------------
