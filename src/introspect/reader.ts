@@ -29,7 +29,13 @@ export class BufferReader implements Reader {
 export class FileReader implements Reader {
   bytesRead = 0
   reads = 0
-  private constructor(private readonly fh: fsp.FileHandle, readonly size: number, readonly name: string) {}
+  private constructor(private readonly fh: fsp.FileHandle, public size: number, readonly name: string) {}
+
+  /** Re-reads the file's size (a container that grows while it is open). */
+  async refresh(): Promise<number> {
+    this.size = (await this.fh.stat()).size
+    return this.size
+  }
 
   static async open(path: string): Promise<FileReader> {
     const fh = await fsp.open(path, 'r')

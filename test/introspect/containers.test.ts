@@ -36,10 +36,15 @@ interface Case {
 const CASES: Case[] = []
 for (const b of ['mbr', 'gpt']) {
   CASES.push({ file: `${b}.raw`, format: 'raw', subformat: 'flat', map: true })
+  for (const [q, sub] of [['v2', 'v2'], ['v3', 'v3'], ['v3-c512', 'v3'], ['v3-c2M', 'v3'], ['compressed', 'v3']]) {
+    CASES.push({ file: `${b}-${q}.qcow2`, format: 'qcow2', subformat: sub, map: true })
+  }
 }
+CASES.push({ file: 'mbr-delta.qcow2', format: 'qcow2', subformat: 'v3', map: true })
+CASES.push({ file: 'mbr-delta2.qcow2', format: 'qcow2', subformat: 'v3', map: true })
 
 describe.each(CASES)('$file', (c) => {
-  it('opens as $format $subformat and reads like qemu', async () => {
+  it('opens with the expected format and reads like qemu', async () => {
     await withDisk(c.file, async (d) => {
       expect([d.format, d.subformat]).toEqual([c.format, c.subformat])
       expect(d.size).toBe(qemuInfo(path.join(dir, c.file))['virtual-size'])

@@ -12,6 +12,8 @@ import type { ContainerFormat, ContainerRegion, FileLocation, GuestMapping, Gues
 /** A file of the disk, opened read-only, that counts what it serves. */
 export interface DiskFile extends Reader {
   readonly bytesRead: number
+  /** Re-reads the size of a file that grew (writes allocating clusters or grains). */
+  refresh(): Promise<number>
   close(): Promise<void>
 }
 
@@ -33,7 +35,7 @@ export abstract class MappedDisk implements VirtualDisk {
   readonly size: number
   readonly files: readonly string[]
   readonly parent: VirtualDisk | null
-  readonly readOnlyReason: string | null
+  readOnlyReason: string | null
   readonly name: string
   protected readonly table = new GuestTable()
   protected readonly fileReaders: DiskFile[]
@@ -124,7 +126,7 @@ export abstract class MappedDisk implements VirtualDisk {
     return { region: null, next: r && r.file === file ? r.offset : Infinity }
   }
 
-  applyWrite(_file: number, _fileOffset: number, _bytes: Buffer): GuestRange[] {
+  async applyWrite(_file: number, _fileOffset: number, _bytes: Buffer): Promise<GuestRange[]> {
     return []
   }
 

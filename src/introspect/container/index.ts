@@ -1,7 +1,9 @@
 // Every container format, registered with the probe chain of open.ts.
 import { registerContainer } from './open'
+import { qcow2Format } from './qcow2'
 import { rawFormat } from './raw'
 
+registerContainer(qcow2Format)
 registerContainer(rawFormat)
 
 export { openImage, MAX_CHAIN } from './open'

@@ -63,9 +63,10 @@ export interface VirtualDisk extends Reader {
    * The guest (or anyone) wrote `bytes` at `fileOffset` of files[file]. When
    * that range holds container meta-data (a grain-table / L2 / BAT / block-map
    * entry), re-read the affected entries from `bytes` and return the guest
-   * ranges whose mapping changed; otherwise [].
+   * ranges whose mapping changed; otherwise []. May read the file (a new L1
+   * entry names an L2 table written before it).
    */
-  applyWrite(file: number, fileOffset: number, bytes: Buffer): GuestRange[]
+  applyWrite(file: number, fileOffset: number, bytes: Buffer): Promise<GuestRange[]>
   /** Bytes read from the files while opening (headers and tables), this layer and its parents. */
   openBytesRead(): number
   close(): Promise<void>

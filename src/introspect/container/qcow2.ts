@@ -1,0 +1,356 @@
+// qcow2, versions 2 and 3 (qemu docs/interop/qcow2.txt): header and its
+// extensions, the two-level L1/L2 cluster map, compressed clusters (mapped
+// read-only), zero clusters, backing files; refcount and snapshot tables are
+// listed as container meta-data. Encrypted images, external data files,
+// extended L2 entries and zstd compression are reported unsupported.
+
+import zlib from 'zlib'
+import { CorruptError, NotThisFormatError, UnsupportedError } from '../errors'
+import { MappedDisk, type DiskFile } from './disk'
+import { RunKind } from './guest-table'
+import type { ContainerModule, OpenContext } from './open'
+import type { ContainerRegion, GuestRange, VirtualDisk } from './types'
+
+export const QCOW2_MAGIC = 0x514649fb
+const V2_HEADER = 72
+const EXT_END = 0
+const EXT_DATA_FILE = 0x44415441
+const INCOMPAT_DIRTY = 1n << 0n
+const INCOMPAT_CORRUPT = 1n << 1n
+const INCOMPAT_DATA_FILE = 1n << 2n
+const INCOMPAT_COMPRESSION = 1n << 3n
+const INCOMPAT_EXTL2 = 1n << 4n
+const KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
+const OFFSET_MASK = 0x00fffffffffffe00n
+const L2_COMPRESSED = 1n << 62n
+const L2_ZERO = 1n
+/** Largest L1 table we accept (qemu's own QCOW_MAX_L1_SIZE is 32 MiB). */
+const MAX_L1_BYTES = 32 << 20
+const MAX_SNAPSHOTS = 65536
+
+export interface Qcow2Header {
+  version: number
+  backingFileOffset: number
+  backingFileSize: number
+  clusterBits: number
+  size: number
+  cryptMethod: number
+  l1Size: number
+  l1TableOffset: number
+  refcountTableOffset: number
+  refcountTableClusters: number
+  nbSnapshots: number
+  snapshotsOffset: number
+  incompatible: bigint
+  headerLength: number
+  compressionType: number
+}
+
+export function parseQcow2Header(b: Buffer, file: string, fileSize: number): Qcow2Header {
+  const ctx = { file, layer: 'qcow2', structure: 'qcow2 header', offset: 0 }
+  if (b.length < V2_HEADER) throw new NotThisFormatError(`expected at least ${V2_HEADER} header bytes, saw ${b.length}`, ctx)
+  if (b.readUInt32BE(0) !== QCOW2_MAGIC) throw new NotThisFormatError(`expected magic QFI\\xfb, saw 0x${b.readUInt32BE(0).toString(16)}`, ctx)
+  const u64 = (o: number, what: string) => {
+    const v = b.readBigUInt64BE(o)
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CorruptError(`${what} ${v} is out of range`, { ...ctx, offset: o })
+    return Number(v)
+  }
+  const version = b.readUInt32BE(4)
+  if (version !== 2 && version !== 3) throw new UnsupportedError(`version ${version} (only 2 and 3 exist)`, { ...ctx, offset: 4 })
+  const h: Qcow2Header = {
+    version,
+    backingFileOffset: u64(8, 'backing_file_offset'),
+    backingFileSize: b.readUInt32BE(16),
+    clusterBits: b.readUInt32BE(20),
+    size: u64(24, 'size'),
+    cryptMethod: b.readUInt32BE(32),
+    l1Size: b.readUInt32BE(36),
+    l1TableOffset: u64(40, 'l1_table_offset'),
+    refcountTableOffset: u64(48, 'refcount_table_offset'),
+    refcountTableClusters: b.readUInt32BE(56),
+    nbSnapshots: b.readUInt32BE(60),
+    snapshotsOffset: u64(64, 'snapshots_offset'),
+    incompatible: version === 3 && b.length >= 80 ? b.readBigUInt64BE(72) : 0n,
+    headerLength: version === 3 && b.length >= 104 ? b.readUInt32BE(100) : V2_HEADER,
+    compressionType: 0,
+  }
+  if (h.clusterBits < 9 || h.clusterBits > 21) throw new CorruptError(`cluster_bits ${h.clusterBits} is outside 9..21`, { ...ctx, offset: 20 })
+  if (h.headerLength < V2_HEADER || h.headerLength > 1 << h.clusterBits) throw new CorruptError(`header_length ${h.headerLength} is outside ${V2_HEADER}..cluster size`, { ...ctx, offset: 100 })
+  if (h.headerLength > 104) h.compressionType = b.readUInt8(104)
+  if (h.cryptMethod !== 0) throw new UnsupportedError(`encrypted images are not supported (crypt_method ${h.cryptMethod})`, { ...ctx, offset: 32 })
+  const unknown = h.incompatible & ~KNOWN_INCOMPAT
+  if (unknown) throw new UnsupportedError(`unknown incompatible features 0x${unknown.toString(16)}`, { ...ctx, offset: 72 })
+  if (h.incompatible & INCOMPAT_DATA_FILE) throw new UnsupportedError('external data files are not supported', { ...ctx, offset: 72 })
+  if (h.incompatible & INCOMPAT_EXTL2) throw new UnsupportedError('extended L2 entries (subclusters) are not supported', { ...ctx, offset: 72 })
+  const cluster = 2 ** h.clusterBits
+  const l2Entries = cluster / 8
+  const needL1 = Math.ceil(h.size / (cluster * l2Entries))
+  if (h.l1Size < needL1) throw new CorruptError(`l1_size ${h.l1Size} cannot map ${h.size} bytes (needs ${needL1})`, { ...ctx, offset: 36 })
+  if (h.l1Size * 8 > MAX_L1_BYTES) throw new CorruptError(`l1_size ${h.l1Size} is over the ${MAX_L1_BYTES}-byte limit`, { ...ctx, offset: 36 })
+  const inFile = (off: number, len: number, what: string, at: number) => {
+    if (off % cluster !== 0 || off < cluster || off + len > fileSize) {
+      throw new CorruptError(`${what} at ${off} (+${len}) is not a cluster-aligned range inside the ${fileSize}-byte file`, { ...ctx, offset: at })
+    }
+  }
+  if (h.l1Size > 0) inFile(h.l1TableOffset, h.l1Size * 8, 'L1 table', 40)
+  inFile(h.refcountTableOffset, h.refcountTableClusters * cluster, 'refcount table', 48)
+  if (h.nbSnapshots > MAX_SNAPSHOTS) throw new CorruptError(`${h.nbSnapshots} snapshots (at most ${MAX_SNAPSHOTS})`, { ...ctx, offset: 60 })
+  if (h.nbSnapshots > 0) inFile(h.snapshotsOffset, 40, 'snapshot table', 64)
+  if (h.backingFileOffset && (h.backingFileSize === 0 || h.backingFileSize > 1023 || h.backingFileOffset + h.backingFileSize > Math.min(cluster, fileSize))) {
+    throw new CorruptError(`backing file name at ${h.backingFileOffset} (+${h.backingFileSize}) is outside the first cluster`, { ...ctx, offset: 8 })
+  }
+  return Object.freeze(h)
+}
+
+export class Qcow2Disk extends MappedDisk {
+  private readonly cluster: number
+  private readonly l2Entries: number
+  private readonly file: DiskFile
+  private l1 = new Float64Array(0)
+  /** L2 table file offset → L1 index (to re-parse written L2 entries). */
+  private readonly l2Owner = new Map<number, number>()
+  private readonly header: Qcow2Header
+  private readonly csizeShift: number
+  private readonly csizeMask: bigint
+  private readonly coffsetMask: bigint
+
+  private constructor(file: DiskFile, h: Qcow2Header, parent: VirtualDisk | null) {
+    super({
+      format: 'qcow2',
+      subformat: h.version === 2 ? 'v2' : 'v3',
+      size: h.size,
+      files: [file],
+      parent,
+    })
+    this.file = file
+    this.header = h
+    this.cluster = 2 ** h.clusterBits
+    this.l2Entries = this.cluster / 8
+    this.csizeShift = 62 - (h.clusterBits - 8)
+    this.csizeMask = (1n << BigInt(h.clusterBits - 8)) - 1n
+    this.coffsetMask = (1n << BigInt(this.csizeShift)) - 1n
+  }
+
+  static async open(file: DiskFile, ctx: OpenContext): Promise<Qcow2Disk> {
+    const head = await file.read(0, Math.min(file.size, 4096))
+    const h = parseQcow2Header(head, file.name, file.size)
+    const cluster = 2 ** h.clusterBits
+    // Header extensions: the backing format (informational: the probe chain decides) and the ones we refuse.
+    const regions: ContainerRegion[] = [{ file: 0, offset: 0, length: h.headerLength, structure: 'qcow2 header' }]
+    let o = h.headerLength
+    const first = await file.read(0, Math.min(file.size, cluster))
+    for (let n = 0; n < 64 && o + 8 <= first.length; n++) {
+      const type = first.readUInt32BE(o)
+      const len = first.readUInt32BE(o + 4)
+      if (type === EXT_END) {
+        o += 8
+        break
+      }
+      if (o + 8 + len > first.length) throw new CorruptError(`header extension 0x${type.toString(16)} of ${len} bytes runs past the first cluster`, { file: file.name, layer: 'qcow2', structure: 'header extension', offset: o })
+      if (type === EXT_DATA_FILE) throw new UnsupportedError('external data files are not supported', { file: file.name, layer: 'qcow2', structure: 'header extension', offset: o })
+      o += 8 + Math.ceil(len / 8) * 8
+    }
+    regions[0].length = Math.max(o, h.backingFileOffset ? h.backingFileOffset + h.backingFileSize : 0)
+    if (h.compressionType !== 0 && !(h.incompatible & INCOMPAT_COMPRESSION)) {
+      throw new CorruptError(`compression_type ${h.compressionType} without the compression-type feature bit`, { file: file.name, layer: 'qcow2', structure: 'qcow2 header', offset: 104 })
+    }
+    let parent: VirtualDisk | null = null
+    if (h.backingFileOffset) {
+      const name = first.toString('utf8', h.backingFileOffset, h.backingFileOffset + h.backingFileSize)
+      const p = ctx.resolveRelated(file.name, [name, name.split('/').pop() ?? ''], 'backing file', 'backing file name', h.backingFileOffset)
+      parent = await ctx.openParent(p)
+    }
+    try {
+      const disk = new Qcow2Disk(file, h, parent)
+      const compressed = await disk.load(regions)
+      if (compressed) disk.readOnlyReason = 'compressed clusters are mapped read-only'
+      return disk
+    } catch (e) {
+      await parent?.close()
+      throw e
+    }
+  }
+
+  /** Reads L1, every L2 table (sorted, adjacent ones in one read), refcount and snapshot tables. Returns whether compressed clusters exist. */
+  private async load(regions: ContainerRegion[]): Promise<boolean> {
+    const h = this.header
+    const file = this.file
+    const cluster = this.cluster
+    const l1buf = h.l1Size ? await file.read(h.l1TableOffset, h.l1Size * 8) : Buffer.alloc(0)
+    regions.push({ file: 0, offset: h.l1TableOffset, length: h.l1Size * 8, structure: 'L1 table' })
+    this.l1 = new Float64Array(h.l1Size)
+    const l2s: [number, number][] = [] // [file offset, L1 index]
+    for (let i = 0; i < h.l1Size; i++) {
+      const off = this.l1Offset(l1buf.readBigUInt64BE(i * 8), i)
+      this.l1[i] = off
+      if (off) l2s.push([off, i])
+    }
+    l2s.sort((a, b) => a[0] - b[0])
+    let compressed = false
+    // Coalesce adjacent L2 tables into reads of up to 4 MiB.
+    for (let k = 0; k < l2s.length; ) {
+      let j = k + 1
+      while (j < l2s.length && l2s[j][0] === l2s[j - 1][0] + cluster && (j - k + 1) * cluster <= 4 << 20) j++
+      const buf = await file.read(l2s[k][0], (j - k) * cluster)
+      for (let t = k; t < j; t++) {
+        const [off, i] = l2s[t]
+        this.l2Owner.set(off, i)
+        regions.push({ file: 0, offset: off, length: cluster, structure: 'L2 table' })
+        compressed = this.addL2(i, buf.subarray((t - k) * cluster, (t - k + 1) * cluster), 0, this.l2Entries) || compressed
+      }
+      k = j
+    }
+    this.table.finish()
+    // Refcount table and blocks, snapshot table and snapshot L1 tables: meta-data, not needed to read.
+    const rt = await file.read(h.refcountTableOffset, h.refcountTableClusters * cluster)
+    regions.push({ file: 0, offset: h.refcountTableOffset, length: rt.length, structure: 'refcount table' })
+    for (let i = 0; i < rt.length / 8; i++) {
+      const off = Number(rt.readBigUInt64BE(i * 8) & OFFSET_MASK)
+      if (off && off + cluster <= file.size) regions.push({ file: 0, offset: off, length: cluster, structure: 'refcount block' })
+    }
+    if (h.nbSnapshots) await this.snapshots(regions)
+    this.setRegions(regions)
+    return compressed
+  }
+
+  private l1Offset(entry: bigint, i: number): number {
+    const off = Number(entry & OFFSET_MASK)
+    if (off && (off % this.cluster !== 0 || off + this.cluster > this.file.size)) {
+      throw new CorruptError(`L1 entry ${i} points at ${off}, past the end of the ${this.file.size}-byte file or not cluster-aligned`, {
+        file: this.file.name,
+        layer: 'qcow2',
+        structure: 'L1 table',
+        object: i,
+        offset: this.header.l1TableOffset + i * 8,
+      })
+    }
+    return off
+  }
+
+  /** Adds entries [from, to) of L2 table `l1Index` to the table (bulk load). Returns whether any is compressed. */
+  private addL2(l1Index: number, buf: Buffer, from: number, to: number): boolean {
+    let compressed = false
+    for (let e = from; e < to; e++) {
+      const guest = (l1Index * this.l2Entries + e) * this.cluster
+      if (guest >= this.size) break
+      const m = this.entryMapping(buf.readBigUInt64BE(e * 8), l1Index, e)
+      if (!m) continue
+      if (m.kind === RunKind.Compressed) compressed = true
+      this.table.add(guest, Math.min(this.cluster, this.size - guest), 0, m.fileOffset, m.kind, m.storedLength)
+    }
+    return compressed
+  }
+
+  private entryMapping(entry: bigint, l1Index: number, e: number): { kind: RunKind; fileOffset: number; storedLength: number } | null {
+    const at = { file: this.file.name, layer: 'qcow2', structure: 'L2 table', object: `${l1Index}/${e}`, offset: this.l1[l1Index] + e * 8 }
+    if (entry & L2_COMPRESSED) {
+      const desc = entry & ((1n << 62n) - 1n)
+      const off = Number(desc & this.coffsetMask)
+      const sectors = Number((desc >> BigInt(this.csizeShift)) & this.csizeMask) + 1
+      const stored = sectors * 512 - (off & 511)
+      if (off + stored > this.file.size + 512) throw new CorruptError(`compressed cluster at ${off} (+${stored}) ends past the file`, at)
+      if (this.header.compressionType !== 0) throw new UnsupportedError(`compression type ${this.header.compressionType} (only zlib is supported)`, at)
+      return { kind: RunKind.Compressed, fileOffset: off, storedLength: Math.min(stored, this.file.size - off) }
+    }
+    const off = Number(entry & OFFSET_MASK)
+    if (this.header.version >= 3 && entry & L2_ZERO) return { kind: RunKind.Zero, fileOffset: 0, storedLength: 0 }
+    if (!off) return null
+    if (off % this.cluster !== 0 || off + this.cluster > this.file.size) {
+      throw new CorruptError(`L2 entry points at ${off}, past the end of the ${this.file.size}-byte file or not cluster-aligned`, at)
+    }
+    return { kind: RunKind.Data, fileOffset: off, storedLength: 0 }
+  }
+
+  private async snapshots(regions: ContainerRegion[]): Promise<void> {
+    const h = this.header
+    // Each entry: 40 fixed bytes, extra data, id, name, padded to 8; read in bounded pieces.
+    let o = h.snapshotsOffset
+    const start = o
+    for (let n = 0; n < h.nbSnapshots; n++) {
+      if (o + 40 > this.file.size) throw new CorruptError(`snapshot ${n} runs past the file`, { file: this.file.name, layer: 'qcow2', structure: 'snapshot table', offset: o })
+      const e = await this.file.read(o, 40)
+      const l1Off = Number(e.readBigUInt64BE(0))
+      const l1Size = e.readUInt32BE(8)
+      const idLen = e.readUInt16BE(12)
+      const nameLen = e.readUInt16BE(14)
+      const extra = e.readUInt32BE(36)
+      if (l1Size * 8 <= MAX_L1_BYTES && l1Off && l1Off + l1Size * 8 <= this.file.size) {
+        regions.push({ file: 0, offset: l1Off, length: l1Size * 8, structure: 'snapshot L1 table' })
+      }
+      o += Math.ceil((40 + extra + idLen + nameLen) / 8) * 8
+    }
+    regions.push({ file: 0, offset: start, length: o - start, structure: 'snapshot table' })
+  }
+
+  protected override async decompress(_file: number, fileOffset: number, storedLength: number): Promise<Buffer> {
+    const raw = await this.file.read(fileOffset, Math.min(storedLength, this.file.size - fileOffset))
+    const out = zlib.inflateRawSync(raw, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: this.cluster })
+    if (out.length < this.cluster) return Buffer.concat([out, Buffer.alloc(this.cluster - out.length)])
+    return out
+  }
+
+  override async applyWrite(file: number, fileOffset: number, bytes: Buffer): Promise<GuestRange[]> {
+    if (file !== 0 || bytes.length === 0) return []
+    // Allocating writes grow the file: entries may point past the size seen at open.
+    await this.file.refresh()
+    const h = this.header
+    const changed: GuestRange[] = []
+    const end = fileOffset + bytes.length
+    const span = this.l2Entries * this.cluster
+    // L1 entries: a new (or dropped) L2 table. Its contents were written before the L1 entry.
+    const l1End = h.l1TableOffset + h.l1Size * 8
+    if (fileOffset < l1End && end > h.l1TableOffset) {
+      const first = Math.max(0, Math.floor((fileOffset - h.l1TableOffset) / 8))
+      const last = Math.min(h.l1Size, Math.ceil((end - h.l1TableOffset) / 8))
+      for (let i = first; i < last; i++) {
+        const at = h.l1TableOffset + i * 8
+        if (at < fileOffset || at + 8 > end) continue // partial entry writes do not happen (qemu writes whole sectors)
+        const off = this.l1Offset(bytes.readBigUInt64BE(at - fileOffset), i)
+        if (off === this.l1[i]) continue
+        if (this.l1[i]) this.l2Owner.delete(this.l1[i])
+        this.l1[i] = off
+        const guest = i * span
+        const len = Math.min(span, this.size - guest)
+        this.table.remap(guest, len, null)
+        if (off) {
+          this.l2Owner.set(off, i)
+          const l2 = await this.file.read(off, this.cluster)
+          this.remapEntries(i, l2, 0, this.l2Entries)
+        }
+        changed.push({ offset: guest, length: len })
+      }
+    }
+    // L2 entries of known tables.
+    for (let c = Math.floor(fileOffset / this.cluster) * this.cluster; c < end; c += this.cluster) {
+      const i = this.l2Owner.get(c)
+      if (i === undefined) continue
+      const from = Math.max(0, Math.ceil((fileOffset - c) / 8))
+      const to = Math.min(this.l2Entries, Math.floor((end - c) / 8))
+      const view = Buffer.alloc(this.cluster)
+      bytes.copy(view, from * 8, from * 8 + c - fileOffset, to * 8 + c - fileOffset)
+      for (const r of this.remapEntries(i, view, from, to)) changed.push(r)
+    }
+    return changed
+  }
+
+  private remapEntries(l1Index: number, buf: Buffer, from: number, to: number): GuestRange[] {
+    const out: GuestRange[] = []
+    for (let e = from; e < to; e++) {
+      const guest = (l1Index * this.l2Entries + e) * this.cluster
+      if (guest >= this.size) break
+      const len = Math.min(this.cluster, this.size - guest)
+      const m = this.entryMapping(buf.readBigUInt64BE(e * 8), l1Index, e)
+      const before = this.mapGuest(guest)
+      this.table.remap(guest, len, m ? { file: 0, fileOffset: m.fileOffset, kind: m.kind, storedLength: m.storedLength } : null)
+      const after = this.mapGuest(guest)
+      if (JSON.stringify(before) !== JSON.stringify(after)) out.push({ offset: guest, length: len })
+    }
+    return out
+  }
+}
+
+export const qcow2Format: ContainerModule = {
+  format: 'qcow2',
+  probe: async (head) => head.length >= 4 && head.readUInt32BE(0) === QCOW2_MAGIC,
+  open: (file, ctx) => Qcow2Disk.open(file, ctx),
+}

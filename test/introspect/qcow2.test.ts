@@ -1,0 +1,121 @@
+// qcow2 beyond the contract test: regions, the read-only reason of compressed
+// images, unsupported features, hostile fields (each a typed error naming the
+// structure and byte offset), backing files kept inside the store, other
+// formats refused, and the map kept current from written L1/L2 entries.
+import { execFileSync } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { openImage } from '../../src/introspect/container'
+import { qcow2Format } from '../../src/introspect/container/qcow2'
+import type { VirtualDisk } from '../../src/introspect/container/types'
+import { FileReader } from '../../src/introspect/reader'
+import { containerFixtures, expectMapMatchesQemu, expectSameBytes } from '../helpers/qemu'
+
+let dir = ''
+let tmp = ''
+beforeAll(() => {
+  dir = containerFixtures()
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-q2-'))
+})
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }))
+
+function copy(name: string, patch?: (b: Buffer) => void): string {
+  const b = fs.readFileSync(path.join(dir, name))
+  patch?.(b)
+  const out = path.join(tmp, `${Math.random().toString(36).slice(2)}-${name}`)
+  fs.writeFileSync(out, b)
+  return out
+}
+
+describe('qcow2', () => {
+  it('lists header, L1, L2, refcount table and blocks as container meta-data; compressed images are read-only', async () => {
+    const d = await openImage(path.join(dir, 'mbr-v3.qcow2'))
+    const kinds = new Set(d.regions().map((r) => r.structure))
+    expect([...kinds].sort()).toEqual(['L1 table', 'L2 table', 'qcow2 header', 'refcount block', 'refcount table'])
+    expect(d.readOnlyReason).toBeNull()
+    // Every L2 table qemu-img check knows of is a region.
+    const check = JSON.parse(execFileSync('qemu-img', ['check', '--output=json', path.join(dir, 'mbr-v3.qcow2')], { encoding: 'utf8' }))
+    expect(check.corruptions ?? 0).toBe(0)
+    await d.close()
+    const c = await openImage(path.join(dir, 'mbr-compressed.qcow2'))
+    expect(c.readOnlyReason).toMatch(/compressed clusters/)
+    await c.close()
+  })
+
+  it('encrypted images are unsupported; hostile fields are CorruptErrors naming structure and offset', async () => {
+    await expect(openImage(path.join(dir, 'encrypted.qcow2'))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/encrypted images are not supported/) })
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeUInt32BE(30, 20)))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @20: cluster_bits 30 is outside 9..21/) })
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeUInt32BE(4, 4)))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/version 4/) })
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeUInt32BE(0, 36)))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/l1_size 0 cannot map/) })
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeUInt32BE(1 << 30, 36)))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/l1_size 1073741824/) })
+    // An L1 entry past EOF.
+    const l1 = fs.readFileSync(path.join(dir, 'mbr-v3.qcow2')).readBigUInt64BE(40)
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeBigUInt64BE(0x8000000000000000n | (1n << 40n), Number(l1))))).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(new RegExp(`L1 table #0 @${l1}: L1 entry 0 points at 1099511627776, past the end`)),
+    })
+    // An L1 table overlapping the header.
+    await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeBigUInt64BE(0n, 40)))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/L1 table at 0/) })
+  })
+
+  it('backing files: resolved inside the store only, missing ones named', async () => {
+    const store = path.join(tmp, 'store')
+    fs.mkdirSync(store)
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.join(dir, 'mbr-v3.qcow2'), '-F', 'qcow2', path.join(store, 'child.qcow2')])
+    await expect(openImage(path.join(store, 'child.qcow2'), { storeRoot: store })).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/backing file ".*mbr-v3.qcow2" is outside the store/) })
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.qcow2', '-F', 'qcow2', path.join(store, 'orphan.qcow2'), '1M'])
+    await expect(openImage(path.join(store, 'orphan.qcow2'))).rejects.toMatchObject({ code: 'IO', message: expect.stringMatching(/backing file "gone.qcow2" does not exist/) })
+    // Inside the store (by its relative name) it opens, as a chain.
+    fs.copyFileSync(path.join(dir, 'mbr-v3.qcow2'), path.join(store, 'base.qcow2'))
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', path.join(store, 'ok.qcow2')])
+    const d = await openImage(path.join(store, 'ok.qcow2'))
+    expect(d.parent?.format).toBe('qcow2')
+    await d.close()
+  })
+
+  it('other formats are not qcow2', async () => {
+    for (const f of ['mbr.raw', 'mbr-monolithicSparse.vmdk', 'mbr-dynamic.vhd', 'mbr-dynamic.vdi', 'random.bin', 'notes.txt']) {
+      const r = await FileReader.open(path.join(dir, f))
+      expect(await qcow2Format.probe(await r.read(0, Math.min(r.size, 65536)), r)).toBe(false)
+      await r.close()
+    }
+  })
+
+  it('applyWrite: the L2 and L1 writes of qemu allocating clusters keep the map equal to a fresh open and to qemu-img map', async () => {
+    for (const [where, name] of [
+      ['an existing L2 table', 'mbr-v3.qcow2'],
+      ['a new L2 table (L1 write)', 'mbr-v3-c512.qcow2'],
+    ]) {
+      const img = copy(name)
+      const before = fs.readFileSync(img)
+      const d = await openImage(img)
+      // 512-byte clusters map 32 KiB per L2 table: a write at 90 MiB needs a new one.
+      execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 90M 64k', '-c', 'write -P 0x43 1M 4k', img], { stdio: 'ignore' })
+      const after = fs.readFileSync(img)
+      const changed: GuestRangeList = []
+      for (let o = 0; o < after.length; o += 512) {
+        const a = after.subarray(o, o + 512)
+        const b = before.subarray(o, o + 512)
+        if (!a.equals(b.length === a.length ? b : Buffer.alloc(a.length))) {
+          for (const r of await d.applyWrite(0, o, Buffer.from(a))) changed.push(r)
+        }
+      }
+      expect(changed.length, where).toBeGreaterThan(0)
+      const fresh = await openImage(img)
+      // Same mapping everywhere (run lengths may differ: updated runs are not re-merged).
+      const at = (x: VirtualDisk, g: number) => {
+        const { length: _len, ...m } = x.mapGuest(g)
+        return m
+      }
+      for (let g = 0; g < d.size; g += 32768) expect({ g, m: at(d, g) }).toEqual({ g, m: at(fresh, g) })
+      expectMapMatchesQemu(d, img)
+      await expectSameBytes(d, img)
+      await d.close()
+      await fresh.close()
+    }
+  })
+})
+
+type GuestRangeList = { offset: number; length: number }[]
