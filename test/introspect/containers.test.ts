@@ -39,9 +39,13 @@ for (const b of ['mbr', 'gpt']) {
   for (const [q, sub] of [['v2', 'v2'], ['v3', 'v3'], ['v3-c512', 'v3'], ['v3-c2M', 'v3'], ['compressed', 'v3']]) {
     CASES.push({ file: `${b}-${q}.qcow2`, format: 'qcow2', subformat: sub, map: true })
   }
+  for (const v of ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized']) {
+    CASES.push({ file: `${b}-${v}.vmdk`, format: 'vmdk', subformat: v, map: v !== 'streamOptimized' })
+  }
 }
 CASES.push({ file: 'mbr-delta.qcow2', format: 'qcow2', subformat: 'v3', map: true })
 CASES.push({ file: 'mbr-delta2.qcow2', format: 'qcow2', subformat: 'v3', map: true })
+CASES.push({ file: 'mbr-delta.vmdk', format: 'vmdk', subformat: 'monolithicSparse', map: true })
 
 describe.each(CASES)('$file', (c) => {
   it('opens with the expected format and reads like qemu', async () => {

@@ -2,8 +2,10 @@
 import { registerContainer } from './open'
 import { qcow2Format } from './qcow2'
 import { rawFormat } from './raw'
+import { vmdkFormat } from './vmdk'
 
 registerContainer(qcow2Format)
+registerContainer(vmdkFormat)
 registerContainer(rawFormat)
 
 export { openImage, MAX_CHAIN } from './open'
