@@ -207,6 +207,38 @@ static napi_value sys_pwrite_nowait(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : (double) r);
 }
 
+// dataRanges(fd, start, end, max) -> [off0, end0, off1, end1, ...] | -errno: the
+// parts of [start, end) that hold data (lseek SEEK_DATA / SEEK_HOLE), at most
+// max ranges (the last one then runs to end). Holes read as zeros: a parser
+// may skip them. A file system without hole reporting answers one range.
+static napi_value sys_data_ranges(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int fd = (int) get_num(env, argv[0]);
+  off_t pos = (off_t) get_num(env, argv[1]);
+  off_t end = (off_t) get_num(env, argv[2]);
+  uint32_t max = (uint32_t) get_num(env, argv[3]);
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t k = 0;
+  while (pos < end && k / 2 < max) {
+    off_t d = lseek(fd, pos, SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO) break; // no data after pos
+      return num(env, -errno);
+    }
+    if (d >= end) break;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    if (h < 0) return num(env, -errno);
+    if (h > end || k / 2 + 1 == max) h = end;
+    napi_set_element(env, arr, k++, num(env, (double) d));
+    napi_set_element(env, arr, k++, num(env, (double) h));
+    pos = h;
+  }
+  return arr;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "utimensat", NULL, sys_utimensat, NULL, NULL, NULL, napi_default, NULL },
@@ -218,6 +250,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "statvfs", NULL, sys_statvfs, NULL, NULL, NULL, napi_default, NULL },
     { "preadNowait", NULL, sys_pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "pwriteNowait", NULL, sys_pwrite_nowait, NULL, NULL, NULL, napi_default, NULL },
+    { "dataRanges", NULL, sys_data_ranges, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -3,6 +3,7 @@
 // over a file, a Buffer, a virtual disk, or the mount's own block router.
 
 import { promises as fsp } from 'fs'
+import { sys } from '../native/sys'
 import { IntrospectIOError } from './errors'
 
 export interface Reader {
@@ -65,6 +66,19 @@ export class FileReader implements Reader {
     this.bytesRead += length
     this.reads++
     return buf
+  }
+
+  /**
+   * The parts of [start, end) that hold data: holes read as zeros, so a parser
+   * looking for non-zero table entries may skip them (qemu leaves the grain
+   * tables of a sparse VMDK as holes until they are used).
+   */
+  async dataRanges(start: number, end: number): Promise<[number, number][]> {
+    const r = sys().dataRanges(this.fh.fd, start, end, 1 << 20)
+    if (typeof r === 'number') return [[start, end]] // no hole reporting here: all of it may hold data
+    const out: [number, number][] = []
+    for (let i = 0; i < r.length; i += 2) out.push([r[i], r[i + 1]])
+    return out
   }
 
   async close(): Promise<void> {

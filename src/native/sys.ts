@@ -15,6 +15,8 @@ export interface VmdiSys {
   preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
   /** pwritev2(RWF_NOWAIT): bytes, or -EAGAIN / -EOPNOTSUPP when it would block. */
   pwriteNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
+  /** [start, end) pairs of [start, end) that hold data (SEEK_DATA/SEEK_HOLE), flattened; at most `max` pairs. */
+  dataRanges(fd: number, start: number, end: number, max: number): number[] | number
 }
 
 /** Kernel special values for utimensat's tv_nsec. */

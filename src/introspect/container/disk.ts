@@ -14,6 +14,8 @@ export interface DiskFile extends Reader {
   readonly bytesRead: number
   /** Re-reads the size of a file that grew (writes allocating clusters or grains). */
   refresh(): Promise<number>
+  /** The parts of [start, end) that may hold non-zero bytes (holes excluded). */
+  dataRanges(start: number, end: number): Promise<[number, number][]>
   close(): Promise<void>
 }
 
