@@ -16,6 +16,14 @@ export function containerFixtures(): string {
   return FIXTURES
 }
 
+/**
+ * qemu's probe does not recognise a fixed VHD (its footer is only at the end)
+ * and would read it as raw: our fixtures name VHDs .vhd, so tell qemu.
+ */
+function fmtArgs(image: string): string[] {
+  return image.endsWith('.vhd') ? ['-f', 'vpc'] : []
+}
+
 export interface QemuMapEntry {
   start: number
   length: number
@@ -27,18 +35,18 @@ export interface QemuMapEntry {
 }
 
 export function qemuMap(image: string): QemuMapEntry[] {
-  return JSON.parse(execFileSync('qemu-img', ['map', '--output=json', image], { encoding: 'utf8', maxBuffer: 256 << 20 }))
+  return JSON.parse(execFileSync('qemu-img', ['map', ...fmtArgs(image), '--output=json', image], { encoding: 'utf8', maxBuffer: 256 << 20 }))
 }
 
 export function qemuInfo(image: string): { format: string; 'virtual-size': number; 'backing-filename'?: string; 'format-specific'?: { type: string; data: Record<string, unknown> } } {
-  return JSON.parse(execFileSync('qemu-img', ['info', '--output=json', image], { encoding: 'utf8' }))
+  return JSON.parse(execFileSync('qemu-img', ['info', ...fmtArgs(image), '--output=json', image], { encoding: 'utf8' }))
 }
 
 /** The whole virtual disk as qemu reads it, as a raw file in a temporary directory. */
 export function qemuRaw(image: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-qraw-'))
   const out = path.join(dir, 'disk.raw')
-  execFileSync('qemu-img', ['convert', '-O', 'raw', image, out])
+  execFileSync('qemu-img', ['convert', ...fmtArgs(image), '-O', 'raw', image, out])
   return out
 }
 

@@ -42,6 +42,8 @@ for (const b of ['mbr', 'gpt']) {
   for (const v of ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized']) {
     CASES.push({ file: `${b}-${v}.vmdk`, format: 'vmdk', subformat: v, map: v !== 'streamOptimized' })
   }
+  for (const v of ['fixed', 'dynamic']) CASES.push({ file: `${b}-${v}.vhd`, format: 'vhd', subformat: v, map: true })
+  for (const v of ['static', 'dynamic']) CASES.push({ file: `${b}-${v}.vdi`, format: 'vdi', subformat: v, map: true })
 }
 CASES.push({ file: 'mbr-delta.qcow2', format: 'qcow2', subformat: 'v3', map: true })
 CASES.push({ file: 'mbr-delta2.qcow2', format: 'qcow2', subformat: 'v3', map: true })

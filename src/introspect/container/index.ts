@@ -2,10 +2,14 @@
 import { registerContainer } from './open'
 import { qcow2Format } from './qcow2'
 import { rawFormat } from './raw'
+import { vdiFormat } from './vdi'
+import { vhdFormat } from './vhd'
 import { vmdkFormat } from './vmdk'
 
 registerContainer(qcow2Format)
 registerContainer(vmdkFormat)
+registerContainer(vdiFormat)
+registerContainer(vhdFormat)
 registerContainer(rawFormat)
 
 export { openImage, MAX_CHAIN } from './open'
