@@ -7,7 +7,10 @@ import fs from 'fs'
 import os from 'os'
 import path from 'path'
 import { beforeAll, describe, expect, it } from 'vitest'
+import { BlockClass } from '../../src/introspect/classes'
 import { openImage } from '../../src/introspect/container'
+import { inspectImage } from '../../src/introspect/inspect'
+import { FILE_BLOCK } from '../../src/introspect/map/fold'
 import type { VirtualDisk } from '../../src/introspect/container/types'
 import { containerFixtures, expectMapMatchesQemu, expectSameBytes, qemuInfo } from '../helpers/qemu'
 
@@ -57,6 +60,47 @@ describe.each(CASES)('$file', (c) => {
       await expectSameBytes(d, path.join(dir, c.file))
       if (c.map) expectMapMatchesQemu(d, path.join(dir, c.file))
     })
+  })
+})
+
+/** Guest-level results of the raw twin: volumes and every file system's class runs. */
+const rawTruth = new Map<string, { volumes: unknown; fs: unknown[] }>()
+async function truthOf(base: string) {
+  if (!rawTruth.has(base)) {
+    const ins = await inspectImage(path.join(dir, `${base}.raw`))
+    rawTruth.set(base, { volumes: ins.report.partitions, fs: ins.filesystems.map((f) => [...f.fs.map.runs()]) })
+    await ins.close()
+  }
+  return rawTruth.get(base)!
+}
+
+describe.each(CASES.filter((c) => !c.file.includes('delta')))('through $file', (c) => {
+  it('the same volumes and the same class of every fs block as the raw disk; each meta-data byte lands in a meta-data block of its file', async () => {
+    const base = c.file.split(/[-.]/)[0]
+    const truth = await truthOf(base)
+    const ins = await inspectImage(path.join(dir, c.file))
+    try {
+      expect(ins.report.partitions).toEqual(truth.volumes)
+      expect(ins.filesystems.map((f) => [...f.fs.map.runs()])).toEqual(truth.fs)
+      const maps = new Map((ins.fileMaps ?? []).map((m) => [m.path, m.map]))
+      for (const { volume, fs: efs } of ins.filesystems) {
+        const bs = efs.info.blockSize
+        for (const [start, count] of efs.map.runs()) {
+          for (let g = volume.start + start * bs; g < volume.start + (start + count) * bs; ) {
+            const m = ins.disk.mapGuest(g)
+            const n = Math.min(m.length, volume.start + (start + count) * bs - g)
+            if (m.kind === 'data' || m.kind === 'compressed') {
+              const first = m.kind === 'data' ? m.fileOffset : m.fileOffset
+              const map = maps.get(ins.disk.files[m.file])!
+              expect(map.classOf(Math.floor(first / FILE_BLOCK)), `guest ${g} in ${ins.disk.files[m.file]}`).not.toBe(BlockClass.Data)
+            }
+            g += Math.min(n, FILE_BLOCK)
+          }
+        }
+      }
+    } finally {
+      await ins.close()
+    }
   })
 })
 
