@@ -5,6 +5,7 @@ import fs from 'fs'
 import os from 'os'
 import path from 'path'
 import { expect } from 'vitest'
+import { openImage } from '../../src/introspect/container'
 import type { VirtualDisk } from '../../src/introspect/container/types'
 import { ROOT } from './cli'
 
@@ -110,4 +111,39 @@ export function expectMapMatchesQemu(disk: VirtualDisk, image: string): void {
 
 export function sha256(buf: Buffer): string {
   return crypto.createHash('sha256').update(buf).digest('hex')
+}
+
+/**
+ * applyWrite against qemu: opens `image`, lets qemu-io run `commands` on it
+ * (allocating clusters/grains/blocks and updating its tables), feeds every
+ * changed 512-byte sector to applyWrite of the disk opened before, and checks
+ * that the map equals a fresh open (every `step` bytes), qemu-img map, and the
+ * bytes qemu reads. Returns how many guest ranges applyWrite reported.
+ */
+export async function expectApplyWriteMatches(image: string, fmt: string, commands: string[], step = 65536): Promise<number> {
+  const before = fs.readFileSync(image)
+  const d = await openImage(image)
+  execFileSync('qemu-io', ['-f', fmt, ...commands.flatMap((c) => ['-c', c]), image], { stdio: 'ignore' })
+  const after = fs.readFileSync(image)
+  let changed = 0
+  for (let o = 0; o < after.length; o += 512) {
+    const a = after.subarray(o, o + 512)
+    const b = o + 512 <= before.length ? before.subarray(o, o + 512) : Buffer.alloc(512)
+    if (!a.equals(b)) changed += (await d.applyWrite(0, o, Buffer.from(a))).length
+  }
+  const fresh = await openImage(image)
+  try {
+    // Same mapping everywhere (run lengths may differ: updated runs are not re-merged).
+    const at = (x: VirtualDisk, g: number) => {
+      const { length: _l, ...m } = x.mapGuest(g)
+      return m
+    }
+    for (let g = 0; g < d.size; g += step) expect({ g, m: at(d, g) }).toEqual({ g, m: at(fresh, g) })
+    expectMapMatchesQemu(d, image)
+    await expectSameBytes(d, image)
+  } finally {
+    await d.close()
+    await fresh.close()
+  }
+  return changed
 }
