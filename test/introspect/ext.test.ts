@@ -219,3 +219,38 @@ describe('update from the journal', () => {
     expect(o.path ?? '').toBe('') // its parent directory no longer names it
   })
 })
+
+describe('journals elsewhere, and progress', () => {
+  it('a journal device is unsupported; a file system with an external journal is classified (no journal blocks of its own) and says so', async () => {
+    const jdev = path.join(tmp, 'jdev.img')
+    const img = path.join(tmp, 'extj.img')
+    execFileSync('truncate', ['-s', '16M', jdev])
+    execFileSync('truncate', ['-s', '64M', img])
+    execFileSync('mke2fs', ['-q', '-F', '-O', 'journal_dev', '-b', '4096', jdev])
+    await expect(scanFile(jdev)).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/external journal device/) })
+    const loop = execFileSync('losetup', ['-f', '--show', jdev], { encoding: 'utf8' }).trim()
+    try {
+      execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-J', `device=${loop}`, img])
+    } finally {
+      execFileSync('losetup', ['-d', loop])
+    }
+    const efs = await scanFile(img)
+    expect(efs.info.externalJournal).toBe(true)
+    expect(efs.info.features).toContain('has_journal')
+    expect(efs.map.countByClass().get(BlockClass.Journal)).toBeUndefined()
+    const oracle = e2oracle(img)
+    for (let b = 0; b < oracle.blocksCount; b++) expect({ b, c: className(efs.classOf(b)) }).toEqual({ b, c: oracle.classes.get(b) ?? 'data' })
+  })
+
+  it('reports progress up to the whole inode-table span it reads', async () => {
+    const calls: [number, number][] = []
+    const r = await FileReader.open(path.join(DIR, 'ext4.img'))
+    await scanExt(r, { onProgress: (d, t) => calls.push([d, t]) })
+    await r.close()
+    expect(calls.length).toBeGreaterThan(0)
+    const [done, total] = calls[calls.length - 1]
+    expect(total).toBeGreaterThan(0)
+    expect(done).toBe(total)
+    for (let i = 1; i < calls.length; i++) expect(calls[i][0]).toBeGreaterThanOrEqual(calls[i - 1][0])
+  })
+})

@@ -176,6 +176,14 @@ describe('LVM2', () => {
 })
 
 describe('bare and foreign', () => {
+  it('recognises xfs and ntfs by their magic (mkfs.xfs, mkntfs)', async () => {
+    const l = await layoutOf(path.join(dir, 'foreign.raw'))
+    expect(l.volumes.map((v) => [v.index, v.content])).toEqual([
+      [1, 'xfs'],
+      [2, 'ntfs'],
+    ])
+  })
+
   it('a bare file system is one whole-disk volume; non-disks have no partition table', async () => {
     const ext = path.join(tmp, 'bare.ext4')
     execFileSync('truncate', ['-s', '16M', ext])
