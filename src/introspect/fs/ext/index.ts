@@ -474,6 +474,9 @@ export class ExtFs {
       } else if (cls === BlockClass.GroupDescriptor) {
         this.updateDescriptors(block, nb, setClass)
       }
+      // Bitmap writes change no class: a block the guest frees stops being meta-data when the
+      // inode-table write that dropped it is diffed, and a newly allocated one becomes meta-data
+      // when the inode, mapping block or journal descriptor that names it is written.
     }
     return changes
   }
