@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openImage } from '../../src/introspect/container'
 import { qcow2Format } from '../../src/introspect/container/qcow2'
 import { FileReader } from '../../src/introspect/reader'
-import { containerFixtures, expectApplyWriteMatches } from '../helpers/qemu'
+import { containerFixtures, expectApplyWriteMatches, expectSameBytes } from '../helpers/qemu'
 
 let dir = ''
 let tmp = ''
@@ -41,6 +41,18 @@ describe('qcow2', () => {
     const c = await openImage(path.join(dir, 'mbr-compressed.qcow2'))
     expect(c.readOnlyReason).toMatch(/compressed clusters/)
     await c.close()
+  })
+
+  it('a snapshot table and the L1 table of each snapshot are container meta-data', async () => {
+    const img = copy('mbr-v3.qcow2')
+    execFileSync('qemu-img', ['snapshot', '-c', 'before-upgrade', img])
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x61 2M 64k', img], { stdio: 'ignore' })
+    execFileSync('qemu-img', ['snapshot', '-c', 'after', img])
+    const d = await openImage(img)
+    const snaps = d.regions().filter((r) => r.structure.startsWith('snapshot'))
+    expect(snaps.map((r) => r.structure).sort()).toEqual(['snapshot L1 table', 'snapshot L1 table', 'snapshot table'])
+    await expectSameBytes(d, img)
+    await d.close()
   })
 
   it('encrypted images are unsupported; hostile fields are CorruptErrors naming structure and offset', async () => {

@@ -162,6 +162,23 @@ describe('LVM2', () => {
     })
   }
 
+  it('reports an LV of another segment type by name and serves it as data, keeping the linear ones', async () => {
+    // Every copy of the metadata text in the ring buffer: lv2's type "striped" becomes "raid1" (same length, quotes kept).
+    const file = mutated('lvm.raw', (b) => {
+      const text = b.toString('latin1')
+      let at = text.indexOf('lv2 {')
+      while (at >= 0) {
+        const t = text.indexOf('type = "striped"', at)
+        if (t < 0) break
+        b.write('type = "raid1"  ', t, 'latin1')
+        at = text.indexOf('lv2 {', t)
+      }
+    })
+    const l = await layoutOf(file)
+    expect(l.volumes.filter((v) => v.scheme === 'lvm').map((v) => v.name)).toEqual(['vmdifix1/lv1'])
+    expect(l.warnings).toEqual([expect.stringMatching(/LV vmdifix1\/lv2 has segment type "raid1".*only linear LVs are mapped/)])
+  })
+
   it('checks the label CRC, reports non-linear segments, and parses text without eval and within bounds', async () => {
     const bad = mutated('lvm.raw', (b) => (b[512 + 40] ^= 1))
     const l = await layoutOf(bad)
