@@ -127,6 +127,11 @@ describe('probe chain', () => {
   })
 
   it('refuses an image outside the store it is opened in', async () => {
-    await expect(openImage(path.join(dir, 'gpt.raw'), { storeRoot: os.tmpdir() })).rejects.toThrow(/outside the store/)
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-elsewhere-'))
+    try {
+      await expect(openImage(path.join(dir, 'gpt.raw'), { storeRoot: elsewhere })).rejects.toThrow(/outside the store/)
+    } finally {
+      fs.rmSync(elsewhere, { recursive: true, force: true })
+    }
   })
 })
