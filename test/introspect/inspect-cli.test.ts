@@ -8,7 +8,7 @@ import fs from 'fs'
 import os from 'os'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../helpers/cli'
+import { CLI, runCli } from '../helpers/cli'
 import { e2oracle } from '../helpers/e2oracle'
 import { containerFixtures } from '../helpers/qemu'
 
@@ -96,6 +96,15 @@ describe('vmdi-fuse inspect', () => {
     for (const [off, len] of ext) {
       for (let b = Math.floor(off / 4096); b < Math.ceil((off + len) / 4096); b++) expect(metaFileBlocks.has(b), `file block ${b} is meta-data in our map only`).toBe(true)
     }
+  })
+
+  it('draws a scan progress bar on a terminal (script(1) supplies one) and none when piped', () => {
+    const image = path.join(dir, 'gpt.raw')
+    const tty = execFileSync('script', ['-qec', `${process.execPath} ${CLI} inspect ${image}`, '/dev/null'], { encoding: 'utf8' })
+    expect(tty).toMatch(/\r\[#+\] 100% scanning ext4 in volume \d+ \(/)
+    const piped = runCli(['inspect', image])
+    expect(piped.stderr).toBe('')
+    expect(piped.stdout).not.toMatch(/scanning/)
   })
 
   it('--at names the class, inode and path of a byte of the image file', () => {
