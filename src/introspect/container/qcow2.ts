@@ -9,12 +9,14 @@ import { CorruptError, NotThisFormatError, UnsupportedError } from '../errors'
 import { MappedDisk, type DiskFile } from './disk'
 import { RunKind } from './guest-table'
 import type { ContainerModule, OpenContext } from './open'
-import type { ContainerRegion, GuestRange, VirtualDisk } from './types'
+import type { ContainerRegion, GuestMapping, GuestRange, VirtualDisk } from './types'
 
 export const QCOW2_MAGIC = 0x514649fb
 const V2_HEADER = 72
 const EXT_END = 0
 const EXT_DATA_FILE = 0x44415441
+const EXT_FEATURE_NAMES = 0x6803f857
+const EXT_BACKING_FORMAT = 0xe2792aca
 const INCOMPAT_DIRTY = 1n << 0n
 const INCOMPAT_CORRUPT = 1n << 1n
 const INCOMPAT_DATA_FILE = 1n << 2n
@@ -27,6 +29,8 @@ const L2_ZERO = 1n
 /** Largest L1 table we accept (qemu's own QCOW_MAX_L1_SIZE is 32 MiB). */
 const MAX_L1_BYTES = 32 << 20
 const MAX_SNAPSHOTS = 65536
+/** Largest refcount table we accept (qemu's QCOW_MAX_REFTABLE_SIZE is 8 MiB). */
+const MAX_REFTABLE_BYTES = 8 << 20
 
 export interface Qcow2Header {
   version: number
@@ -78,8 +82,6 @@ export function parseQcow2Header(b: Buffer, file: string, fileSize: number): Qco
   if (h.headerLength < V2_HEADER || h.headerLength > 1 << h.clusterBits) throw new CorruptError(`header_length ${h.headerLength} is outside ${V2_HEADER}..cluster size`, { ...ctx, offset: 100 })
   if (h.headerLength > 104) h.compressionType = b.readUInt8(104)
   if (h.cryptMethod !== 0) throw new UnsupportedError(`encrypted images are not supported (crypt_method ${h.cryptMethod})`, { ...ctx, offset: 32 })
-  const unknown = h.incompatible & ~KNOWN_INCOMPAT
-  if (unknown) throw new UnsupportedError(`unknown incompatible features 0x${unknown.toString(16)}`, { ...ctx, offset: 72 })
   if (h.incompatible & INCOMPAT_DATA_FILE) throw new UnsupportedError('external data files are not supported', { ...ctx, offset: 72 })
   if (h.incompatible & INCOMPAT_EXTL2) throw new UnsupportedError('extended L2 entries (subclusters) are not supported', { ...ctx, offset: 72 })
   const cluster = 2 ** h.clusterBits
@@ -93,6 +95,9 @@ export function parseQcow2Header(b: Buffer, file: string, fileSize: number): Qco
     }
   }
   if (h.l1Size > 0) inFile(h.l1TableOffset, h.l1Size * 8, 'L1 table', 40)
+  if (h.refcountTableClusters * cluster > MAX_REFTABLE_BYTES) {
+    throw new CorruptError(`refcount_table_clusters ${h.refcountTableClusters} is over the ${MAX_REFTABLE_BYTES}-byte limit`, { ...ctx, offset: 56 })
+  }
   inFile(h.refcountTableOffset, h.refcountTableClusters * cluster, 'refcount table', 48)
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw new CorruptError(`${h.nbSnapshots} snapshots (at most ${MAX_SNAPSHOTS})`, { ...ctx, offset: 60 })
   if (h.nbSnapshots > 0) inFile(h.snapshotsOffset, 40, 'snapshot table', 64)
@@ -110,6 +115,8 @@ export class Qcow2Disk extends MappedDisk {
   /** L2 table file offset → L1 index (to re-parse written L2 entries). */
   private readonly l2Owner = new Map<number, number>()
   private readonly header: Qcow2Header
+  /** The backing file format the header extension names ('' when absent); the probe chain decides what the parent is. */
+  backingFormat = ''
   private readonly csizeShift: number
   private readonly csizeMask: bigint
   private readonly coffsetMask: bigint
@@ -139,16 +146,32 @@ export class Qcow2Disk extends MappedDisk {
     const regions: ContainerRegion[] = [{ file: 0, offset: 0, length: h.headerLength, structure: 'qcow2 header' }]
     let o = h.headerLength
     const first = await file.read(0, Math.min(file.size, cluster))
+    const featureNames = new Map<number, string>() // incompatible feature bit → name
+    let backingFormat = ''
+    // v2 images may carry extensions too (qemu writes the backing format there); v2 headers are 72 bytes.
     for (let n = 0; n < 64 && o + 8 <= first.length; n++) {
+      const at = { file: file.name, layer: 'qcow2', structure: 'qcow2 header', object: `extension 0x${first.readUInt32BE(o).toString(16)}`, offset: o }
       const type = first.readUInt32BE(o)
       const len = first.readUInt32BE(o + 4)
       if (type === EXT_END) {
         o += 8
         break
       }
-      if (o + 8 + len > first.length) throw new CorruptError(`header extension 0x${type.toString(16)} of ${len} bytes runs past the first cluster`, { file: file.name, layer: 'qcow2', structure: 'header extension', offset: o })
-      if (type === EXT_DATA_FILE) throw new UnsupportedError('external data files are not supported', { file: file.name, layer: 'qcow2', structure: 'header extension', offset: o })
+      if (o + 8 + len > first.length) throw new CorruptError(`expected header extension of ${len} bytes to end inside the first cluster (${first.length} bytes), saw it end at ${o + 8 + len}`, at)
+      if (type === EXT_DATA_FILE) throw new UnsupportedError('external data files are not supported', at)
+      if (type === EXT_BACKING_FORMAT) backingFormat = first.toString('latin1', o + 8, o + 8 + len)
+      if (type === EXT_FEATURE_NAMES) {
+        for (let f = o + 8; f + 48 <= o + 8 + len; f += 48) {
+          if (first[f] === 0) featureNames.set(first[f + 1], first.toString('latin1', f + 2, f + 48).replace(/\0.*$/s, ''))
+        }
+      }
       o += 8 + Math.ceil(len / 8) * 8
+    }
+    const unknown = h.incompatible & ~KNOWN_INCOMPAT
+    if (unknown) {
+      const bits: string[] = []
+      for (let bit = 0; bit < 64; bit++) if (unknown & (1n << BigInt(bit))) bits.push(featureNames.has(bit) ? `${bit} (${featureNames.get(bit)})` : `${bit}`)
+      throw new UnsupportedError(`unknown incompatible feature bits ${bits.join(', ')}`, { file: file.name, layer: 'qcow2', structure: 'qcow2 header', offset: 72 })
     }
     regions[0].length = Math.max(o, h.backingFileOffset ? h.backingFileOffset + h.backingFileSize : 0)
     if (h.compressionType !== 0 && !(h.incompatible & INCOMPAT_COMPRESSION)) {
@@ -162,6 +185,7 @@ export class Qcow2Disk extends MappedDisk {
     }
     try {
       const disk = new Qcow2Disk(file, h, parent)
+      disk.backingFormat = backingFormat
       const compressed = await disk.load(regions)
       if (compressed) disk.readOnlyReason = 'compressed clusters are mapped read-only'
       return disk
@@ -252,7 +276,10 @@ export class Qcow2Disk extends MappedDisk {
       const sectors = Number((desc >> BigInt(this.csizeShift)) & this.csizeMask) + 1
       const stored = sectors * 512 - (off & 511)
       if (off + stored > this.file.size + 512) throw new CorruptError(`compressed cluster at ${off} (+${stored}) ends past the file`, at)
-      if (this.header.compressionType !== 0) throw new UnsupportedError(`compression type ${this.header.compressionType} (only zlib is supported)`, at)
+      if (this.header.compressionType !== 0) {
+        const name = this.header.compressionType === 1 ? 'zstd' : `type ${this.header.compressionType}`
+        throw new UnsupportedError(`${name}-compressed clusters are not supported (only zlib)`, at)
+      }
       return { kind: RunKind.Compressed, fileOffset: off, storedLength: Math.min(stored, this.file.size - off) }
     }
     const off = Number(entry & OFFSET_MASK)
@@ -287,38 +314,53 @@ export class Qcow2Disk extends MappedDisk {
 
   protected override async decompress(_file: number, fileOffset: number, storedLength: number): Promise<Buffer> {
     const raw = await this.file.read(fileOffset, Math.min(storedLength, this.file.size - fileOffset))
-    const out = zlib.inflateRawSync(raw, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: this.cluster })
-    if (out.length < this.cluster) return Buffer.concat([out, Buffer.alloc(this.cluster - out.length)])
+    const at = { file: this.file.name, layer: 'qcow2', structure: 'compressed cluster', offset: fileOffset }
+    // Like qemu: the stream must yield a whole cluster; what follows it (sector padding) is ignored.
+    let out: Buffer
+    try {
+      // Z_SYNC_FLUSH: a stream cut short yields what it has (checked below) rather than an opaque zlib error.
+      out = zlib.inflateRawSync(raw, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: this.cluster })
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      const saw = code === 'ERR_BUFFER_TOO_LARGE' ? `more than ${this.cluster} bytes inflated` : (e as Error).message
+      throw new CorruptError(`expected a raw-deflate stream of one ${this.cluster}-byte cluster, saw ${saw}`, at)
+    }
+    if (out.length !== this.cluster) throw new CorruptError(`expected ${this.cluster} bytes inflated, saw ${out.length}`, at)
     return out
   }
 
   override async applyWrite(file: number, fileOffset: number, bytes: Buffer): Promise<GuestRange[]> {
     if (file !== 0 || bytes.length === 0) return []
+    const h = this.header
+    const end = fileOffset + bytes.length
+    const l1End = h.l1TableOffset + h.l1Size * 8
+    const hitsL1 = fileOffset < l1End && end > h.l1TableOffset
+    let hitsL2 = false
+    for (let c = Math.floor(fileOffset / this.cluster) * this.cluster; c < end && !hitsL2; c += this.cluster) hitsL2 = this.l2Owner.has(c)
+    if (!hitsL1 && !hitsL2) return []
     // Allocating writes grow the file: entries may point past the size seen at open.
     await this.file.refresh()
-    const h = this.header
     const changed: GuestRange[] = []
-    const end = fileOffset + bytes.length
     const span = this.l2Entries * this.cluster
-    // L1 entries: a new (or dropped) L2 table. Its contents were written before the L1 entry.
-    const l1End = h.l1TableOffset + h.l1Size * 8
-    if (fileOffset < l1End && end > h.l1TableOffset) {
-      const first = Math.max(0, Math.floor((fileOffset - h.l1TableOffset) / 8))
-      const last = Math.min(h.l1Size, Math.ceil((end - h.l1TableOffset) / 8))
+    // L1 entries: a new (or dropped, or copied-on-write) L2 table. Its contents were written before the L1 entry.
+    if (hitsL1) {
+      const first = Math.floor((Math.max(fileOffset, h.l1TableOffset) - h.l1TableOffset) / 8)
+      const last = Math.ceil((Math.min(end, l1End) - h.l1TableOffset) / 8)
+      const entries = await this.entriesAfterWrite(h.l1TableOffset + first * 8, (last - first) * 8, fileOffset, bytes)
       for (let i = first; i < last; i++) {
-        const at = h.l1TableOffset + i * 8
-        if (at < fileOffset || at + 8 > end) continue // partial entry writes do not happen (qemu writes whole sectors)
-        const off = this.l1Offset(bytes.readBigUInt64BE(at - fileOffset), i)
+        const off = this.l1Offset(entries.readBigUInt64BE((i - first) * 8), i)
         if (off === this.l1[i]) continue
         if (this.l1[i]) this.l2Owner.delete(this.l1[i])
         this.l1[i] = off
         const guest = i * span
+        if (guest >= this.size) continue
         const len = Math.min(span, this.size - guest)
         this.table.remap(guest, len, null)
         if (off) {
           this.l2Owner.set(off, i)
-          const l2 = await this.file.read(off, this.cluster)
-          this.remapEntries(i, l2, 0, this.l2Entries)
+          // The new table is container meta-data from now on (a dropped one stays listed: harmless, and rare).
+          this.setRegions([...this.regions(), { file: 0, offset: off, length: this.cluster, structure: 'L2 table' }])
+          this.remapEntries(i, await this.file.read(off, this.cluster), 0, this.l2Entries)
         }
         changed.push({ offset: guest, length: len })
       }
@@ -327,29 +369,47 @@ export class Qcow2Disk extends MappedDisk {
     for (let c = Math.floor(fileOffset / this.cluster) * this.cluster; c < end; c += this.cluster) {
       const i = this.l2Owner.get(c)
       if (i === undefined) continue
-      const from = Math.max(0, Math.ceil((fileOffset - c) / 8))
-      const to = Math.min(this.l2Entries, Math.floor((end - c) / 8))
-      const view = Buffer.alloc(this.cluster)
-      bytes.copy(view, from * 8, from * 8 + c - fileOffset, to * 8 + c - fileOffset)
-      for (const r of this.remapEntries(i, view, from, to)) changed.push(r)
+      const from = Math.floor((Math.max(fileOffset, c) - c) / 8)
+      const to = Math.ceil((Math.min(end, c + this.cluster) - c) / 8)
+      const entries = await this.entriesAfterWrite(c + from * 8, (to - from) * 8, fileOffset, bytes)
+      for (const r of this.remapEntries(i, entries, from, to)) changed.push(r)
     }
     return changed
   }
 
+  /**
+   * The table bytes [at, at + length) as they are once `bytes` lands at `fileOffset`: the written
+   * bytes where they reach, the file's elsewhere (an entry only partly written keeps its other bytes).
+   */
+  private async entriesAfterWrite(at: number, length: number, fileOffset: number, bytes: Buffer): Promise<Buffer> {
+    const covered = fileOffset <= at && fileOffset + bytes.length >= at + length
+    const out = covered ? Buffer.alloc(length) : Buffer.from(await this.file.read(at, length))
+    const from = Math.max(at, fileOffset)
+    const to = Math.min(at + length, fileOffset + bytes.length)
+    bytes.copy(out, from - at, from - fileOffset, to - fileOffset)
+    return out
+  }
+
+  /** Re-parses L2 entries [from, to) of table `l1Index`; `buf` holds them starting with entry `from`. */
   private remapEntries(l1Index: number, buf: Buffer, from: number, to: number): GuestRange[] {
     const out: GuestRange[] = []
     for (let e = from; e < to; e++) {
       const guest = (l1Index * this.l2Entries + e) * this.cluster
       if (guest >= this.size) break
       const len = Math.min(this.cluster, this.size - guest)
-      const m = this.entryMapping(buf.readBigUInt64BE(e * 8), l1Index, e)
+      const m = this.entryMapping(buf.readBigUInt64BE((e - from) * 8), l1Index, e)
       const before = this.mapGuest(guest)
       this.table.remap(guest, len, m ? { file: 0, fileOffset: m.fileOffset, kind: m.kind, storedLength: m.storedLength } : null)
+      if (m?.kind === RunKind.Compressed && !this.readOnlyReason) this.readOnlyReason = 'compressed clusters are mapped read-only'
       const after = this.mapGuest(guest)
-      if (JSON.stringify(before) !== JSON.stringify(after)) out.push({ offset: guest, length: len })
+      if (before.kind !== after.kind || mappingKey(before) !== mappingKey(after)) out.push({ offset: guest, length: len })
     }
     return out
   }
+}
+
+function mappingKey(m: GuestMapping): string {
+  return m.kind === 'data' ? `d${m.file}:${m.fileOffset}` : m.kind === 'compressed' ? `c${m.file}:${m.fileOffset}:${m.storedLength}:${m.grainOffset}` : m.kind
 }
 
 export const qcow2Format: ContainerModule = {
