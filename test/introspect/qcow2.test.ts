@@ -8,9 +8,27 @@ import os from 'os'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openImage } from '../../src/introspect/container'
-import { qcow2Format } from '../../src/introspect/container/qcow2'
+import { registerContainer } from '../../src/introspect/container/open'
+import { Qcow2Disk, qcow2Format } from '../../src/introspect/container/qcow2'
+import type { VirtualDisk } from '../../src/introspect/container/types'
 import { FileReader } from '../../src/introspect/reader'
-import { containerFixtures, expectApplyWriteMatches, expectSameBytes } from '../helpers/qemu'
+import { containerFixtures, expectApplyWriteMatches, expectMapMatchesQemu, expectSameBytes } from '../helpers/qemu'
+
+registerContainer(qcow2Format)
+
+const FIXTURES = ['mbr', 'gpt'].flatMap((b) => ['v2', 'v3', 'v3-c512', 'v3-c2M', 'compressed'].map((q) => `${b}-${q}.qcow2`)).concat(['mbr-delta.qcow2', 'mbr-delta2.qcow2'])
+
+/** Opens with the module itself (not the probe chain), the way the chain would, so NotThisFormatError surfaces. */
+async function openDirect(p: string): Promise<VirtualDisk> {
+  const f = await FileReader.open(p)
+  try {
+    const ctx = { resolveRelated: () => p, openParent: () => Promise.reject(new Error('no parent expected')) }
+    return await qcow2Format.open(f as never, ctx as never)
+  } catch (e) {
+    await f.close()
+    throw e
+  }
+}
 
 let dir = ''
 let tmp = ''
@@ -29,6 +47,33 @@ function copy(name: string, patch?: (b: Buffer) => void): string {
 }
 
 describe('qcow2', () => {
+  it.each(FIXTURES)('%s: every guest byte equals qemu-img convert, the map equals qemu-img map', async (name) => {
+    const img = path.join(dir, name)
+    const d = await openImage(img)
+    try {
+      expect(d.format).toBe('qcow2')
+      expectMapMatchesQemu(d, img)
+      await expectSameBytes(d, img)
+    } finally {
+      await d.close()
+    }
+  })
+
+  it('chains: the delta has zero clusters over its parent, delta2 is three deep', async () => {
+    const d = await openImage(path.join(dir, 'mbr-delta2.qcow2'))
+    expect(d.parent?.files[0]).toBe(fs.realpathSync(path.join(dir, 'mbr-delta.qcow2')))
+    expect(d.parent?.parent?.files[0]).toBe(fs.realpathSync(path.join(dir, 'mbr-v3.qcow2')))
+    expect(d.parent?.parent?.parent).toBeNull()
+    expect((d as Qcow2Disk).backingFormat).toBe('qcow2')
+    // The delta's zero write: zero clusters read zeros although the parent below has data there.
+    const delta = d.parent as VirtualDisk
+    const qmap = JSON.parse(execFileSync('qemu-img', ['map', '--output=json', delta.files[0]], { encoding: 'utf8' })) as { start: number; length: number; depth: number; zero: boolean; data: boolean }[]
+    const z = qmap.find((e) => e.depth === 0 && e.zero && !e.data)
+    expect(z).toBeDefined()
+    expect(delta.mapGuest(z!.start).kind).toBe('zero')
+    expect((await d.read(z!.start, 512)).equals(Buffer.alloc(512))).toBe(true)
+    await d.close()
+  })
   it('lists header, L1, L2, refcount table and blocks as container meta-data; compressed images are read-only', async () => {
     const d = await openImage(path.join(dir, 'mbr-v3.qcow2'))
     const kinds = new Set(d.regions().map((r) => r.structure))
