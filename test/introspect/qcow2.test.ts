@@ -4,6 +4,7 @@
 // formats refused, and the map kept current from written L1/L2 entries.
 import { execFileSync } from 'child_process'
 import fs from 'fs'
+import zlib from 'zlib'
 import os from 'os'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -116,6 +117,81 @@ describe('qcow2', () => {
     await expect(openImage(copy('mbr-v3.qcow2', (b) => b.writeBigUInt64BE(0n, 40)))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/L1 table at 0/) })
   })
 
+  it('more hostile fields: each error names its structure and byte offset', async () => {
+    const good = fs.readFileSync(path.join(dir, 'mbr-v3.qcow2'))
+    const l1 = Number(good.readBigUInt64BE(40))
+    const l2 = Number(good.readBigUInt64BE(l1) & 0x00fffffffffffe00n)
+    let e = 0
+    while (good.readBigUInt64BE(l2 + e * 8) === 0n) e++
+    const bad = (patch: (b: Buffer) => void) => openImage(copy('mbr-v3.qcow2', patch))
+    // Not qcow2 at all: the module itself says so (the only error the probe chain swallows).
+    await expect(openDirect(copy('mbr-v3.qcow2', (b) => b.write('QFI\xfa', 0, 'latin1')))).rejects.toMatchObject({ code: 'NOT_THIS_FORMAT', message: expect.stringMatching(/qcow2 header @0: expected magic QFI\\xfb, saw 0x514649fa/) })
+    // An L2 entry past EOF: the L2 table, L1/L2 index and the entry's own byte offset.
+    await expect(bad((b) => b.writeBigUInt64BE(0x8000000000000000n | (1n << 40n), l2 + e * 8))).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(new RegExp(`L2 table #0/${e} @${l2 + e * 8}: L2 entry points at 1099511627776, past the end`)),
+    })
+    // A data cluster not cluster-aligned.
+    await expect(bad((b) => b.writeBigUInt64BE(0x8000000000000000n | (BigInt(l2) + 512n), l2 + e * 8))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`L2 table #0/${e} @${l2 + e * 8}: .*not cluster-aligned`)) })
+    await expect(bad((b) => b.writeUInt32BE(1 << 20, 56))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @56: refcount_table_clusters 1048576 is over the 8388608-byte limit/) })
+    await expect(bad((b) => b.writeBigUInt64BE(BigInt(good.readBigUInt64BE(48)) + 8n, 48))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @48: refcount table at \d+ \(\+65536\) is not a cluster-aligned range/) })
+    await expect(bad((b) => b.writeBigUInt64BE(1n << 63n, 24))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @24: size 9223372036854775808 is out of range/) })
+    await expect(bad((b) => b.writeUInt32BE(4, 32))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/qcow2 header @32: encrypted images are not supported \(crypt_method 4\)/) })
+    await expect(bad((b) => b.writeUInt32BE(8, 100))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @100: header_length 8/) })
+    // Header extensions: one running past the first cluster; an unknown incompatible bit named from the feature-name table.
+    await expect(bad((b) => b.writeUInt32BE(0x7fff0000, 116))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header #extension 0x6803f857 @112: expected header extension of 2147418112 bytes to end inside the first cluster/) })
+    await expect(
+      bad((b) => {
+        b.writeBigUInt64BE(1n << 5n, 72)
+        b[121] = 5 // the feature-name entry of incompatible bit 0 now names bit 5
+      }),
+    ).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/qcow2 header @72: unknown incompatible feature bits 5 \(dirty bit\)/) })
+    await expect(bad((b) => b.writeBigUInt64BE(1n << 4n, 72))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/@72: extended L2 entries \(subclusters\) are not supported/) })
+    await expect(bad((b) => b.writeUInt8(1, 104))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @104: compression_type 1 without the compression-type feature bit/) })
+    // A backing file name reaching outside the first cluster.
+    await expect(
+      bad((b) => {
+        b.writeBigUInt64BE(65000n, 8)
+        b.writeUInt32BE(1000, 16)
+      }),
+    ).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @8: backing file name at 65000 \(\+1000\) is outside the first cluster/) })
+  })
+
+  it('external data files and zstd-compressed clusters are unsupported; a zstd image without compressed clusters opens', async () => {
+    const ext = path.join(tmp, 'ext.qcow2')
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${path.join(tmp, 'ext.data')}`, ext, '1M'])
+    await expect(openImage(ext)).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/qcow2 header @72: external data files are not supported/) })
+    const z = path.join(tmp, 'zstd.qcow2')
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compression_type=zstd', z, '1M'])
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 64k', z], { stdio: 'ignore' })
+    const d = await openImage(z)
+    expect((await d.read(0, 4)).toString('hex')).toBe('11111111')
+    await d.close()
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -c -P 0x22 128k 64k', z], { stdio: 'ignore' })
+    await expect(openImage(z)).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/L2 table #0\/2 @\d+: zstd-compressed clusters are not supported/) })
+  })
+
+  it('a compressed cluster that does not inflate to one cluster is a CorruptError naming its file offset', async () => {
+    const d = await openImage(path.join(dir, 'mbr-compressed.qcow2'))
+    let g = 0
+    let m = d.mapGuest(0)
+    while (m.kind !== 'compressed') {
+      g += m.length
+      m = d.mapGuest(g)
+    }
+    await d.close()
+    const at = m.fileOffset
+    // 0xff: a deflate block of the reserved type 3.
+    const garbled = await openImage(copy('mbr-compressed.qcow2', (b) => b.fill(0xff, at, at + 16)))
+    await expect(garbled.read(g, 512)).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`compressed cluster @${at}: expected a raw-deflate stream`)) })
+    await garbled.close()
+    // A valid stream of too few bytes (a whole cluster's sectors replaced by a deflated 512-byte block).
+    const short = zlib.deflateRawSync(Buffer.alloc(512, 7))
+    const truncated = await openImage(copy('mbr-compressed.qcow2', (b) => short.copy(b, at)))
+    await expect(truncated.read(g, 512)).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`compressed cluster @${at}: expected 65536 bytes inflated, saw 512`)) })
+    await truncated.close()
+  })
+
   it('backing files: resolved inside the store only, missing ones named', async () => {
     const store = path.join(tmp, 'store')
     fs.mkdirSync(store)
@@ -131,11 +207,14 @@ describe('qcow2', () => {
     await d.close()
   })
 
-  it('other formats are not qcow2', async () => {
-    for (const f of ['mbr.raw', 'mbr-monolithicSparse.vmdk', 'mbr-dynamic.vhd', 'mbr-dynamic.vdi', 'random.bin', 'notes.txt']) {
+  it('other formats are not qcow2: probe false, open NotThisFormatError', async () => {
+    const others = fs.readdirSync(dir).filter((f) => /\.(raw|vmdk|vhd|vdi|bin|txt)$/.test(f))
+    expect(others.length).toBeGreaterThan(20)
+    for (const f of others) {
       const r = await FileReader.open(path.join(dir, f))
-      expect(await qcow2Format.probe(await r.read(0, Math.min(r.size, 65536)), r)).toBe(false)
+      expect(await qcow2Format.probe(await r.read(0, Math.min(r.size, 65536)), r), f).toBe(false)
       await r.close()
+      await expect(openDirect(path.join(dir, f)), f).rejects.toMatchObject({ code: 'NOT_THIS_FORMAT' })
     }
   })
 
