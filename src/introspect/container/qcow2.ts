@@ -211,19 +211,28 @@ export class Qcow2Disk extends MappedDisk {
     }
     l2s.sort((a, b) => a[0] - b[0])
     let compressed = false
-    // Coalesce adjacent L2 tables into reads of up to 4 MiB.
+    // Coalesce adjacent L2 tables into reads of up to 4 MiB; keep a few in flight (a cold cache is seek-bound).
+    const groups: [number, number][] = []
     for (let k = 0; k < l2s.length; ) {
       let j = k + 1
       while (j < l2s.length && l2s[j][0] === l2s[j - 1][0] + cluster && (j - k + 1) * cluster <= 4 << 20) j++
-      const buf = await file.read(l2s[k][0], (j - k) * cluster)
-      for (let t = k; t < j; t++) {
-        const [off, i] = l2s[t]
-        this.l2Owner.set(off, i)
-        regions.push({ file: 0, offset: off, length: cluster, structure: 'L2 table' })
-        compressed = this.addL2(i, buf.subarray((t - k) * cluster, (t - k + 1) * cluster), 0, this.l2Entries) || compressed
-      }
+      groups.push([k, j])
       k = j
     }
+    let next = 0
+    const worker = async () => {
+      while (next < groups.length) {
+        const [k, j] = groups[next++]
+        const buf = await file.read(l2s[k][0], (j - k) * cluster)
+        for (let t = k; t < j; t++) {
+          const [off, i] = l2s[t]
+          this.l2Owner.set(off, i)
+          regions.push({ file: 0, offset: off, length: cluster, structure: 'L2 table' })
+          compressed = this.addL2(i, buf.subarray((t - k) * cluster, (t - k + 1) * cluster), 0, this.l2Entries) || compressed
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(4, groups.length) }, worker))
     this.table.finish()
     // Refcount table and blocks, snapshot table and snapshot L1 tables: meta-data, not needed to read.
     const rt = await file.read(h.refcountTableOffset, h.refcountTableClusters * cluster)
