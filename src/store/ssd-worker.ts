@@ -1,0 +1,50 @@
+// The SSD store's writing connection, in its own thread (FINDINGS.md: one
+// row per transaction and WAL checkpoints stall 17-33 ms; the FUSE thread must
+// never wait for SQLite). Each batch of operations is one transaction,
+// committed with synchronous=FULL, then acknowledged by its sequence number.
+
+import Database from 'better-sqlite3'
+import { parentPort, workerData } from 'worker_threads'
+
+export type WriteOp =
+  | { op: 'put'; image: number; block: number; cls: number; dirty: number; data: Uint8Array }
+  | { op: 'clean'; image: number; block: number }
+  | { op: 'delete'; image: number; block: number }
+  | { op: 'truncate'; image: number; fromBlock: number }
+
+export interface Batch {
+  seq: number
+  ops: WriteOp[]
+}
+
+const db = new Database(workerData.path as string)
+db.pragma('journal_mode = WAL')
+db.pragma('synchronous = FULL')
+db.pragma('busy_timeout = 5000')
+const put = db.prepare('INSERT INTO blocks(image, block, cls, dirty, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT(image, block) DO UPDATE SET cls = excluded.cls, dirty = excluded.dirty, data = excluded.data')
+const clean = db.prepare('UPDATE blocks SET dirty = 0 WHERE image = ? AND block = ?')
+const del = db.prepare('DELETE FROM blocks WHERE image = ? AND block = ?')
+const trunc = db.prepare('DELETE FROM blocks WHERE image = ? AND block >= ?')
+
+const apply = db.transaction((ops: WriteOp[]) => {
+  for (const o of ops) {
+    if (o.op === 'put') put.run(o.image, o.block, o.cls, o.dirty, Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength))
+    else if (o.op === 'clean') clean.run(o.image, o.block)
+    else if (o.op === 'delete') del.run(o.image, o.block)
+    else trunc.run(o.image, o.fromBlock)
+  }
+})
+
+parentPort!.on('message', (m: Batch | { close: true }) => {
+  if ('close' in m) {
+    db.close()
+    parentPort!.postMessage({ closed: true })
+    return
+  }
+  try {
+    apply(m.ops)
+    parentPort!.postMessage({ seq: m.seq })
+  } catch (e) {
+    parentPort!.postMessage({ seq: m.seq, error: (e as Error).message })
+  }
+})

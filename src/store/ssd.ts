@@ -1,0 +1,179 @@
+// The SSD tier: a better-sqlite3 block store (FINDINGS.md: a rowid table
+// with a UNIQUE index on (image, block), WAL). Reads run on the calling
+// thread on a read-only connection; every write goes to a worker thread that
+// owns the writing connection (ssd-worker.ts). Writes not yet committed are
+// kept in `pending`, so reads always see the latest put. commit() resolves
+// once everything queued before it is durable: the guest's fsync waits on it.
+
+import Database from 'better-sqlite3'
+import fs from 'fs'
+import path from 'path'
+import { Worker } from 'worker_threads'
+import { PROJECT_ROOT } from '../root'
+import { blockKey } from './ram'
+import type { Batch, WriteOp } from './ssd-worker'
+
+export const SCHEMA_VERSION = 1
+
+export interface SsdBlock {
+  data: Buffer
+  cls: number
+  dirty: boolean
+}
+
+export class SsdError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'SsdError'
+  }
+}
+
+export class SsdStore {
+  private readonly db: Database.Database
+  private readonly worker: Worker
+  private readonly getStmt: Database.Statement
+  /** Puts and deletes not yet acknowledged by the worker, by block key (null: deleted). */
+  private readonly pending = new Map<number, { seq: number; block: SsdBlock | null }>()
+  /** Truncates not yet acknowledged: until then the rows they delete must not be read. */
+  private pendingTruncates: { image: number; fromBlock: number; seq: number }[] = []
+  private queue: WriteOp[] = []
+  private seq = 0
+  private acked = 0
+  private readonly waiters: { seq: number; resolve: () => void; reject: (e: Error) => void }[] = []
+  private flushScheduled = false
+  private failure: Error | null = null
+
+  private constructor(readonly path: string, db: Database.Database, worker: Worker) {
+    this.db = db
+    this.worker = worker
+    this.getStmt = db.prepare('SELECT data, cls, dirty FROM blocks WHERE image = ? AND block = ?')
+    worker.on('message', (m: { seq?: number; error?: string }) => {
+      const seq = m.seq
+      if (seq === undefined) return
+      if (m.error) this.failure = new SsdError(`SSD store ${this.path}: ${m.error}`)
+      this.acked = seq
+      for (const [k, p] of this.pending) if (p.seq <= seq) this.pending.delete(k)
+      this.pendingTruncates = this.pendingTruncates.filter((t) => t.seq > seq)
+      for (let i = this.waiters.length - 1; i >= 0; i--) {
+        const w = this.waiters[i]
+        if (w.seq > seq) continue
+        this.waiters.splice(i, 1)
+        if (this.failure) w.reject(this.failure)
+        else w.resolve()
+      }
+    })
+    worker.on('error', (e) => {
+      this.failure = new SsdError(`SSD store ${this.path}: writer thread failed: ${e.message}`)
+      for (const w of this.waiters.splice(0)) w.reject(this.failure)
+    })
+  }
+
+  /** Opens (creating when missing) the store at `file`. A file that is not our store is refused with a message naming it. */
+  static open(file: string): SsdStore {
+    fs.mkdirSync(path.dirname(file), { recursive: true })
+    let db: Database.Database
+    try {
+      db = new Database(file)
+      db.pragma('journal_mode = WAL')
+      db.pragma('page_size = 4096')
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, image INTEGER NOT NULL, block INTEGER NOT NULL,
+          cls INTEGER NOT NULL, dirty INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(image, block));
+        CREATE INDEX IF NOT EXISTS blocks_dirty ON blocks(image, dirty);
+      `)
+      const v = db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined
+      if (!v) db.prepare("INSERT INTO meta(key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION))
+      else if (Number(v.value) !== SCHEMA_VERSION) throw new SsdError(`schema version ${v.value}, this vmdi-fuse reads ${SCHEMA_VERSION}`)
+      // The reader never checkpoints: the writer thread owns that.
+      db.pragma('wal_autocheckpoint = 0')
+    } catch (e) {
+      throw new SsdError(`SSD store ${file} is not usable: ${(e as Error).message} (move it aside to start with an empty store)`)
+    }
+    // The compiled worker (a thread loads JavaScript; under vitest this module itself runs from src/).
+    const worker = new Worker(path.join(PROJECT_ROOT, 'dist', 'src', 'store', 'ssd-worker.js'), { workerData: { path: file } })
+    worker.unref()
+    return new SsdStore(file, db, worker)
+  }
+
+  get(image: number, block: number): SsdBlock | undefined {
+    const p = this.pending.get(blockKey(image, block))
+    if (p) return p.block ?? undefined
+    if (this.pendingTruncates.some((t) => t.image === image && block >= t.fromBlock)) return undefined
+    const row = this.getStmt.get(image, block) as { data: Buffer; cls: number; dirty: number } | undefined
+    return row ? { data: row.data, cls: row.cls, dirty: row.dirty !== 0 } : undefined
+  }
+
+  private enqueue(op: WriteOp, key: number | null, block: SsdBlock | null): void {
+    if (this.failure) throw this.failure
+    this.queue.push(op)
+    if (key !== null) this.pending.set(key, { seq: this.seq + 1, block })
+    if (this.queue.length >= 512) this.flush()
+    else if (!this.flushScheduled) {
+      this.flushScheduled = true
+      setImmediate(() => this.flush())
+    }
+  }
+
+  /** Sends what is queued as one transaction. */
+  private flush(): void {
+    this.flushScheduled = false
+    if (!this.queue.length) return
+    const batch: Batch = { seq: ++this.seq, ops: this.queue }
+    this.queue = []
+    this.worker.postMessage(batch)
+  }
+
+  put(image: number, block: number, data: Buffer, cls: number, dirty: boolean): void {
+    const copy = Buffer.from(data)
+    this.enqueue({ op: 'put', image, block, cls, dirty: dirty ? 1 : 0, data: copy }, blockKey(image, block), { data: copy, cls, dirty })
+  }
+
+  /** Marks a block clean after its bytes reached the HDD file (destage). */
+  markClean(image: number, block: number): void {
+    const cur = this.get(image, block)
+    this.enqueue({ op: 'clean', image, block }, blockKey(image, block), cur ? { ...cur, dirty: false } : null)
+  }
+
+  delete(image: number, block: number): void {
+    this.enqueue({ op: 'delete', image, block }, blockKey(image, block), null)
+  }
+
+  /** Forgets every block of an image at or after `fromBlock` (truncate; 0: unlink). */
+  truncate(image: number, fromBlock: number): void {
+    for (const [k] of this.pending) if (k >= blockKey(image, fromBlock) && k < blockKey(image + 1, 0)) this.pending.set(k, { seq: this.seq + 1, block: null })
+    this.pendingTruncates.push({ image, fromBlock, seq: this.seq + 1 })
+    this.enqueue({ op: 'truncate', image, fromBlock }, null, null)
+  }
+
+  /** Resolves when every write queued so far is committed (synchronous=FULL). */
+  commit(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure)
+    this.flush()
+    if (this.acked >= this.seq) return Promise.resolve()
+    return new Promise((resolve, reject) => this.waiters.push({ seq: this.seq, resolve, reject }))
+  }
+
+  /** Dirty blocks of an image, in block order (committed and pending). */
+  dirtyBlocks(image: number): number[] {
+    const rows = this.db.prepare('SELECT block FROM blocks WHERE image = ? AND dirty = 1 ORDER BY block').all(image) as { block: number }[]
+    const set = new Set(rows.map((r) => r.block).filter((b) => !this.pendingTruncates.some((t) => t.image === image && b >= t.fromBlock)))
+    for (const [k, p] of this.pending) {
+      if (Math.floor(k / 0x1_0000_0000) !== image) continue
+      const b = k % 0x1_0000_0000
+      if (p.block?.dirty) set.add(b)
+      else set.delete(b)
+    }
+    return [...set].sort((a, b) => a - b)
+  }
+
+  async close(): Promise<void> {
+    await this.commit().catch(() => undefined)
+    await new Promise<void>((resolve) => {
+      this.worker.once('message', () => resolve())
+      this.worker.postMessage({ close: true })
+    })
+    await this.worker.terminate()
+    this.db.close()
+  }
+}

@@ -1,0 +1,145 @@
+// The datapath's tiers and router against an in-memory shadow: random reads,
+// writes (any offset and size, past EOF too), truncates, fsyncs and destages
+// over an image file whose blocks are meta-data or data by a map, with RAM
+// small enough to evict; then a "restart" (new SSD connection and router on
+// the same files) keeps every write, and a full destage makes the HDD file
+// byte-identical to the shadow.
+import crypto from 'crypto'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BlockClass } from '../../src/introspect/classes'
+import { ExtentMap } from '../../src/introspect/map/extent-map'
+import { ImageRouter } from '../../src/placement/router'
+import { BLOCK, blockKey, RamCache } from '../../src/store/ram'
+import { SsdStore } from '../../src/store/ssd'
+
+let dir = ''
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-router-'))
+})
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+function rng(seed: number): () => number {
+  let x = seed
+  return () => {
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    return (x >>> 0) / 0x1_0000_0000
+  }
+}
+
+describe('RamCache', () => {
+  it('evicts the lowest class priority first, then the least recently used, and never holds more than its budget', () => {
+    const ram = new RamCache(4 * BLOCK)
+    const blk = (v: number) => Buffer.alloc(BLOCK, v)
+    ram.set(blockKey(1, 0), blk(1), 4) // superblock-like
+    ram.set(blockKey(1, 1), blk(2), 1) // journal-like
+    ram.set(blockKey(1, 2), blk(3), 1)
+    ram.set(blockKey(1, 3), blk(4), 3)
+    const out = Buffer.alloc(BLOCK)
+    expect(ram.get(blockKey(1, 1), out)).toBe(true) // 1,1 is now more recent than 1,2
+    ram.set(blockKey(2, 0), blk(5), 3) // full: the oldest priority-1 block (1,2) goes
+    expect(ram.has(blockKey(1, 2))).toBe(false)
+    expect(ram.has(blockKey(1, 1))).toBe(true)
+    ram.set(blockKey(2, 1), blk(6), 0) // lower than anything cached: not cached
+    expect(ram.has(blockKey(2, 1))).toBe(false)
+    expect(ram.stats.blocks).toBe(4)
+    expect(ram.get(blockKey(2, 0), out) && out[0]).toBe(5)
+    ram.dropImage(1)
+    expect(ram.stats.blocks).toBe(1)
+  })
+})
+
+describe('SsdStore', () => {
+  it('reads its own pending writes, commits durably, and refuses a file that is not a store', async () => {
+    const file = path.join(dir, 'ssd1.sqlite')
+    const s = SsdStore.open(file)
+    s.put(1, 7, Buffer.alloc(BLOCK, 9), BlockClass.Directory, true)
+    expect(s.get(1, 7)?.data[0]).toBe(9) // before the worker has it
+    await s.commit()
+    expect(s.dirtyBlocks(1)).toEqual([7])
+    s.markClean(1, 7)
+    expect(s.dirtyBlocks(1)).toEqual([])
+    await s.close()
+    const again = SsdStore.open(file)
+    expect(again.get(1, 7)).toMatchObject({ cls: BlockClass.Directory, dirty: false })
+    await again.close()
+    const bogus = path.join(dir, 'not-a-store.sqlite')
+    fs.writeFileSync(bogus, 'this is not an SQLite database, it is a text file of some length '.repeat(200))
+    expect(() => SsdStore.open(bogus)).toThrow(/SSD store .*not-a-store.sqlite is not usable: .*move it aside/)
+  })
+})
+
+describe('ImageRouter', () => {
+  it('20,000 random operations agree with a shadow; a restart keeps every write; destage makes the HDD file whole', async () => {
+    const r = rng(20261125)
+    const size0 = 2 << 20
+    const hdd = path.join(dir, 'image.img')
+    const shadow = crypto.randomBytes(size0)
+    fs.writeFileSync(hdd, shadow)
+    let sh = Buffer.from(shadow)
+    // A third of the blocks are meta-data of assorted classes.
+    const map = new ExtentMap()
+    const classes = [BlockClass.Superblock, BlockClass.InodeTable, BlockClass.Directory, BlockClass.ExtentTree, BlockClass.Journal]
+    for (let b = 0; b < 2 * (size0 / BLOCK); b++) if (r() < 0.33) map.set(b, 1 + Math.floor(r() * 3), classes[Math.floor(r() * classes.length)])
+    const ssdFile = path.join(dir, 'ssd.sqlite')
+    let ssd = SsdStore.open(ssdFile)
+    const ram = new RamCache(64 * BLOCK) // far smaller than the meta-data: evictions happen
+    let fd = fs.openSync(hdd, 'r+')
+    let router = new ImageRouter(fd, 1, ram, ssd, (b) => map.classOf(b))
+    const ops = 20000
+    for (let i = 0; i < ops; i++) {
+      const x = r()
+      const limit = sh.length + 3 * BLOCK
+      const pos = Math.floor(r() * limit)
+      const len = 1 + Math.floor(r() * (r() < 0.7 ? 5000 : 40000))
+      if (x < 0.45) {
+        const got = Buffer.alloc(len)
+        const n = await router.read(got, len, pos)
+        const want = sh.subarray(pos, pos + len)
+        expect(n, `op ${i} read ${pos}+${len}`).toBe(want.length)
+        if (!got.subarray(0, n).equals(want)) throw new Error(`op ${i}: read ${pos}+${len} differs from the shadow`)
+      } else if (x < 0.9) {
+        const data = crypto.randomBytes(len)
+        await router.write(data, len, pos)
+        if (pos + len > sh.length) sh = Buffer.concat([sh, Buffer.alloc(pos + len - sh.length)])
+        data.copy(sh, pos)
+      } else if (x < 0.93) {
+        const to = Math.floor(r() * (sh.length + BLOCK))
+        await router.truncate(to)
+        sh = to <= sh.length ? Buffer.from(sh.subarray(0, to)) : Buffer.concat([sh, Buffer.alloc(to - sh.length)])
+      } else if (x < 0.97) {
+        await router.fsync()
+      } else {
+        await router.destage(1 + Math.floor(r() * 50))
+      }
+      expect(router.fileSize).toBe(sh.length)
+    }
+    expect(router.dirty.size).toBeGreaterThan(0)
+    // Every tier served (RAM is far smaller than the meta-data, so the SSD store answers too).
+    const s = [...router.stats.values()].reduce((a, x) => ({ redirected: a.redirected + x.redirected, ramHits: a.ramHits + x.ramHits, ssdHits: a.ssdHits + x.ssdHits }), { redirected: 0, ramHits: 0, ssdHits: 0 })
+    expect(s.redirected).toBeGreaterThan(0)
+    expect(s.ramHits).toBeGreaterThan(0)
+    expect(s.ssdHits).toBeGreaterThan(0)
+    // Restart: everything fsync'ed is in the SSD store; a new router finds the dirty blocks again.
+    await router.fsync()
+    fs.closeSync(fd)
+    await ssd.close()
+    ssd = SsdStore.open(ssdFile)
+    fd = fs.openSync(hdd, 'r+')
+    router = new ImageRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b))
+    const all = Buffer.alloc(sh.length)
+    await router.read(all, sh.length, 0)
+    expect(all.equals(sh)).toBe(true)
+    // Destage everything: the HDD file alone is the image again.
+    while (await router.destage(1000)) {
+      /* until no dirty block is left */
+    }
+    expect(fs.readFileSync(hdd).equals(sh)).toBe(true)
+    fs.closeSync(fd)
+    await ssd.close()
+  })
+})
