@@ -133,6 +133,13 @@ describe('qcow2', () => {
     })
     // A data cluster not cluster-aligned.
     await expect(bad((b) => b.writeBigUInt64BE(0x8000000000000000n | (BigInt(l2) + 512n), l2 + e * 8))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`L2 table #0/${e} @${l2 + e * 8}: .*not cluster-aligned`)) })
+    // Reserved bits, and an L2 table placed on the L1 table itself.
+    await expect(bad((b) => b.writeBigUInt64BE(good.readBigUInt64BE(l1) | 2n, l1))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`L1 table #0 @${l1}: expected reserved bits 0x7f000000000001ff clear, saw 0x2`)) })
+    await expect(bad((b) => b.writeBigUInt64BE(good.readBigUInt64BE(l2 + e * 8) | (1n << 57n), l2 + e * 8))).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(new RegExp(`L2 table #0/${e} @${l2 + e * 8}: expected reserved bits 0x3f000000000001fe clear, saw 0x200000000000000`)),
+    })
+    await expect(bad((b) => b.writeBigUInt64BE((1n << 63n) | BigInt(l1), l1))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`L1 table #0 @${l1}: L1 entry 0 puts an L2 table at ${l1}, inside the L1 table`)) })
     await expect(bad((b) => b.writeUInt32BE(1 << 20, 56))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @56: refcount_table_clusters 1048576 is over the 8388608-byte limit/) })
     await expect(bad((b) => b.writeBigUInt64BE(BigInt(good.readBigUInt64BE(48)) + 8n, 48))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @48: refcount table at \d+ \(\+65536\) is not a cluster-aligned range/) })
     await expect(bad((b) => b.writeBigUInt64BE(1n << 63n, 24))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @24: size 9223372036854775808 is out of range/) })

@@ -26,6 +26,9 @@ const KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | 
 const OFFSET_MASK = 0x00fffffffffffe00n
 const L2_COMPRESSED = 1n << 62n
 const L2_ZERO = 1n
+/** Bits an L1 entry and a standard (uncompressed) L2 entry must leave clear; qemu calls an image with them set corrupt. */
+const L1_RESERVED = 0x7f000000000001ffn
+const L2_RESERVED = 0x3f000000000001fen
 /** Largest L1 table we accept (qemu's own QCOW_MAX_L1_SIZE is 32 MiB). */
 const MAX_L1_BYTES = 32 << 20
 const MAX_SNAPSHOTS = 65536
@@ -247,16 +250,16 @@ export class Qcow2Disk extends MappedDisk {
   }
 
   private l1Offset(entry: bigint, i: number): number {
+    const at = { file: this.file.name, layer: 'qcow2', structure: 'L1 table', object: i, offset: this.header.l1TableOffset + i * 8 }
+    if (entry & L1_RESERVED) throw new CorruptError(`expected reserved bits 0x${L1_RESERVED.toString(16)} clear, saw 0x${(entry & L1_RESERVED).toString(16)}`, at)
     const off = Number(entry & OFFSET_MASK)
     if (off && (off % this.cluster !== 0 || off + this.cluster > this.file.size)) {
-      throw new CorruptError(`L1 entry ${i} points at ${off}, past the end of the ${this.file.size}-byte file or not cluster-aligned`, {
-        file: this.file.name,
-        layer: 'qcow2',
-        structure: 'L1 table',
-        object: i,
-        offset: this.header.l1TableOffset + i * 8,
-      })
+      throw new CorruptError(`L1 entry ${i} points at ${off}, past the end of the ${this.file.size}-byte file or not cluster-aligned`, at)
     }
+    const h = this.header
+    const inL1 = off < h.l1TableOffset + h.l1Size * 8 && off + this.cluster > h.l1TableOffset
+    const inRefcount = off < h.refcountTableOffset + h.refcountTableClusters * this.cluster && off + this.cluster > h.refcountTableOffset
+    if (off && (inL1 || inRefcount)) throw new CorruptError(`L1 entry ${i} puts an L2 table at ${off}, inside the ${inL1 ? 'L1' : 'refcount'} table`, at)
     return off
   }
 
@@ -293,6 +296,7 @@ export class Qcow2Disk extends MappedDisk {
     }
     const off = Number(entry & OFFSET_MASK)
     if (this.header.version >= 3 && entry & L2_ZERO) return { kind: RunKind.Zero, fileOffset: 0, storedLength: 0 }
+    if (entry & L2_RESERVED) throw new CorruptError(`expected reserved bits 0x${L2_RESERVED.toString(16)} clear, saw 0x${(entry & L2_RESERVED).toString(16)}`, at)
     if (!off) return null
     if (off % this.cluster !== 0 || off + this.cluster > this.file.size) {
       throw new CorruptError(`L2 entry points at ${off}, past the end of the ${this.file.size}-byte file or not cluster-aligned`, at)
