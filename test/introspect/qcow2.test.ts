@@ -144,6 +144,7 @@ describe('qcow2', () => {
     await expect(bad((b) => b.writeBigUInt64BE(BigInt(good.readBigUInt64BE(48)) + 8n, 48))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @48: refcount table at \d+ \(\+65536\) is not a cluster-aligned range/) })
     await expect(bad((b) => b.writeBigUInt64BE(1n << 63n, 24))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @24: size 9223372036854775808 is out of range/) })
     await expect(bad((b) => b.writeUInt32BE(4, 32))).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringMatching(/qcow2 header @32: encrypted images are not supported \(crypt_method 4\)/) })
+    await expect(bad((b) => b.writeUInt32BE(72, 100))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @100: header_length 72 is outside 104..65536/) })
     await expect(bad((b) => b.writeUInt32BE(8, 100))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header @100: header_length 8/) })
     // Header extensions: one running past the first cluster; an unknown incompatible bit named from the feature-name table.
     await expect(bad((b) => b.writeUInt32BE(0x7fff0000, 116))).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/qcow2 header #extension 0x6803f857 @112: expected header extension of 2147418112 bytes to end inside the first cluster/) })

@@ -3,112 +3,22 @@
 // read-only), zero clusters, backing files; refcount and snapshot tables are
 // listed as container meta-data. Encrypted images, external data files,
 // extended L2 entries and zstd compression are reported unsupported.
+// The header and its extensions: qcow2-header.ts.
 
 import zlib from 'zlib'
-import { CorruptError, NotThisFormatError, UnsupportedError } from '../errors'
+import { CorruptError, UnsupportedError } from '../errors'
 import { MappedDisk, type DiskFile } from './disk'
 import { RunKind } from './guest-table'
+import { MAX_L1_BYTES, parseQcow2Extensions, parseQcow2Header, QCOW2_MAGIC, type Qcow2Header } from './qcow2-header'
 import type { ContainerModule, OpenContext } from './open'
 import type { ContainerRegion, GuestMapping, GuestRange, VirtualDisk } from './types'
 
-export const QCOW2_MAGIC = 0x514649fb
-const V2_HEADER = 72
-const EXT_END = 0
-const EXT_DATA_FILE = 0x44415441
-const EXT_FEATURE_NAMES = 0x6803f857
-const EXT_BACKING_FORMAT = 0xe2792aca
-const INCOMPAT_DIRTY = 1n << 0n
-const INCOMPAT_CORRUPT = 1n << 1n
-const INCOMPAT_DATA_FILE = 1n << 2n
-const INCOMPAT_COMPRESSION = 1n << 3n
-const INCOMPAT_EXTL2 = 1n << 4n
-const KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
 const OFFSET_MASK = 0x00fffffffffffe00n
 const L2_COMPRESSED = 1n << 62n
 const L2_ZERO = 1n
 /** Bits an L1 entry and a standard (uncompressed) L2 entry must leave clear; qemu calls an image with them set corrupt. */
 const L1_RESERVED = 0x7f000000000001ffn
 const L2_RESERVED = 0x3f000000000001fen
-/** Largest L1 table we accept (qemu's own QCOW_MAX_L1_SIZE is 32 MiB). */
-const MAX_L1_BYTES = 32 << 20
-const MAX_SNAPSHOTS = 65536
-/** Largest refcount table we accept (qemu's QCOW_MAX_REFTABLE_SIZE is 8 MiB). */
-const MAX_REFTABLE_BYTES = 8 << 20
-
-export interface Qcow2Header {
-  version: number
-  backingFileOffset: number
-  backingFileSize: number
-  clusterBits: number
-  size: number
-  cryptMethod: number
-  l1Size: number
-  l1TableOffset: number
-  refcountTableOffset: number
-  refcountTableClusters: number
-  nbSnapshots: number
-  snapshotsOffset: number
-  incompatible: bigint
-  headerLength: number
-  compressionType: number
-}
-
-export function parseQcow2Header(b: Buffer, file: string, fileSize: number): Qcow2Header {
-  const ctx = { file, layer: 'qcow2', structure: 'qcow2 header', offset: 0 }
-  if (b.length < V2_HEADER) throw new NotThisFormatError(`expected at least ${V2_HEADER} header bytes, saw ${b.length}`, ctx)
-  if (b.readUInt32BE(0) !== QCOW2_MAGIC) throw new NotThisFormatError(`expected magic QFI\\xfb, saw 0x${b.readUInt32BE(0).toString(16)}`, ctx)
-  const u64 = (o: number, what: string) => {
-    const v = b.readBigUInt64BE(o)
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CorruptError(`${what} ${v} is out of range`, { ...ctx, offset: o })
-    return Number(v)
-  }
-  const version = b.readUInt32BE(4)
-  if (version !== 2 && version !== 3) throw new UnsupportedError(`version ${version} (only 2 and 3 exist)`, { ...ctx, offset: 4 })
-  const h: Qcow2Header = {
-    version,
-    backingFileOffset: u64(8, 'backing_file_offset'),
-    backingFileSize: b.readUInt32BE(16),
-    clusterBits: b.readUInt32BE(20),
-    size: u64(24, 'size'),
-    cryptMethod: b.readUInt32BE(32),
-    l1Size: b.readUInt32BE(36),
-    l1TableOffset: u64(40, 'l1_table_offset'),
-    refcountTableOffset: u64(48, 'refcount_table_offset'),
-    refcountTableClusters: b.readUInt32BE(56),
-    nbSnapshots: b.readUInt32BE(60),
-    snapshotsOffset: u64(64, 'snapshots_offset'),
-    incompatible: version === 3 && b.length >= 80 ? b.readBigUInt64BE(72) : 0n,
-    headerLength: version === 3 && b.length >= 104 ? b.readUInt32BE(100) : V2_HEADER,
-    compressionType: 0,
-  }
-  if (h.clusterBits < 9 || h.clusterBits > 21) throw new CorruptError(`cluster_bits ${h.clusterBits} is outside 9..21`, { ...ctx, offset: 20 })
-  if (h.headerLength < V2_HEADER || h.headerLength > 1 << h.clusterBits) throw new CorruptError(`header_length ${h.headerLength} is outside ${V2_HEADER}..cluster size`, { ...ctx, offset: 100 })
-  if (h.headerLength > 104) h.compressionType = b.readUInt8(104)
-  if (h.cryptMethod !== 0) throw new UnsupportedError(`encrypted images are not supported (crypt_method ${h.cryptMethod})`, { ...ctx, offset: 32 })
-  if (h.incompatible & INCOMPAT_DATA_FILE) throw new UnsupportedError('external data files are not supported', { ...ctx, offset: 72 })
-  if (h.incompatible & INCOMPAT_EXTL2) throw new UnsupportedError('extended L2 entries (subclusters) are not supported', { ...ctx, offset: 72 })
-  const cluster = 2 ** h.clusterBits
-  const l2Entries = cluster / 8
-  const needL1 = Math.ceil(h.size / (cluster * l2Entries))
-  if (h.l1Size < needL1) throw new CorruptError(`l1_size ${h.l1Size} cannot map ${h.size} bytes (needs ${needL1})`, { ...ctx, offset: 36 })
-  if (h.l1Size * 8 > MAX_L1_BYTES) throw new CorruptError(`l1_size ${h.l1Size} is over the ${MAX_L1_BYTES}-byte limit`, { ...ctx, offset: 36 })
-  const inFile = (off: number, len: number, what: string, at: number) => {
-    if (off % cluster !== 0 || off < cluster || off + len > fileSize) {
-      throw new CorruptError(`${what} at ${off} (+${len}) is not a cluster-aligned range inside the ${fileSize}-byte file`, { ...ctx, offset: at })
-    }
-  }
-  if (h.l1Size > 0) inFile(h.l1TableOffset, h.l1Size * 8, 'L1 table', 40)
-  if (h.refcountTableClusters * cluster > MAX_REFTABLE_BYTES) {
-    throw new CorruptError(`refcount_table_clusters ${h.refcountTableClusters} is over the ${MAX_REFTABLE_BYTES}-byte limit`, { ...ctx, offset: 56 })
-  }
-  inFile(h.refcountTableOffset, h.refcountTableClusters * cluster, 'refcount table', 48)
-  if (h.nbSnapshots > MAX_SNAPSHOTS) throw new CorruptError(`${h.nbSnapshots} snapshots (at most ${MAX_SNAPSHOTS})`, { ...ctx, offset: 60 })
-  if (h.nbSnapshots > 0) inFile(h.snapshotsOffset, 40, 'snapshot table', 64)
-  if (h.backingFileOffset && (h.backingFileSize === 0 || h.backingFileSize > 1023 || h.backingFileOffset + h.backingFileSize > Math.min(cluster, fileSize))) {
-    throw new CorruptError(`backing file name at ${h.backingFileOffset} (+${h.backingFileSize}) is outside the first cluster`, { ...ctx, offset: 8 })
-  }
-  return Object.freeze(h)
-}
 
 export class Qcow2Disk extends MappedDisk {
   private readonly cluster: number
@@ -145,41 +55,11 @@ export class Qcow2Disk extends MappedDisk {
     const head = await file.read(0, Math.min(file.size, 4096))
     const h = parseQcow2Header(head, file.name, file.size)
     const cluster = 2 ** h.clusterBits
-    // Header extensions: the backing format (informational: the probe chain decides) and the ones we refuse.
-    const regions: ContainerRegion[] = [{ file: 0, offset: 0, length: h.headerLength, structure: 'qcow2 header' }]
-    let o = h.headerLength
-    const first = await file.read(0, Math.min(file.size, cluster))
-    const featureNames = new Map<number, string>() // incompatible feature bit → name
-    let backingFormat = ''
-    // v2 images may carry extensions too (qemu writes the backing format there); v2 headers are 72 bytes.
-    for (let n = 0; n < 64 && o + 8 <= first.length; n++) {
-      const at = { file: file.name, layer: 'qcow2', structure: 'qcow2 header', object: `extension 0x${first.readUInt32BE(o).toString(16)}`, offset: o }
-      const type = first.readUInt32BE(o)
-      const len = first.readUInt32BE(o + 4)
-      if (type === EXT_END) {
-        o += 8
-        break
-      }
-      if (o + 8 + len > first.length) throw new CorruptError(`expected header extension of ${len} bytes to end inside the first cluster (${first.length} bytes), saw it end at ${o + 8 + len}`, at)
-      if (type === EXT_DATA_FILE) throw new UnsupportedError('external data files are not supported', at)
-      if (type === EXT_BACKING_FORMAT) backingFormat = first.toString('latin1', o + 8, o + 8 + len)
-      if (type === EXT_FEATURE_NAMES) {
-        for (let f = o + 8; f + 48 <= o + 8 + len; f += 48) {
-          if (first[f] === 0) featureNames.set(first[f + 1], first.toString('latin1', f + 2, f + 48).replace(/\0.*$/s, ''))
-        }
-      }
-      o += 8 + Math.ceil(len / 8) * 8
-    }
-    const unknown = h.incompatible & ~KNOWN_INCOMPAT
-    if (unknown) {
-      const bits: string[] = []
-      for (let bit = 0; bit < 64; bit++) if (unknown & (1n << BigInt(bit))) bits.push(featureNames.has(bit) ? `${bit} (${featureNames.get(bit)})` : `${bit}`)
-      throw new UnsupportedError(`unknown incompatible feature bits ${bits.join(', ')}`, { file: file.name, layer: 'qcow2', structure: 'qcow2 header', offset: 72 })
-    }
-    regions[0].length = Math.max(o, h.backingFileOffset ? h.backingFileOffset + h.backingFileSize : 0)
-    if (h.compressionType !== 0 && !(h.incompatible & INCOMPAT_COMPRESSION)) {
-      throw new CorruptError(`compression_type ${h.compressionType} without the compression-type feature bit`, { file: file.name, layer: 'qcow2', structure: 'qcow2 header', offset: 104 })
-    }
+    // Extensions (and the backing file name) live in the first cluster.
+    const first = cluster <= head.length ? head.subarray(0, cluster) : await file.read(0, Math.min(file.size, cluster))
+    const ext = parseQcow2Extensions(first, h, file.name)
+    const backingFormat = ext.backingFormat
+    const regions: ContainerRegion[] = [{ file: 0, offset: 0, length: Math.max(ext.end, h.backingFileOffset ? h.backingFileOffset + h.backingFileSize : 0), structure: 'qcow2 header' }]
     let parent: VirtualDisk | null = null
     if (h.backingFileOffset) {
       const name = first.toString('utf8', h.backingFileOffset, h.backingFileOffset + h.backingFileSize)
@@ -424,6 +304,8 @@ export class Qcow2Disk extends MappedDisk {
 function mappingKey(m: GuestMapping): string {
   return m.kind === 'data' ? `d${m.file}:${m.fileOffset}` : m.kind === 'compressed' ? `c${m.file}:${m.fileOffset}:${m.storedLength}:${m.grainOffset}` : m.kind
 }
+
+export { QCOW2_MAGIC, parseQcow2Header, type Qcow2Header } from './qcow2-header'
 
 export const qcow2Format: ContainerModule = {
   format: 'qcow2',
