@@ -281,4 +281,47 @@ describe('qcow2', () => {
     await fresh.close()
     await d.close()
   })
+
+  it('random bytes in the header and tables: every outcome is an open disk or a typed error, never a crash or a hang', async () => {
+    let seed = 0x9e3779b9
+    const rand = (n: number) => {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0
+      return seed % n
+    }
+    const outcomes = new Map<string, number>()
+    for (const name of ['mbr-compressed.qcow2', 'mbr-v3-c512.qcow2']) {
+      const good = fs.readFileSync(path.join(dir, name))
+      const d0 = await openImage(path.join(dir, name))
+      const meta = d0.regions().filter((r) => r.structure !== 'refcount block')
+      await d0.close()
+      const img = path.join(tmp, `fuzz-${name}`)
+      for (let n = 0; n < 150; n++) {
+        const b = Buffer.from(good)
+        for (let k = 1 + rand(2); k > 0; k--) {
+          const r = meta[rand(meta.length)]
+          // Mostly the first bytes of a structure (header fields, first entries), sometimes anywhere in it.
+          const at = r.offset + (rand(2) ? rand(Math.min(r.length, 128)) : rand(r.length))
+          b[at] = rand(4) === 0 ? 0xff : rand(256)
+        }
+        fs.writeFileSync(img, b)
+        let outcome = 'opened'
+        try {
+          const d = await openImage(img)
+          try {
+            for (let g = 0; g < d.size; g += 1 << 16) d.mapGuest(g)
+            await d.read(0, Math.min(d.size, 8 << 20))
+          } finally {
+            await d.close()
+          }
+        } catch (e) {
+          const code = (e as { code?: string }).code
+          expect(['CORRUPT', 'UNSUPPORTED', 'NOT_THIS_FORMAT', 'IO'], String((e as Error).stack)).toContain(code)
+          outcome = code as string
+        }
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+      }
+    }
+    expect(outcomes.get('CORRUPT')).toBeGreaterThan(0)
+    expect(outcomes.get('opened')).toBeGreaterThan(0)
+  }, 120_000)
 })
