@@ -27,6 +27,10 @@ export class Qcow2Disk extends MappedDisk {
   private l1 = new Float64Array(0)
   /** L2 table file offset → L1 index (to re-parse written L2 entries). */
   private readonly l2Owner = new Map<number, number>()
+  /** Refcount table index → refcount block file offset (nonzero entries only). */
+  private readonly refcountBlocks = new Map<number, number>()
+  /** Regions that do not move: header, L1, refcount and snapshot tables. L2 tables and refcount blocks come from l2Owner and refcountBlocks. */
+  private fixedRegions: ContainerRegion[] = []
   private readonly header: Qcow2Header
   /** The backing file format the header extension names ('' when absent); the probe chain decides what the parent is. */
   backingFormat = ''
@@ -110,7 +114,6 @@ export class Qcow2Disk extends MappedDisk {
         for (let t = k; t < j; t++) {
           const [off, i] = l2s[t]
           this.l2Owner.set(off, i)
-          regions.push({ file: 0, offset: off, length: cluster, structure: 'L2 table' })
           compressed = this.addL2(i, buf.subarray((t - k) * cluster, (t - k + 1) * cluster), 0, this.l2Entries) || compressed
         }
       }
@@ -122,10 +125,11 @@ export class Qcow2Disk extends MappedDisk {
     regions.push({ file: 0, offset: h.refcountTableOffset, length: rt.length, structure: 'refcount table' })
     for (let i = 0; i < rt.length / 8; i++) {
       const off = Number(rt.readBigUInt64BE(i * 8) & OFFSET_MASK)
-      if (off && off + cluster <= file.size) regions.push({ file: 0, offset: off, length: cluster, structure: 'refcount block' })
+      if (off && off + cluster <= file.size) this.refcountBlocks.set(i, off)
     }
     if (h.nbSnapshots) await this.snapshots(regions)
-    this.setRegions(regions)
+    this.fixedRegions = regions
+    this.rebuildRegions()
     return compressed
   }
 
@@ -230,10 +234,18 @@ export class Qcow2Disk extends MappedDisk {
     const hitsL1 = fileOffset < l1End && end > h.l1TableOffset
     let hitsL2 = false
     for (let c = Math.floor(fileOffset / this.cluster) * this.cluster; c < end && !hitsL2; c += this.cluster) hitsL2 = this.l2Owner.has(c)
-    if (!hitsL1 && !hitsL2) return []
+    const refEnd = h.refcountTableOffset + h.refcountTableClusters * this.cluster
+    const hitsRefcount = fileOffset < refEnd && end > h.refcountTableOffset
+    if (!hitsL1 && !hitsL2 && !hitsRefcount) return []
+    const refcountChanged = hitsRefcount && (await this.refcountEntries(fileOffset, bytes))
+    if (!hitsL1 && !hitsL2) {
+      if (refcountChanged) this.rebuildRegions()
+      return []
+    }
     // Allocating writes grow the file: entries may point past the size seen at open.
     await this.file.refresh()
     const changed: GuestRange[] = []
+    let regionsChanged = refcountChanged
     const span = this.l2Entries * this.cluster
     // L1 entries: a new (or dropped, or copied-on-write) L2 table. Its contents were written before the L1 entry.
     if (hitsL1) {
@@ -241,7 +253,16 @@ export class Qcow2Disk extends MappedDisk {
       const last = Math.ceil((Math.min(end, l1End) - h.l1TableOffset) / 8)
       const entries = await this.entriesAfterWrite(h.l1TableOffset + first * 8, (last - first) * 8, fileOffset, bytes)
       for (let i = first; i < last; i++) {
-        const off = this.l1Offset(entries.readBigUInt64BE((i - first) * 8), i)
+        const at = h.l1TableOffset + i * 8
+        // An entry only partly written here (the rest merged from the file) may be invalid until the rest arrives.
+        const torn = at < fileOffset || at + 8 > end
+        let off: number
+        try {
+          off = this.l1Offset(entries.readBigUInt64BE((i - first) * 8), i)
+        } catch (e) {
+          if (!torn) throw e
+          off = 0
+        }
         if (off === this.l1[i]) continue
         if (this.l1[i]) this.l2Owner.delete(this.l1[i])
         this.l1[i] = off
@@ -251,10 +272,17 @@ export class Qcow2Disk extends MappedDisk {
         this.table.remap(guest, len, null)
         if (off) {
           this.l2Owner.set(off, i)
-          // The new table is container meta-data from now on (a dropped one stays listed: harmless, and rare).
-          this.setRegions([...this.regions(), { file: 0, offset: off, length: this.cluster, structure: 'L2 table' }])
-          this.remapEntries(i, await this.file.read(off, this.cluster), 0, this.l2Entries)
+          try {
+            this.remapEntries(i, await this.file.read(off, this.cluster), 0, this.l2Entries)
+          } catch (e) {
+            if (!torn) throw e
+            // A torn L1 entry pointing at no L2 table yet: nothing mapped until its other bytes arrive.
+            this.l2Owner.delete(off)
+            this.l1[i] = 0
+            this.table.remap(guest, len, null)
+          }
         }
+        regionsChanged = true
         changed.push({ offset: guest, length: len })
       }
     }
@@ -265,9 +293,36 @@ export class Qcow2Disk extends MappedDisk {
       const from = Math.floor((Math.max(fileOffset, c) - c) / 8)
       const to = Math.ceil((Math.min(end, c + this.cluster) - c) / 8)
       const entries = await this.entriesAfterWrite(c + from * 8, (to - from) * 8, fileOffset, bytes)
-      for (const r of this.remapEntries(i, entries, from, to)) changed.push(r)
+      for (const r of this.remapEntries(i, entries, from, to, fileOffset, end)) changed.push(r)
+    }
+    if (regionsChanged) this.rebuildRegions()
+    return changed
+  }
+
+  /** A refcount table write: its blocks are container meta-data (no guest mapping changes). Returns whether the set changed. */
+  private async refcountEntries(fileOffset: number, bytes: Buffer): Promise<boolean> {
+    const h = this.header
+    const refEnd = h.refcountTableOffset + h.refcountTableClusters * this.cluster
+    const first = Math.floor((Math.max(fileOffset, h.refcountTableOffset) - h.refcountTableOffset) / 8)
+    const last = Math.ceil((Math.min(fileOffset + bytes.length, refEnd) - h.refcountTableOffset) / 8)
+    const entries = await this.entriesAfterWrite(h.refcountTableOffset + first * 8, (last - first) * 8, fileOffset, bytes)
+    let changed = false
+    for (let i = first; i < last; i++) {
+      const off = Number(entries.readBigUInt64BE((i - first) * 8) & OFFSET_MASK)
+      const valid = off !== 0 && off % this.cluster === 0
+      if ((this.refcountBlocks.get(i) ?? 0) === (valid ? off : 0)) continue
+      if (valid) this.refcountBlocks.set(i, off)
+      else this.refcountBlocks.delete(i)
+      changed = true
     }
     return changed
+  }
+
+  private rebuildRegions(): void {
+    const list = this.fixedRegions.slice()
+    for (const off of this.l2Owner.keys()) list.push({ file: 0, offset: off, length: this.cluster, structure: 'L2 table' })
+    for (const off of this.refcountBlocks.values()) list.push({ file: 0, offset: off, length: this.cluster, structure: 'refcount block' })
+    this.setRegions(list)
   }
 
   /**
@@ -283,14 +338,24 @@ export class Qcow2Disk extends MappedDisk {
     return out
   }
 
-  /** Re-parses L2 entries [from, to) of table `l1Index`; `buf` holds them starting with entry `from`. */
-  private remapEntries(l1Index: number, buf: Buffer, from: number, to: number): GuestRange[] {
+  /**
+   * Re-parses L2 entries [from, to) of table `l1Index`; `buf` holds them starting with entry `from`.
+   * Entries only partly inside the written range [wFrom, wTo) that do not parse yet map nothing until the rest arrives.
+   */
+  private remapEntries(l1Index: number, buf: Buffer, from: number, to: number, wFrom = -Infinity, wTo = Infinity): GuestRange[] {
     const out: GuestRange[] = []
     for (let e = from; e < to; e++) {
       const guest = (l1Index * this.l2Entries + e) * this.cluster
       if (guest >= this.size) break
       const len = Math.min(this.cluster, this.size - guest)
-      const m = this.entryMapping(buf.readBigUInt64BE((e - from) * 8), l1Index, e)
+      const at = this.l1[l1Index] + e * 8
+      let m: ReturnType<Qcow2Disk['entryMapping']>
+      try {
+        m = this.entryMapping(buf.readBigUInt64BE((e - from) * 8), l1Index, e)
+      } catch (err) {
+        if (at >= wFrom && at + 8 <= wTo) throw err
+        m = null
+      }
       const before = this.mapGuest(guest)
       this.table.remap(guest, len, m ? { file: 0, fileOffset: m.fileOffset, kind: m.kind, storedLength: m.storedLength } : null)
       if (m?.kind === RunKind.Compressed && !this.readOnlyReason) this.readOnlyReason = 'compressed clusters are mapped read-only'
