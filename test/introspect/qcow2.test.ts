@@ -327,4 +327,26 @@ describe('qcow2', () => {
     expect(outcomes.get('CORRUPT')).toBeGreaterThan(0)
     expect(outcomes.get('opened')).toBeGreaterThan(0)
   }, 120_000)
+
+  it('applyWrite: a whole invalid L2 entry is a CorruptError, a torn one maps nothing until the rest arrives', async () => {
+    const img = copy('mbr-v3.qcow2')
+    const good = fs.readFileSync(img)
+    const l1 = Number(good.readBigUInt64BE(40))
+    const l2 = Number(good.readBigUInt64BE(l1) & 0x00fffffffffffe00n)
+    let e = 0
+    while (good.readBigUInt64BE(l2 + e * 8) === 0n) e++
+    const d = await openImage(img)
+    const guest = e * 65536
+    expect(d.mapGuest(guest).kind).toBe('data')
+    const entry = Buffer.alloc(8)
+    entry.writeBigUInt64BE(good.readBigUInt64BE(l2 + e * 8) | (1n << 57n))
+    await expect(d.applyWrite(0, l2 + e * 8, entry)).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(new RegExp(`L2 table #0/${e} @${l2 + e * 8}: expected reserved bits`)) })
+    // The first byte alone (the file still holds the other seven): not valid yet, so unmapped, and reported.
+    expect(await d.applyWrite(0, l2 + e * 8, entry.subarray(0, 1))).toEqual([{ offset: guest, length: 65536 }])
+    expect(d.mapGuest(guest).kind).toBe('zero')
+    // The original first byte again: the entry is whole and valid, mapped as before.
+    expect(await d.applyWrite(0, l2 + e * 8, good.subarray(l2 + e * 8, l2 + e * 8 + 1))).toEqual([{ offset: guest, length: 65536 }])
+    expect(d.mapGuest(guest)).toMatchObject({ kind: 'data', fileOffset: Number(good.readBigUInt64BE(l2 + e * 8) & 0x00fffffffffffe00n) })
+    await d.close()
+  })
 })
