@@ -11,6 +11,9 @@ export type WriteOp =
   | { op: 'clean'; image: number; block: number }
   | { op: 'delete'; image: number; block: number }
   | { op: 'truncate'; image: number; fromBlock: number }
+  | { op: 'image'; id: number; path: string; dev: number; ino: number; size: number; signature: Uint8Array }
+  | { op: 'map'; id: number; data: Uint8Array | null }
+  | { op: 'forget'; id: number }
 
 export interface Batch {
   seq: number
@@ -25,13 +28,24 @@ const put = db.prepare('INSERT INTO blocks(image, block, cls, dirty, data) VALUE
 const clean = db.prepare('UPDATE blocks SET dirty = 0 WHERE image = ? AND block = ?')
 const del = db.prepare('DELETE FROM blocks WHERE image = ? AND block = ?')
 const trunc = db.prepare('DELETE FROM blocks WHERE image = ? AND block >= ?')
+const image = db.prepare('INSERT INTO images(id, path, dev, ino, size, signature) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET path = excluded.path, dev = excluded.dev, ino = excluded.ino, size = excluded.size, signature = excluded.signature')
+const saveMap = db.prepare('UPDATE images SET map = ? WHERE id = ?')
+const forgetImage = db.prepare('DELETE FROM images WHERE id = ?')
+const forgetBlocks = db.prepare('DELETE FROM blocks WHERE image = ?')
+const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
 const apply = db.transaction((ops: WriteOp[]) => {
   for (const o of ops) {
-    if (o.op === 'put') put.run(o.image, o.block, o.cls, o.dirty, Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength))
+    if (o.op === 'put') put.run(o.image, o.block, o.cls, o.dirty, buf(o.data))
     else if (o.op === 'clean') clean.run(o.image, o.block)
     else if (o.op === 'delete') del.run(o.image, o.block)
-    else trunc.run(o.image, o.fromBlock)
+    else if (o.op === 'truncate') trunc.run(o.image, o.fromBlock)
+    else if (o.op === 'image') image.run(o.id, o.path, o.dev, o.ino, o.size, buf(o.signature))
+    else if (o.op === 'map') saveMap.run(o.data ? buf(o.data) : null, o.id)
+    else {
+      forgetBlocks.run(o.id)
+      forgetImage.run(o.id)
+    }
   }
 })
 

@@ -21,6 +21,26 @@ export interface SsdBlock {
   dirty: boolean
 }
 
+/** What identifies an image file across restarts: where it is, which inode, how big, and a digest of its header. */
+export interface ImageIdentity {
+  path: string
+  dev: number
+  ino: number
+  size: number
+  /** A digest of the container header / superblock (the caller's choice, compared byte for byte). */
+  signature: Buffer
+}
+
+export type ImageStatus =
+  /** Never seen: a fresh id, no blocks, no map. */
+  | 'new'
+  /** The same image as last time: its blocks and map are valid. */
+  | 'same'
+  /** It changed behind the store's back and the store held no dirty block for it: old blocks and map dropped. */
+  | 'reset'
+  /** It changed behind the store's back while the store holds dirty blocks for it: refuse it until recovered. */
+  | 'conflict'
+
 export class SsdError extends Error {
   constructor(message: string) {
     super(message)
@@ -42,11 +62,16 @@ export class SsdStore {
   private readonly waiters: { seq: number; resolve: () => void; reject: (e: Error) => void }[] = []
   private flushScheduled = false
   private failure: Error | null = null
+  private nextImage = 1
+  /** Images registered by this process, by path: the worker may not have written their row yet. */
+  private readonly registered = new Map<string, ImageIdentity & { id: number }>()
 
   private constructor(readonly path: string, db: Database.Database, worker: Worker) {
     this.db = db
     this.worker = worker
     this.getStmt = db.prepare('SELECT data, cls, dirty FROM blocks WHERE image = ? AND block = ?')
+    const max = db.prepare('SELECT max(id) AS m FROM images').get() as { m: number | null }
+    this.nextImage = (max.m ?? 0) + 1
     worker.on('message', (m: { seq?: number; error?: string }) => {
       const seq = m.seq
       if (seq === undefined) return
@@ -81,6 +106,8 @@ export class SsdStore {
         CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, image INTEGER NOT NULL, block INTEGER NOT NULL,
           cls INTEGER NOT NULL, dirty INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(image, block));
         CREATE INDEX IF NOT EXISTS blocks_dirty ON blocks(image, dirty);
+        CREATE TABLE IF NOT EXISTS images(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, dev INTEGER NOT NULL,
+          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB);
       `)
       const v = db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined
       if (!v) db.prepare("INSERT INTO meta(key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION))
@@ -144,6 +171,50 @@ export class SsdStore {
     for (const [k] of this.pending) if (k >= blockKey(image, fromBlock) && k < blockKey(image + 1, 0)) this.pending.set(k, { seq: this.seq + 1, block: null })
     this.pendingTruncates.push({ image, fromBlock, seq: this.seq + 1 })
     this.enqueue({ op: 'truncate', image, fromBlock }, null, null)
+  }
+
+  /**
+   * Finds or registers an image by path. An image whose identity (device,
+   * inode, size, header signature) changed is reset when the store holds no
+   * dirty block of it, and reported as a conflict when it does: those blocks
+   * are the only copy of acknowledged writes and must not be dropped or
+   * silently applied over a file someone else rewrote.
+   */
+  registerImage(who: ImageIdentity): { id: number; status: ImageStatus; map: Buffer | null; dirtyBlocks: number } {
+    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, map FROM images WHERE path = ?').get(who.path) as
+      | { id: number; dev: number; ino: number; size: number; signature: Buffer; map: Buffer | null }
+      | undefined
+    const mine = this.registered.get(who.path)
+    const row = mine ? { ...mine, map: stored?.id === mine.id ? stored.map : null } : stored
+    this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id: row?.id ?? this.nextImage })
+    if (!row) {
+      const id = this.nextImage++
+      this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+      return { id, status: 'new', map: null, dirtyBlocks: 0 }
+    }
+    const dirty = this.dirtyBlocks(row.id).length
+    const same = row.dev === who.dev && row.ino === who.ino && row.signature.equals(who.signature) && (row.size === who.size || dirty === 0)
+    if (same) {
+      if (row.size !== who.size) this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+      return { id: row.id, status: 'same', map: row.map, dirtyBlocks: dirty }
+    }
+    if (dirty > 0) return { id: row.id, status: 'conflict', map: null, dirtyBlocks: dirty }
+    this.truncate(row.id, 0)
+    this.enqueue({ op: 'map', id: row.id, data: null }, null, null)
+    this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+    return { id: row.id, status: 'reset', map: null, dirtyBlocks: 0 }
+  }
+
+  /** Keeps an image's serialised map (ExtentMap.serialize) for the next mount. */
+  saveMap(id: number, map: Buffer): void {
+    this.enqueue({ op: 'map', id, data: Buffer.from(map) }, null, null)
+  }
+
+  /** Forgets an image and all its blocks (unlink, or `recover --discard`). */
+  forgetImage(id: number): void {
+    for (const [p, r] of this.registered) if (r.id === id) this.registered.delete(p)
+    this.truncate(id, 0)
+    this.enqueue({ op: 'forget', id }, null, null)
   }
 
   /** Resolves when every write queued so far is committed (synchronous=FULL). */

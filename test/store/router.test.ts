@@ -143,3 +143,37 @@ describe('ImageRouter', () => {
     await ssd.close()
   })
 })
+
+describe('image identity in the SSD store', () => {
+  it('knows an image again by path, inode and header; resets one changed without dirty blocks; refuses one changed with them', async () => {
+    const file = path.join(dir, 'ids.sqlite')
+    const s = SsdStore.open(file)
+    const who = { path: 'vm1.img', dev: 1, ino: 100, size: 1 << 20, signature: Buffer.from('header-a') }
+    const a = s.registerImage(who)
+    expect(a).toMatchObject({ status: 'new', map: null })
+    const map = new ExtentMap()
+    map.set(3, 2, BlockClass.InodeTable)
+    s.saveMap(a.id, map.serialize(4096))
+    s.put(a.id, 3, Buffer.alloc(BLOCK, 1), BlockClass.InodeTable, true)
+    await s.close()
+    const t = SsdStore.open(file)
+    const again = t.registerImage(who)
+    expect(again).toMatchObject({ id: a.id, status: 'same', dirtyBlocks: 1 })
+    expect([...ExtentMap.deserialize(again.map!).map.runs()]).toEqual([[3, 2, BlockClass.InodeTable]])
+    // Rewritten behind the store's back while block 3 is dirty: a conflict, nothing dropped.
+    expect(t.registerImage({ ...who, signature: Buffer.from('header-b') })).toMatchObject({ id: a.id, status: 'conflict', dirtyBlocks: 1 })
+    expect(t.get(a.id, 3)?.dirty).toBe(true)
+    // Another image changed with no dirty blocks is reset: blocks and map gone.
+    const b = t.registerImage({ ...who, path: 'vm2.img', ino: 101 })
+    t.put(b.id, 9, Buffer.alloc(BLOCK, 2), BlockClass.Directory, false)
+    t.saveMap(b.id, map.serialize(4096))
+    await t.commit()
+    const r = t.registerImage({ ...who, path: 'vm2.img', ino: 202 })
+    expect(r).toMatchObject({ id: b.id, status: 'reset', map: null })
+    expect(t.get(b.id, 9)).toBeUndefined()
+    t.forgetImage(a.id)
+    await t.commit()
+    expect(t.registerImage(who)).toMatchObject({ status: 'new' })
+    await t.close()
+  })
+})
