@@ -1,16 +1,21 @@
-// GPT: header at LBA 1 (backup at the last LBA) and its partition entry array,
-// both CRC32-checked; a bad primary falls back to the backup with a warning.
-// Our own parser: the npm `gpt` package parses a buffer you hand it but does
-// not pick the backup, bound entry counts against the disk or try 4 KiB
-// sectors, and those decisions are the substance here.
+// Own parser, not npm `gpt`: that one parses a buffer you hand it but neither picks the backup, bounds entry counts against the disk nor tries 4 KiB sectors, and those decisions are the substance here.
+//
+// GPT (UEFI 2.x, chapter 5): a protective MBR (a 0xEE entry) in sector 0, the
+// primary header at LBA 1 and its partition entry array, a backup header at
+// the last LBA with its own array. Both the header and the array are CRC32
+// checked; a bad primary falls back to the backup with a warning.
 
 import zlib from 'zlib'
-import { CorruptError, NotThisFormatError } from '../errors'
+import { CorruptError, IntrospectError, NotThisFormatError, toSafeNumber, type ErrorContext } from '../errors'
 import type { Reader } from '../reader'
+import { isProtectiveMbr } from './mbr'
 
-const SIGNATURE = 'EFI PART'
-const MIN_HEADER = 92
+export const SIGNATURE = 'EFI PART'
+/** Bytes of the header covered by the UEFI 2.x layout (header_size may be larger, up to a sector). */
+export const HEADER_SIZE = 92
 export const MAX_ENTRIES = 1024
+export const SECTOR_SIZES = [512, 4096] as const
+const UNUSED = '00000000-0000-0000-0000-000000000000'
 
 export interface GptEntry {
   /** 1-based slot number in the entry array. */
@@ -33,145 +38,186 @@ export interface GptTable {
   warnings: string[]
 }
 
-/** GUIDs are stored mixed-endian: the first three fields little-endian. */
-export function guidAt(b: Buffer, o: number): string {
-  const hex = (s: number, e: number) => b.subarray(o + s, o + e).toString('hex')
-  const le = (s: number, e: number) => Buffer.from(b.subarray(o + s, o + e)).reverse().toString('hex')
-  return `${le(0, 4)}-${le(4, 6)}-${le(6, 8)}-${hex(8, 10)}-${hex(10, 16)}`
-}
-
-interface Header {
-  lba: number
-  backupLba: number
-  firstUsable: number
-  lastUsable: number
+export interface GptHeader {
+  which: 'primary' | 'backup'
+  /** Byte offset of this header on the disk. */
+  offset: number
+  myLba: number
+  alternateLba: number
+  firstUsableLba: number
+  lastUsableLba: number
   diskGuid: string
   entriesLba: number
   numEntries: number
   entrySize: number
-  entriesCrc: number
-  headerSize: number
+  entriesCrc32: number
 }
 
-async function readHeader(disk: Reader, lba: number, ss: number, which: string): Promise<Header> {
-  const off = lba * ss
-  const ctx = { file: disk.name, layer: 'gpt', structure: `GPT ${which} header`, offset: off }
-  if (off < 0 || off + ss > disk.size) throw new CorruptError(`header sector ${lba} is outside the disk`, ctx)
-  const b = await disk.read(off, ss)
-  if (b.toString('latin1', 0, 8) !== SIGNATURE) throw new NotThisFormatError(`expected "${SIGNATURE}", saw ${JSON.stringify(b.toString('latin1', 0, 8))}`, ctx)
+/** GUIDs are stored mixed-endian: the first three fields little-endian. Lower-case text. */
+export function guidAt(b: Buffer, o: number): string {
+  const be = (s: number, e: number) => b.subarray(o + s, o + e).toString('hex')
+  const le = (s: number, e: number) => Buffer.from(b.subarray(o + s, o + e)).reverse().toString('hex')
+  return `${le(0, 4)}-${le(4, 6)}-${le(6, 8)}-${be(8, 10)}-${be(10, 16)}`
+}
+
+function headerContext(disk: Reader, which: string, offset: number): ErrorContext {
+  return { file: disk.name, layer: 'gpt', structure: 'GPT header', object: which, offset }
+}
+
+/**
+ * The header at `lba`: NotThisFormat without the signature, CorruptError for
+ * anything else wrong. Order: length, magic, header_size, CRC32, then the
+ * fields against each other and the disk.
+ */
+export async function readHeader(disk: Reader, lba: number, ss: number, which: 'primary' | 'backup'): Promise<GptHeader> {
+  const offset = lba * ss
+  const ctx = headerContext(disk, which, offset)
+  if (offset + ss > disk.size) throw new NotThisFormatError(`expected a header sector at LBA ${lba}, saw a disk of ${disk.size} bytes`, ctx)
+  const b = await disk.read(offset, ss)
+  const signature = b.toString('latin1', 0x00, 0x08)
+  if (signature !== SIGNATURE) throw new NotThisFormatError(`expected signature "${SIGNATURE}", saw ${JSON.stringify(signature)}`, ctx)
   const headerSize = b.readUInt32LE(0x0c)
-  if (headerSize < MIN_HEADER || headerSize > ss) throw new CorruptError(`header size ${headerSize} is outside ${MIN_HEADER}..${ss}`, ctx)
+  if (headerSize < HEADER_SIZE || headerSize > ss) throw new CorruptError(`expected header_size in ${HEADER_SIZE}..${ss}, saw ${headerSize}`, ctx)
+  verifyHeaderCrc(b, headerSize, ctx)
+  const u64 = (o: number, what: string) => toSafeNumber(b.readBigUInt64LE(o), what, ctx)
+  const h: GptHeader = {
+    which,
+    offset,
+    myLba: u64(0x18, 'my_lba'),
+    alternateLba: u64(0x20, 'alternate_lba'),
+    firstUsableLba: u64(0x28, 'first_usable_lba'),
+    lastUsableLba: u64(0x30, 'last_usable_lba'),
+    diskGuid: guidAt(b, 0x38),
+    entriesLba: u64(0x48, 'partition_entry_lba'),
+    numEntries: b.readUInt32LE(0x50),
+    entrySize: b.readUInt32LE(0x54),
+    entriesCrc32: b.readUInt32LE(0x58),
+  }
+  const sectors = Math.floor(disk.size / ss)
+  if (h.myLba !== lba) throw new CorruptError(`expected my_lba ${lba}, saw ${h.myLba}`, ctx)
+  if (h.numEntries > MAX_ENTRIES) throw new CorruptError(`expected at most ${MAX_ENTRIES} partition entries, saw ${h.numEntries}`, ctx)
+  if (h.entrySize < 128 || h.entrySize > 4096 || h.entrySize % 8 !== 0) throw new CorruptError(`expected an entry size that is a multiple of 8 in 128..4096, saw ${h.entrySize}`, ctx)
+  if (h.firstUsableLba > h.lastUsableLba || h.lastUsableLba >= sectors) {
+    throw new CorruptError(`expected usable LBAs ${h.firstUsableLba}..${h.lastUsableLba} within the disk's ${sectors} sectors`, ctx)
+  }
+  const arrayEnd = h.entriesLba * ss + h.numEntries * h.entrySize
+  if (h.entriesLba < 1 || h.entriesLba === lba || arrayEnd > disk.size) {
+    throw new CorruptError(`expected the entry array (LBA ${h.entriesLba}, ${h.numEntries * h.entrySize} bytes) on the disk apart from sector 0 and this header`, ctx)
+  }
+  return h
+}
+
+/** CRC32 of the first header_size bytes with the CRC field itself zeroed. */
+function verifyHeaderCrc(b: Buffer, headerSize: number, ctx: ErrorContext): void {
   const stored = b.readUInt32LE(0x10)
   const copy = Buffer.from(b.subarray(0, headerSize))
   copy.writeUInt32LE(0, 0x10)
   const crc = zlib.crc32(copy)
-  if (crc !== stored) throw new CorruptError(`header CRC32 expected 0x${stored.toString(16)}, computed 0x${crc.toString(16)}`, ctx)
-  const num = (o: number, what: string) => {
-    const v = b.readBigUInt64LE(o)
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CorruptError(`${what} ${v} is out of range`, ctx)
-    return Number(v)
-  }
-  const h: Header = {
-    lba: num(0x18, 'current LBA'),
-    backupLba: num(0x20, 'backup LBA'),
-    firstUsable: num(0x28, 'first usable LBA'),
-    lastUsable: num(0x30, 'last usable LBA'),
-    diskGuid: guidAt(b, 0x38),
-    entriesLba: num(0x48, 'entry array LBA'),
-    numEntries: b.readUInt32LE(0x50),
-    entrySize: b.readUInt32LE(0x54),
-    entriesCrc: b.readUInt32LE(0x58),
-    headerSize,
-  }
-  if (h.lba !== lba) throw new CorruptError(`header says it is at LBA ${h.lba}, found at LBA ${lba}`, ctx)
-  if (h.numEntries > MAX_ENTRIES) throw new CorruptError(`${h.numEntries} partition entries (at most ${MAX_ENTRIES})`, ctx)
-  if (h.entrySize < 128 || h.entrySize > 4096 || h.entrySize % 8 !== 0) throw new CorruptError(`entry size ${h.entrySize} is not a multiple of 8 in 128..4096`, ctx)
-  if ((h.entriesLba * ss) + h.numEntries * h.entrySize > disk.size) throw new CorruptError(`entry array at LBA ${h.entriesLba} ends past the disk`, ctx)
-  return h
+  if (crc !== stored) throw new CorruptError(`expected header CRC32 0x${crc.toString(16)}, saw 0x${stored.toString(16)}`, ctx)
 }
 
-async function readEntries(disk: Reader, h: Header, ss: number, which: string): Promise<GptEntry[]> {
+export async function readEntries(disk: Reader, h: GptHeader, ss: number, warnings: string[]): Promise<GptEntry[]> {
   const off = h.entriesLba * ss
-  const ctx = { file: disk.name, layer: 'gpt', structure: `GPT ${which} entry array`, offset: off }
+  const ctx: ErrorContext = { file: disk.name, layer: 'gpt', structure: 'GPT entry array', object: h.which, offset: off }
   const b = await disk.read(off, h.numEntries * h.entrySize)
   const crc = zlib.crc32(b)
-  if (crc !== h.entriesCrc) throw new CorruptError(`entry array CRC32 expected 0x${h.entriesCrc.toString(16)}, computed 0x${crc.toString(16)}`, ctx)
+  if (crc !== h.entriesCrc32) throw new CorruptError(`expected entry array CRC32 0x${h.entriesCrc32.toString(16)} (from the header), saw 0x${crc.toString(16)}`, ctx)
+  const sectors = Math.floor(disk.size / ss)
   const out: GptEntry[] = []
-  const diskSectors = Math.floor(disk.size / ss)
   for (let i = 0; i < h.numEntries; i++) {
     const o = i * h.entrySize
-    const type = guidAt(b, o)
-    if (type === '00000000-0000-0000-0000-000000000000') continue
-    const first = Number(b.readBigUInt64LE(o + 0x20))
-    const last = Number(b.readBigUInt64LE(o + 0x28))
-    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || last < first || last >= diskSectors) {
-      throw new CorruptError(`partition ${i + 1} (LBA ${first}..${last}) is outside the disk's ${diskSectors} sectors`, { ...ctx, object: i + 1, offset: off + o })
+    const typeGuid = guidAt(b, o + 0x00)
+    if (typeGuid === UNUSED) continue
+    const ectx: ErrorContext = { file: disk.name, layer: 'gpt', structure: 'GPT partition entry', object: i + 1, offset: off + o }
+    const first = b.readBigUInt64LE(o + 0x20)
+    const last = b.readBigUInt64LE(o + 0x28)
+    if (last < first || last >= BigInt(sectors)) {
+      throw new CorruptError(`partition ${i + 1}: expected LBAs ${first}..${last} within the disk's ${sectors} sectors`, ectx)
     }
-    const name = b.toString('utf16le', o + 0x38, o + 0x38 + 72).replace(/\0.*$/s, '')
+    const firstLba = Number(first)
+    const lastLba = Number(last)
+    if (firstLba < h.firstUsableLba || lastLba > h.lastUsableLba) {
+      warnings.push(`GPT partition ${i + 1} (LBAs ${firstLba}..${lastLba}) lies outside the usable LBAs ${h.firstUsableLba}..${h.lastUsableLba}`)
+    }
     out.push({
       index: i + 1,
-      typeGuid: type,
+      typeGuid,
       uniqueGuid: guidAt(b, o + 0x10),
-      start: first * ss,
-      size: (last - first + 1) * ss,
+      start: firstLba * ss,
+      size: (lastLba - firstLba + 1) * ss,
       attributes: b.readBigUInt64LE(o + 0x30),
-      name,
+      // 36 UTF-16LE code units, NUL-terminated when shorter.
+      name: b.toString('utf16le', o + 0x38, o + 0x38 + 72).replace(/\0[\s\S]*$/, ''),
     })
   }
   return out
 }
 
-export async function readGpt(disk: Reader): Promise<GptTable> {
-  let firstError: unknown
-  for (const ss of [512, 4096]) {
-    if (disk.size < ss * 3) continue
-    const lastLba = Math.floor(disk.size / ss) - 1
+/** A header and its entries, or the error that made them unusable. */
+async function tryCopy(disk: Reader, lba: number, ss: number, which: 'primary' | 'backup') {
+  try {
+    const header = await readHeader(disk, lba, ss, which)
     const warnings: string[] = []
-    let primary: Header | null = null
-    let entries: GptEntry[] | null = null
-    let primaryAbsent: NotThisFormatError | null = null
-    let primaryError: unknown = null
-    try {
-      primary = await readHeader(disk, 1, ss, 'primary')
-      entries = await readEntries(disk, primary, ss, 'primary')
-    } catch (e) {
-      if (e instanceof NotThisFormatError) {
-        firstError ??= e
-        if (!(await hasBackup(disk, lastLba, ss))) continue
-        primaryAbsent = e
-      }
-      primaryError = e
-      warnings.push(`primary GPT unusable (${(e as Error).message}); using the backup at LBA ${lastLba}`)
-      primary = null
-    }
-    let backup: Header | null = null
-    try {
-      backup = await readHeader(disk, primary?.backupLba ?? lastLba, ss, 'backup')
-      if (!entries) entries = await readEntries(disk, backup, ss, 'backup')
-    } catch (e) {
-      // No primary and no usable backup: "EFI PART" in the last sector alone
-      // (a file that merely contains a GPT disk's tail) is not a GPT disk.
-      if (primaryAbsent) continue
-      // A corrupt primary and no backup at all: the primary's damage is the news.
-      if (!primary) throw e instanceof NotThisFormatError ? primaryError : e
-      warnings.push(`backup GPT header unusable (${(e as Error).message})`)
-    }
-    const h = (primary ?? backup) as Header
-    const regions: GptTable['regions'] = [{ offset: 0, length: ss, structure: 'protective MBR' }]
-    for (const [x, which] of [
-      [primary, 'primary'],
-      [backup, 'backup'],
-    ] as const) {
-      if (!x) continue
-      regions.push({ offset: x.lba * ss, length: ss, structure: `GPT ${which} header` })
-      regions.push({ offset: x.entriesLba * ss, length: x.numEntries * x.entrySize, structure: `GPT ${which} entry array` })
-    }
-    return { sectorSize: ss, diskGuid: h.diskGuid, entries: entries as GptEntry[], regions, warnings }
+    const entries = await readEntries(disk, header, ss, warnings)
+    return { header, entries, warnings, error: null }
+  } catch (e) {
+    if (!(e instanceof NotThisFormatError || e instanceof CorruptError)) throw e
+    return { header: null, entries: null, warnings: [], error: e }
   }
-  throw firstError ?? new NotThisFormatError('no GPT header', { file: disk.name, layer: 'gpt' })
 }
 
-async function hasBackup(disk: Reader, lastLba: number, ss: number): Promise<boolean> {
-  const b = await disk.read(lastLba * ss, 8)
-  return b.toString('latin1') === SIGNATURE
+export async function readGpt(disk: Reader): Promise<GptTable> {
+  const sector0 = disk.size >= 512 ? await disk.read(0, 512) : Buffer.alloc(0)
+  if (!isProtectiveMbr(sector0)) {
+    throw new NotThisFormatError('expected a protective MBR (an entry of type 0xee) in sector 0', { file: disk.name, layer: 'gpt', structure: 'protective MBR', offset: 0 })
+  }
+  let firstCorrupt: CorruptError | null = null
+  for (const ss of SECTOR_SIZES) {
+    if (disk.size < ss * 3) continue
+    const lastLba = Math.floor(disk.size / ss) - 1
+    const primary = await tryCopy(disk, 1, ss, 'primary')
+    // A good primary names its backup; without one, the backup is at the last LBA.
+    const backupLba = primary.header && primary.header.alternateLba * ss + ss <= disk.size ? primary.header.alternateLba : lastLba
+    const backup = await tryCopy(disk, backupLba, ss, 'backup')
+    if (primary.error instanceof NotThisFormatError && backup.error instanceof NotThisFormatError) continue // no GPT with this sector size
+    const warnings: string[] = []
+    let used = primary
+    if (!primary.header) {
+      if (!backup.header) {
+        // Both copies exist in some form and neither is usable.
+        const p = primary.error as IntrospectError
+        const b = backup.error as IntrospectError
+        firstCorrupt ??= new CorruptError(`no usable GPT header: primary at byte ${ss}: ${p.message}; backup at byte ${backupLba * ss}: ${b.message}`, {
+          file: disk.name,
+          layer: 'gpt',
+          structure: 'GPT header',
+          offset: ss,
+        })
+        continue
+      }
+      warnings.push(`primary GPT unusable (${(primary.error as Error).message}); using the backup at LBA ${backupLba}`)
+      used = backup
+    } else if (!backup.header) {
+      warnings.push(`backup GPT unusable (${(backup.error as Error).message})`)
+    }
+    warnings.push(...used.warnings)
+    const regions: GptTable['regions'] = [{ offset: 0, length: ss, structure: 'protective MBR' }]
+    regions.push({ offset: ss, length: ss, structure: 'GPT primary header' })
+    for (const copy of [primary, backup]) {
+      const h = copy.header
+      if (!h) continue
+      if (h.which === 'backup') regions.push({ offset: h.offset, length: ss, structure: 'GPT backup header' })
+      regions.push({ offset: h.entriesLba * ss, length: h.numEntries * h.entrySize, structure: `GPT ${h.which} entry array` })
+    }
+    if (backup.error instanceof CorruptError) regions.push({ offset: backupLba * ss, length: ss, structure: 'GPT backup header' })
+    regions.sort((a, b) => a.offset - b.offset)
+    const h = used.header as GptHeader
+    return { sectorSize: ss, diskGuid: h.diskGuid, entries: used.entries as GptEntry[], regions, warnings }
+  }
+  throw firstCorrupt ?? new CorruptError(`expected a GPT header ("${SIGNATURE}") behind the protective MBR at LBA 1 or the last LBA (sectors of ${SECTOR_SIZES.join(' or ')} bytes), saw none`, {
+    file: disk.name,
+    layer: 'gpt',
+    structure: 'GPT header',
+    offset: 512,
+  })
 }

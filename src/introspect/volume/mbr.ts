@@ -3,16 +3,18 @@
 // npm `mbr` package reads one sector and leaves EBR chains, loop protection
 // and bounds against the disk to the caller, which is the part that matters.
 
-import { CorruptError, NotThisFormatError } from '../errors'
+import { CorruptError, NotThisFormatError, type ErrorContext } from '../errors'
 import type { Reader } from '../reader'
 
 export const SECTOR = 512
-const SIGNATURE = 0xaa55
-const TABLE = 446
-const ENTRY = 16
-/** Most logical partitions we follow in one extended partition (Linux allows far fewer in practice). */
+const BOOT_SIGNATURE = 0xaa55
+/** Byte offset of the first of the four 16-byte partition entries. */
+const PARTITION_TABLE = 446
+const ENTRY_SIZE = 16
+/** Most logical partitions followed in one extended partition. */
 export const MAX_LOGICAL = 128
-const EXTENDED = new Set([0x05, 0x0f, 0x85])
+export const EXTENDED_TYPES: ReadonlySet<number> = new Set([0x05, 0x0f, 0x85])
+export const GPT_PROTECTIVE = 0xee
 
 export interface MbrEntry {
   /** 1..4 primary, 5.. logical (Linux numbering). */
@@ -26,12 +28,10 @@ export interface MbrEntry {
 }
 
 export interface MbrTable {
-  /** Primary entries (incl. the extended container) and logical partitions, in index order. */
+  /** Primary entries (the extended container included) and logical partitions, in index order. */
   entries: MbrEntry[]
-  /** Disk byte ranges of the MBR and every EBR. */
-  sectors: { offset: number; structure: string }[]
-  /** Type 0xee in a primary slot: a protective MBR in front of a GPT. */
-  protective: boolean
+  /** Disk byte offsets of the MBR and of every EBR (one sector each). */
+  sectors: { offset: number; structure: 'MBR' | 'EBR' }[]
 }
 
 interface RawEntry {
@@ -41,8 +41,9 @@ interface RawEntry {
   sectors: number
 }
 
-function readEntry(sector: Buffer, i: number): RawEntry {
-  const o = TABLE + i * ENTRY
+/** One 16-byte partition entry (CHS fields ignored: LBA is authoritative). */
+function readEntry(sector: Buffer, slot: number): RawEntry {
+  const o = PARTITION_TABLE + slot * ENTRY_SIZE
   return {
     status: sector.readUInt8(o + 0x00),
     type: sector.readUInt8(o + 0x04),
@@ -51,31 +52,41 @@ function readEntry(sector: Buffer, i: number): RawEntry {
   }
 }
 
+/** Sector 0 holds a boot signature and a 0xEE entry: a GPT disk's protective (or hybrid) MBR. */
+export function isProtectiveMbr(sector0: Buffer): boolean {
+  if (sector0.length < SECTOR || sector0.readUInt16LE(510) !== BOOT_SIGNATURE) return false
+  return [0, 1, 2, 3].some((i) => readEntry(sector0, i).type === GPT_PROTECTIVE)
+}
+
 export async function readMbr(disk: Reader): Promise<MbrTable> {
-  if (disk.size < SECTOR) throw new NotThisFormatError(`disk of ${disk.size} bytes is smaller than one sector`, { file: disk.name, layer: 'mbr' })
+  const ctx: ErrorContext = { file: disk.name, layer: 'mbr', structure: 'MBR', offset: 0 }
+  if (disk.size < SECTOR) throw new NotThisFormatError(`expected at least one ${SECTOR}-byte sector, saw ${disk.size} bytes`, ctx)
   const mbr = await disk.read(0, SECTOR)
-  if (mbr.readUInt16LE(510) !== SIGNATURE) {
-    throw new NotThisFormatError(`expected boot signature 0xaa55, saw 0x${mbr.readUInt16LE(510).toString(16)}`, {
-      file: disk.name,
-      layer: 'mbr',
-      structure: 'MBR',
-      offset: 510,
-    })
+  const signature = mbr.readUInt16LE(510)
+  if (signature !== BOOT_SIGNATURE) {
+    throw new NotThisFormatError(`expected boot signature 0xaa55 at byte 510, saw 0x${signature.toString(16)}`, { ...ctx, offset: 510 })
   }
   const raw = [0, 1, 2, 3].map((i) => readEntry(mbr, i))
-  // A boot sector of a bare FAT/NTFS file system also ends in 0xaa55: a table
-  // has status bytes 0x00/0x80 only and at least one entry in use.
-  if (raw.some((e) => e.status !== 0 && e.status !== 0x80) || raw.every((e) => e.type === 0)) {
-    throw new NotThisFormatError('sector 0 is a boot sector without a partition table', { file: disk.name, layer: 'mbr', structure: 'MBR', offset: TABLE })
+  // A bare FAT/NTFS boot sector also ends in 0xaa55: a table has status
+  // bytes 0x00/0x80 only (as Linux's msdos parser demands) and an entry in use.
+  const badStatus = raw.findIndex((e) => e.status !== 0 && e.status !== 0x80)
+  if (badStatus >= 0) {
+    throw new NotThisFormatError(`expected status 0x00 or 0x80 in entry ${badStatus + 1}, saw 0x${raw[badStatus].status.toString(16)}: a boot sector, not a partition table`, {
+      ...ctx,
+      offset: PARTITION_TABLE + badStatus * ENTRY_SIZE,
+    })
   }
-  const table: MbrTable = { entries: [], sectors: [{ offset: 0, structure: 'MBR' }], protective: raw.some((e) => e.type === 0xee) }
+  if (raw.every((e) => e.type === 0)) throw new NotThisFormatError('expected a partition entry in use, saw four empty ones', { ...ctx, offset: PARTITION_TABLE })
+  if (raw.some((e) => e.type === GPT_PROTECTIVE)) throw new NotThisFormatError('expected an MBR, saw a GPT protective MBR (type 0xee)', { ...ctx, offset: PARTITION_TABLE })
+
+  const table: MbrTable = { entries: [], sectors: [{ offset: 0, structure: 'MBR' }] }
   const diskSectors = Math.floor(disk.size / SECTOR)
-  const check = (index: number, start: number, count: number, at: number) => {
+  const checkBounds = (index: number, start: number, count: number, structure: 'MBR' | 'EBR', at: number) => {
     if (start + count > diskSectors) {
-      throw new CorruptError(`partition ${index} (sectors ${start}+${count}) ends past the disk's ${diskSectors} sectors`, {
+      throw new CorruptError(`partition ${index}: expected sectors ${start}+${count} to end within the disk's ${diskSectors} sectors`, {
         file: disk.name,
         layer: 'mbr',
-        structure: index > 4 ? 'EBR' : 'MBR',
+        structure,
         object: index,
         offset: at,
       })
@@ -84,72 +95,52 @@ export async function readMbr(disk: Reader): Promise<MbrTable> {
   let extended: RawEntry | null = null
   raw.forEach((e, i) => {
     if (e.type === 0 || e.sectors === 0) return
-    if (e.type !== 0xee) check(i + 1, e.lbaStart, e.sectors, TABLE + i * ENTRY)
-    table.entries.push({
-      index: i + 1,
-      type: e.type,
-      bootable: e.status === 0x80,
-      start: e.lbaStart * SECTOR,
-      size: e.sectors * SECTOR,
-      logical: false,
-    })
-    if (EXTENDED.has(e.type) && !extended) extended = e
+    checkBounds(i + 1, e.lbaStart, e.sectors, 'MBR', PARTITION_TABLE + i * ENTRY_SIZE)
+    table.entries.push({ index: i + 1, type: e.type, bootable: e.status === 0x80, start: e.lbaStart * SECTOR, size: e.sectors * SECTOR, logical: false })
+    // Linux follows the first extended entry only.
+    if (EXTENDED_TYPES.has(e.type) && !extended) extended = e
   })
-  if (extended) await readLogical(disk, extended, table, check)
+  if (extended) await readLogical(disk, extended, table, checkBounds)
   return table
 }
 
 /**
- * EBR chain: each EBR's first entry is a logical partition relative to that
- * EBR, its second the next EBR relative to the start of the extended
- * partition. Visited-set and a count cap stop cycles.
+ * The EBR chain: each EBR's first entry is a logical partition relative to
+ * that EBR, its second the next EBR relative to the start of the extended
+ * partition. A visited set and a count cap stop cycles and endless chains.
  */
 async function readLogical(
   disk: Reader,
   ext: RawEntry,
   table: MbrTable,
-  check: (index: number, start: number, count: number, at: number) => void,
+  checkBounds: (index: number, start: number, count: number, structure: 'MBR' | 'EBR', at: number) => void,
 ): Promise<void> {
   const base = ext.lbaStart
   const seen = new Set<number>()
   let ebr = base
   let index = 5
-  while (true) {
+  for (;;) {
     const off = ebr * SECTOR
-    if (seen.has(ebr)) {
-      throw new CorruptError(`EBR chain loops back to sector ${ebr}`, { file: disk.name, layer: 'mbr', structure: 'EBR', offset: off })
-    }
-    if (seen.size >= MAX_LOGICAL) {
-      throw new CorruptError(`more than ${MAX_LOGICAL} logical partitions`, { file: disk.name, layer: 'mbr', structure: 'EBR', offset: off })
-    }
-    if (ebr < base || ebr >= base + ext.sectors || off + SECTOR > disk.size) {
-      throw new CorruptError(`EBR at sector ${ebr} is outside the extended partition (sectors ${base}+${ext.sectors})`, {
-        file: disk.name,
-        layer: 'mbr',
-        structure: 'EBR',
-        offset: off,
-      })
+    const ctx: ErrorContext = { file: disk.name, layer: 'mbr', structure: 'EBR', offset: off }
+    if (seen.has(ebr)) throw new CorruptError(`EBR chain loops back to sector ${ebr}`, ctx)
+    if (seen.size >= MAX_LOGICAL) throw new CorruptError(`expected at most ${MAX_LOGICAL} EBRs in the chain, saw more`, ctx)
+    if (ebr >= base + ext.sectors || off + SECTOR > disk.size) {
+      throw new CorruptError(`expected the EBR within the extended partition (sectors ${base}+${ext.sectors}) and the disk, saw sector ${ebr}`, ctx)
     }
     seen.add(ebr)
     const sector = await disk.read(off, SECTOR)
-    if (sector.readUInt16LE(510) !== SIGNATURE) {
-      throw new CorruptError(`expected EBR signature 0xaa55, saw 0x${sector.readUInt16LE(510).toString(16)}`, {
-        file: disk.name,
-        layer: 'mbr',
-        structure: 'EBR',
-        offset: off + 510,
-      })
-    }
+    const signature = sector.readUInt16LE(510)
+    if (signature !== BOOT_SIGNATURE) throw new CorruptError(`expected EBR signature 0xaa55, saw 0x${signature.toString(16)}`, { ...ctx, offset: off + 510 })
     table.sectors.push({ offset: off, structure: 'EBR' })
     const part = readEntry(sector, 0)
     const next = readEntry(sector, 1)
     if (part.type !== 0 && part.sectors !== 0) {
       const start = ebr + part.lbaStart
-      check(index, start, part.sectors, off + TABLE)
+      checkBounds(index, start, part.sectors, 'EBR', off + PARTITION_TABLE)
       table.entries.push({ index, type: part.type, bootable: part.status === 0x80, start: start * SECTOR, size: part.sectors * SECTOR, logical: true })
       index++
     }
-    if (next.type === 0 || next.sectors === 0) return
+    if (!EXTENDED_TYPES.has(next.type) || next.sectors === 0) return
     ebr = base + next.lbaStart
   }
 }
