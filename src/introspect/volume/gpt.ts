@@ -184,14 +184,14 @@ export async function readGpt(disk: Reader): Promise<GptTable> {
     let used = primary
     if (!primary.header) {
       if (!backup.header) {
-        // Both copies exist in some form and neither is usable.
+        // Both copies exist in some form and neither is usable: the primary's
+        // context (header, entry array or the partition at fault) names it.
         const p = primary.error as IntrospectError
         const b = backup.error as IntrospectError
-        firstCorrupt ??= new CorruptError(`no usable GPT header: primary at byte ${ss}: ${p.message}; backup at byte ${backupLba * ss}: ${b.message}`, {
-          file: disk.name,
-          layer: 'gpt',
-          structure: 'GPT header',
-          offset: ss,
+        const bare = (m: string) => (m.startsWith(`${disk.name} `) ? m.slice(disk.name.length + 1) : m)
+        firstCorrupt ??= new CorruptError(`no usable GPT: primary: ${bare(p.message)}; backup at byte ${backupLba * ss}: ${bare(b.message)}`, {
+          ...headerContext(disk, 'primary', ss),
+          ...p.context,
         })
         continue
       }
