@@ -32,7 +32,9 @@ afterAll(() => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true })
 })
 
-async function withFile<T>(file: string, f: (r: Reader) => Promise<T>): Promise<T> {
+/** A fixture (a path) or a patched copy of one (a Buffer). */
+async function withFile<T>(file: string | Buffer, f: (r: Reader) => Promise<T>): Promise<T> {
+  if (Buffer.isBuffer(file)) return f(new BufferReader(file, 'patched'))
   const r = await FileReader.open(file)
   try {
     return await f(r)
@@ -40,15 +42,15 @@ async function withFile<T>(file: string, f: (r: Reader) => Promise<T>): Promise<
     await r.close()
   }
 }
-const layoutOf = (file: string) => withFile(file, readVolumes)
+const layoutOf = (file: string | Buffer) => withFile(file, readVolumes)
 
-/** A copy of fixture `name` with `patch` applied. */
-function mutated(name: string, patch: (b: Buffer) => void): string {
-  const b = fs.readFileSync(fx(name))
+const pristine = new Map<string, Buffer>()
+/** A copy of fixture `name` with `patch` applied, in memory. */
+function mutated(name: string, patch: (b: Buffer) => void): Buffer {
+  if (!pristine.has(name)) pristine.set(name, fs.readFileSync(fx(name)))
+  const b = Buffer.from(pristine.get(name)!)
   patch(b)
-  const out = path.join(tmp, `${name}-${Math.random().toString(36).slice(2)}`)
-  fs.writeFileSync(out, b)
-  return out
+  return b
 }
 
 async function expectSameBytes(file: string, v: Volume, at: number, length: number) {
