@@ -35,6 +35,8 @@ export function e2oracle(image: string): Oracle {
   const inodesPerGroup = num('Inodes per group')
   const firstIno = num('First inode')
   const journalIno = num('Journal inode') || 0
+  // Quota files and the orphan file are special whatever their inode number (project quota and orphan file are not reserved inodes).
+  const specialInos = new Set(['User quota inode', 'Group quota inode', 'Project quota inode', 'Orphan file inode'].map(num).filter((n) => n > 0))
   const classes = new Map<number, string>()
   const put = (a: number, b: number, cls: string) => {
     for (let x = a; x <= b; x++) classes.set(x, cls)
@@ -74,7 +76,7 @@ export function e2oracle(image: string): Oracle {
       let dataCls = 'data'
       if (ino === journalIno) dataCls = 'journal'
       else if (ino === 7) dataCls = '' // resize inode: its data are the reserved GDT blocks (dumpe2fs has them)
-      else if (ino < firstIno && ino !== 2) dataCls = 'special'
+      else if ((ino < firstIno && ino !== 2) || specialInos.has(ino)) dataCls = 'special'
       else if (type === 'directory') dataCls = 'directory'
       else if (type === 'symlink') dataCls = 'symlink'
       for (const m of list.matchAll(/\(([^)]*)\):(\d+)(?:-(\d+))?/g)) {

@@ -20,7 +20,7 @@ beforeAll(() => {
 })
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }))
 
-const FIXTURES = ['ext2-1024', 'ext2-2048', 'ext2-4096', 'ext3', 'ext4', 'ext4-meta_bg', 'ext4-sparse_super2', 'ext4-inline_data', 'ext4-mmp', 'ext4-nocsum']
+const FIXTURES = ['ext2-1024', 'ext2-2048', 'ext2-4096', 'ext3', 'ext4', 'ext4-meta_bg', 'ext4-sparse_super2', 'ext4-inline_data', 'ext4-mmp', 'ext4-nocsum', 'ext4-quota']
 
 async function scanFile(file: string) {
   const r = await FileReader.open(file)
@@ -52,6 +52,13 @@ describe.each(FIXTURES)('%s', (name) => {
     if (name.startsWith('ext2')) expect(counts.get(BlockClass.Indirect)).toBeGreaterThan(2)
     if (name === 'ext4') expect(counts.get(BlockClass.ExtentTree)).toBeGreaterThan(2)
     if (name === 'ext4-mmp') expect(counts.get(BlockClass.Mmp)).toBe(1)
+    if (name === 'ext4-quota') {
+      // Three quota files and the orphan file, two of them outside the reserved inodes.
+      expect(fs.info.features).toEqual(expect.arrayContaining(['quota', 'project', 'orphan_file']))
+      expect(counts.get(BlockClass.Special)).toBeGreaterThanOrEqual(4)
+      const special = [...oracle.classes.values()].filter((c) => c === 'special').length
+      expect(counts.get(BlockClass.Special)).toBe(special)
+    }
     // Scanning reads meta-data only: never more than the meta-data there is (plus the superblock).
     const metaBytes = [...counts.values()].reduce((a, c) => a + c, 0) * oracle.blockSize
     expect(fs.stats.bytesRead).toBeLessThanOrEqual(metaBytes + 1024)
@@ -129,7 +136,7 @@ describe('hostile input', () => {
     await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt16LE(0x1234, 1024 + 0x38))))).rejects.toMatchObject({ code: 'NOT_THIS_FORMAT' })
     await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt32LE(40, 1024 + 0x18)), 'img'))).rejects.toMatchObject({
       code: 'CORRUPT',
-      message: 'img ext superblock @1024: s_log_block_size 40 gives blocks over 64 KiB',
+      message: 'img ext4 superblock @1024: s_log_block_size 40 gives blocks over 64 KiB',
     })
     await expect(scanExt(new BufferReader(patched('ext2-1024', (b) => b.writeUInt32LE(0x7fffffff, 1024 + 0x4)), 'img'))).rejects.toMatchObject({
       code: 'CORRUPT',

@@ -96,7 +96,7 @@ export class ExtFs {
 
   async scan(): Promise<void> {
     const t0 = process.hrtime.bigint()
-    if (this.r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new NotThisFormatError('too small for an ext superblock', { file: this.r.name, layer: 'ext' })
+    if (this.r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new NotThisFormatError('too small for an ext superblock', { file: this.r.name, layer: 'ext4' })
     const sbBytes = await this.r.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
     const sb = parseSuperblock(sbBytes, this.r.size, this.r.name)
     this.sb = sb

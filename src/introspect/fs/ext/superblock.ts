@@ -60,7 +60,7 @@ function uuidAt(b: Buffer, o: number): string {
 
 /** Parses the 1024 superblock bytes; `size` is the volume size in bytes (blocks must fit). */
 export function parseSuperblock(b: Buffer, size: number, file: string): Superblock {
-  const ctx = { file, layer: 'ext', structure: 'superblock', offset: SUPERBLOCK_OFFSET }
+  const ctx = { file, layer: 'ext4', structure: 'superblock', offset: SUPERBLOCK_OFFSET }
   if (b.length < SUPERBLOCK_SIZE) throw new NotThisFormatError(`expected ${SUPERBLOCK_SIZE} superblock bytes, saw ${b.length}`, ctx)
   const magic = b.readUInt16LE(0x38)
   if (magic !== EXT_MAGIC) throw new NotThisFormatError(`expected magic 0xef53, saw 0x${magic.toString(16)}`, ctx)
@@ -97,7 +97,7 @@ export function parseSuperblock(b: Buffer, size: number, file: string): Superblo
     mmpBlock: Number(b.readBigUInt64LE(0x168)),
     backupBgs: [b.readUInt32LE(0x24c), b.readUInt32LE(0x250)],
     quotaInums: [b.readUInt32LE(0x240), b.readUInt32LE(0x244), b.readUInt32LE(0x26c)],
-    orphanFileInum: b.readUInt32LE(0x290),
+    orphanFileInum: compat & COMPAT.orphan_file ? b.readUInt32LE(0x280) : 0, // s_orphan_file_inum
     groupCount: 0,
   }
   // Bounded fields, then derived arithmetic (STYLE.md habit 2).
@@ -163,11 +163,15 @@ export function staticLayout(sb: Superblock): StaticRun[] {
     const first = groupFirstBlock(sb, g)
     let next = first
     const hasSuper = groupHasSuper(sb, g)
+    // Groups of meta groups past s_first_meta_bg carry no copy of the classic table (nor reserved GDT).
+    const classic = !metaBg || Math.floor(g / perBlock) < sb.firstMetaBg
     if (hasSuper) {
       // With 1 KiB blocks and first_data_block 1 the superblock is its group's first block; with
       // larger blocks group 0's superblock sits inside block 0 at byte 1024.
       out.push({ start: first, count: 1, kind: 'superblock' })
       next++
+    }
+    if (hasSuper && classic) {
       if (oldGdt > 0) {
         out.push({ start: next, count: oldGdt, kind: 'gdt' })
         next += oldGdt
