@@ -13,6 +13,7 @@ import os from 'os'
 import path from 'path'
 import zlib from 'zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { IntrospectError } from '../../src/introspect/errors'
 import { BufferReader, FileReader, type Reader } from '../../src/introspect/reader'
 import { readVolumes, volumeReader, type Volume } from '../../src/introspect/volume'
 import { contentOf } from '../../src/introspect/volume/content'
@@ -463,6 +464,51 @@ describe('LVM2 damage and hostile metadata', () => {
       b.writeUInt32LE(lvmCrc(b.subarray(4096 + 4, 4096 + 512)), 4096)
     }))
     expect(huge.warnings).toEqual([expect.stringMatching(/raw_locn @4136: expected text \d+\+2097152 within the 1044480-byte area and at most 1048576 bytes/)])
+  })
+})
+
+describe('random damage', () => {
+  it('random bytes over the tables of every kind of fixture: a layout or a typed error, never a crash or a hang', async () => {
+    let seed = 0x5eed
+    const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n
+    const targets: [string, [number, number][]][] = [
+      ['mbr.raw', [[0, 512]]],
+      ['gpt.raw', [[0, 2048], [1024 * 1024 * 96 - 1024, 1024]]],
+      ['gpt4k.raw', [[0, 12288]]],
+      ['lvm.raw', [[0, 1024], [4096, 4096]]],
+      ['lvm-two-pv.raw', [[1048576, 1024], [1052672, 512]]],
+    ]
+    // The EBRs of mbr.raw and the metadata text of lvm.raw are targets too.
+    const ebrs = (await layoutOf(fx('mbr.raw'))).regions.filter((r) => r.structure === 'EBR').map((r): [number, number] => [r.offset + 446, 66])
+    targets[0][1].push(...ebrs)
+    const tOff = 4096 + (await withFile(fx('lvm.raw'), async (r) => Number((await r.read(4096 + 0x28, 8)).readBigUInt64LE(0))))
+    targets[3][1].push([tOff, 2048])
+    const outcomes = new Map<string, number>()
+    for (const [name, ranges] of targets) {
+      const b = mutated(name, () => undefined)
+      for (let round = 0; round < 60; round++) {
+        const [at, len] = ranges[rnd(ranges.length)]
+        const saved: [number, number][] = []
+        for (let k = 1 + rnd(8); k > 0; k--) {
+          const o = at + rnd(len)
+          saved.push([o, b[o]])
+          b[o] = rnd(4) === 0 ? 0xff : rnd(256)
+        }
+        const outcome = await readVolumes(new BufferReader(b, name)).then(
+          (l) => (l.warnings.length ? 'warned' : 'ok'),
+          (e) => {
+            if (!(e instanceof IntrospectError)) throw e
+            return e.code
+          },
+        )
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+        for (const [o, v] of saved.reverse()) b[o] = v
+      }
+    }
+    // readVolumes falls back to a whole-disk volume, so it never answers NotThisFormat; every read is bounds-checked first, so never IO.
+    expect([...outcomes.keys()].filter((k) => !['ok', 'warned', 'CORRUPT'].includes(k))).toEqual([])
+    expect(outcomes.get('CORRUPT')).toBeGreaterThan(0)
+    expect(outcomes.get('warned')).toBeGreaterThan(0)
   })
 })
 
