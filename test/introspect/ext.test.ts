@@ -307,6 +307,145 @@ describe('update from the journal', () => {
     const [o] = await efs.objectsAt(fblock, 1)
     expect(o.inode).toBeGreaterThan(0)
     expect(o.path ?? '').toBe('') // its parent directory no longer names it
+    expect(efs.stats.skipped.count).toBe(1)
+    const dirIno = Number(/^Inode: (\d+)/.exec(dstat)![1])
+    expect(efs.stats.skipped.reasons).toEqual([`directory inode ${dirIno}: block ${dblock}: rec_len 0 at byte 0`])
+  })
+})
+
+describe('update with a shared xattr block', () => {
+  it('the block stays xattr until the last inode that refers to it lets go', async () => {
+    const file = path.join(DIR, 'ext4-mmp.img')
+    const img = fs.readFileSync(file)
+    const dump = execFileSync('dumpe2fs', [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const ipg = Number(/^Inodes per group:\s+(\d+)/m.exec(dump)![1])
+    const isize = Number(/^Inode size:\s+(\d+)/m.exec(dump)![1])
+    const bs = Number(/^Block size:\s+(\d+)/m.exec(dump)![1])
+    const tables = [...dump.matchAll(/Inode table at (\d+)-/g)].map((m) => Number(m[1]))
+    const statOf = (p: string) => execFileSync('debugfs', ['-R', `stat ${p}`, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const inoA = Number(/^Inode: (\d+)/.exec(statOf('/d000/e00/f00000'))![1])
+    const inoB = Number(/^Inode: (\d+)/.exec(statOf('/d050/e01/f00050'))![1])
+    const aclA = Number(/File ACL: (\d+)/.exec(statOf('/d000/e00/f00000'))![1])
+    const aclB = Number(/File ACL: (\d+)/.exec(statOf('/d050/e01/f00050'))![1])
+    expect(aclA).toBeGreaterThan(0)
+    expect(aclB).toBeGreaterThan(0)
+    const inodeAt = (ino: number) => tables[Math.floor((ino - 1) / ipg)] * bs + ((ino - 1) % ipg) * isize
+    // B shares A's block (as the kernel shares identical xattr blocks): refcount 2, B's own block unreferenced.
+    img.writeUInt32LE(aclA, inodeAt(inoB) + 0x68)
+    img.writeUInt32LE(2, aclA * bs + 4)
+    const efs = await scanExt(new BufferReader(img, 'shared'))
+    expect(efs.classOf(aclA)).toBe(BlockClass.Xattr)
+    expect(efs.classOf(aclB)).toBe(BlockClass.Data)
+    const dropAcl = async (ino: number) => {
+      const off = inodeAt(ino)
+      const blk = Math.floor(off / bs)
+      const nb = Buffer.from(img.subarray(blk * bs, (blk + 1) * bs))
+      nb.writeUInt32LE(0, (off % bs) + 0x68)
+      const changes = await efs.update(blk, nb)
+      nb.copy(img, blk * bs)
+      return changes
+    }
+    expect(await dropAcl(inoA)).toEqual([])
+    expect(efs.classOf(aclA)).toBe(BlockClass.Xattr)
+    expect(await dropAcl(inoB)).toEqual([{ fsBlock: aclA, count: 1, from: BlockClass.Xattr, to: BlockClass.Data }])
+  })
+})
+
+describe('update from jbd2 descriptor blocks (synthetic, every tag format)', () => {
+  // On the ext3 fixture (1 KiB blocks, journal inode 8 mapped through IND blocks): a descriptor
+  // block written to the journal names five home blocks; the journaled copies that follow it
+  // are a directory block, an extent node, a list of block numbers, a copy of an inode-table
+  // block and random bytes. The first three homes are free blocks and take the class their
+  // copy shows; the inode-table home keeps its class; the random one stays data.
+  const JBD2_MAGIC = 0xc03b3998
+  const FORMATS = [
+    { name: 'no checksum, 32-bit (8-byte tags)', incompat: 0 },
+    { name: 'csum v2, 32-bit (10-byte tags)', incompat: 0x8 },
+    { name: 'csum v2, 64-bit (14-byte tags)', incompat: 0x8 | 0x2 },
+    { name: '64-bit (12-byte tags)', incompat: 0x2 },
+    { name: 'csum v3, 64-bit (16-byte tags)', incompat: 0x10 | 0x2 },
+    { name: 'csum v3, 32-bit (16-byte tags)', incompat: 0x10 },
+  ]
+
+  function tag(incompat: number, home: number, flags: number): Buffer {
+    const v3 = (incompat & 0x10) !== 0
+    const size = v3 ? 16 : 12 + (incompat & 0x8 ? 2 : 0) - (incompat & 0x2 ? 0 : 4)
+    const t = Buffer.alloc(size)
+    t.writeUInt32BE(home % 2 ** 32, 0)
+    if (v3) {
+      t.writeUInt32BE(flags, 4)
+      t.writeUInt32BE(Math.floor(home / 2 ** 32), 8)
+    } else {
+      t.writeUInt16BE(flags, 6)
+      if (incompat & 0x2) t.writeUInt32BE(Math.floor(home / 2 ** 32), 8)
+    }
+    return t
+  }
+
+  it.each(FORMATS)('$name', async ({ incompat }) => {
+    const file = path.join(DIR, 'ext3.img')
+    const img = fs.readFileSync(file)
+    const efs = await scanExt(new BufferReader(img, 'ext3'))
+    const bs = efs.info.blockSize
+    const jstat = execFileSync('debugfs', ['-R', 'stat <8>', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const [, l0, l1, p0] = /\((\d+)-(\d+)\):(\d+)-\d+/.exec(jstat)!.map(Number)
+    expect([l0, l1]).toEqual([0, 11])
+    const dump = execFileSync('dumpe2fs', [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const free = Number(/Free blocks: (\d+)-\d+/.exec(dump)![1]) + 10
+    const table = Number(/Inode table at (\d+)/.exec(dump)![1])
+    const homes = [free, free + 1, free + 2, table, free + 3]
+    for (const h of [free, free + 1, free + 2, free + 3]) expect(efs.classOf(h)).toBe(BlockClass.Data)
+
+    // The kernel rewrites the journal superblock at mount with the features that set the tag size.
+    const jsb = Buffer.from(img.subarray(p0 * bs, (p0 + 1) * bs))
+    expect(jsb.readUInt32BE(0)).toBe(JBD2_MAGIC)
+    jsb.writeUInt32BE(4, 4) // v2 superblock
+    jsb.writeUInt32BE(incompat, 0x28)
+    expect(await efs.update(p0, jsb)).toEqual([])
+
+    const desc = Buffer.alloc(bs)
+    desc.writeUInt32BE(JBD2_MAGIC, 0)
+    desc.writeUInt32BE(1, 4)
+    desc.writeUInt32BE(7, 8)
+    let o = 12
+    homes.forEach((h, i) => {
+      const t = tag(incompat, h, (i > 0 ? 0x2 : 0) | (i === homes.length - 1 ? 0x8 : 0))
+      t.copy(desc, o)
+      o += t.length
+      if (i === 0) o += 16 // the journal uuid after the first tag
+    })
+    expect(await efs.update(p0 + 1, desc)).toEqual([])
+
+    const dir = Buffer.alloc(bs)
+    dir.writeUInt32BE(0, 0)
+    dir.writeUInt32LE(2, 0)
+    dir.writeUInt16LE(12, 4)
+    dir.writeUInt8(1, 6)
+    dir.write('.', 8)
+    dir.writeUInt32LE(11, 12)
+    dir.writeUInt16LE(bs - 12, 16)
+    dir.writeUInt8(10, 18)
+    dir.write('lost+found', 20)
+    const etb = Buffer.alloc(bs)
+    etb.writeUInt16LE(0xf30a, 0)
+    etb.writeUInt16LE(1, 2)
+    etb.writeUInt16LE((bs - 12) / 12, 4)
+    etb.writeUInt32LE(free + 100, 12 + 8)
+    etb.writeUInt16LE(4, 12 + 4)
+    const ind = Buffer.alloc(bs)
+    for (let k = 0; k < 40; k++) ind.writeUInt32LE(free + 200 + k, k * 4)
+    const itable = Buffer.from(img.subarray(table * bs, (table + 1) * bs))
+    const random = Buffer.alloc(bs)
+    for (let k = 0; k < bs; k += 4) random.writeUInt32LE((0x9e3779b9 * (k + 1)) >>> 0, k)
+    const changes = []
+    for (const [k, copy] of [dir, etb, ind, itable, random].entries()) changes.push(...(await efs.update(p0 + 2 + k, copy)))
+    expect(changes).toEqual([
+      { fsBlock: free, count: 1, from: BlockClass.Data, to: BlockClass.Directory },
+      { fsBlock: free + 1, count: 1, from: BlockClass.Data, to: BlockClass.ExtentTree },
+      { fsBlock: free + 2, count: 1, from: BlockClass.Data, to: BlockClass.Indirect },
+    ])
+    expect(efs.classOf(table)).toBe(BlockClass.InodeTable)
+    expect(efs.classOf(free + 3)).toBe(BlockClass.Data)
   })
 })
 

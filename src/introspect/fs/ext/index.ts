@@ -51,6 +51,10 @@ export interface ExtChange {
 
 const INODE_UNINIT = 0x1
 const MAX_SKIP_REASONS = 20
+/** objectsAt answers at most this many blocks a call. */
+export const MAX_OBJECTS = 1 << 20
+/** Journal blocks whose descriptor named a home block, waiting for their copy to be written (oldest dropped past this). */
+const MAX_PENDING_JOURNAL = 1 << 16
 const ROOT_INO = 2
 const RESIZE_INO = 7
 
@@ -83,6 +87,10 @@ export class ExtFs {
   private mappingOwner = new Map<number, number>()
   /** Journal block → home block named by a jbd2 descriptor, until the journaled copy is seen. */
   private pendingJournal = new Map<number, number>()
+  /** Inodes referring to each xattr block (the kernel shares identical ones): it stays xattr until the last one lets go. */
+  private xattrRefs = new Map<number, number>()
+  /** update() and objectsAt() run one at a time: an update's reads and map edits never interleave with another's. */
+  private queue: Promise<unknown> = Promise.resolve()
   private parents: Map<number, { parent: number; name: string }> | null = null
   private journal: JournalLayout | null = null
   private journalExtents: JournalLayout['extents'] = []
@@ -168,6 +176,7 @@ export class ExtFs {
             const ino = w.group * sb.inodesPerGroup + n + 1
             const inode = parseInode(bufs[j], base + n * sb.inodeSize, ino)
             const t = this.target(inode, runs)
+            if (inUse(inode)) this.addXattrRef(inode.fileAcl, 1)
             if (t) targets.push(t)
           }
           done += w.blocks * bs
@@ -308,7 +317,27 @@ export class ExtFs {
    * icheck + ncheck: walks every in-use inode's map (data included), so it
    * costs a scan; meant for the CLI's --at and for tests, not the datapath.
    */
-  async objectsAt(fsBlock: number, count: number): Promise<ExtObject[]> {
+  objectsAt(fsBlock: number, count: number): Promise<ExtObject[]> {
+    if (!Number.isSafeInteger(fsBlock) || !Number.isSafeInteger(count) || fsBlock < 0 || count < 0 || count > MAX_OBJECTS) {
+      return Promise.reject(new RangeError(`objectsAt: bad range ${fsBlock}+${count} (at most ${MAX_OBJECTS} blocks a call)`))
+    }
+    return this.serial(() => this.objectsAtNow(fsBlock, count))
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn, fn)
+    this.queue = p.catch(() => undefined)
+    return p
+  }
+
+  private addXattrRef(block: number, delta: number): void {
+    if (!block || block >= this.sb.blocksCount) return
+    const n = (this.xattrRefs.get(block) ?? 0) + delta
+    if (n > 0) this.xattrRefs.set(block, n)
+    else this.xattrRefs.delete(block)
+  }
+
+  private async objectsAtNow(fsBlock: number, count: number): Promise<ExtObject[]> {
     const sb = this.sb
     const out: ExtObject[] = []
     for (let b = fsBlock; b < fsBlock + count; b++) out.push({ fsBlock: b, class: this.classOf(b) })
@@ -405,7 +434,10 @@ export class ExtFs {
           const child = buf.readUInt32LE(o)
           const recLen = buf.readUInt16LE(o + 4)
           const nameLen = buf.readUInt8(o + 6)
-          if (recLen < 8 || o + recLen > buf.length) break
+          if (recLen < 8 || o + recLen > buf.length) {
+            this.skip(`directory inode ${dino}: block ${b}: rec_len ${recLen} at byte ${o}`)
+            break
+          }
           if (child && nameLen && 8 + nameLen <= recLen) {
             const name = buf.toString('utf8', o + 8, o + 8 + nameLen)
             if (name !== '.' && name !== '..' && !parents.has(child)) parents.set(child, { parent: dino, name })
@@ -431,7 +463,11 @@ export class ExtFs {
    * BEFORE the bytes reach the Reader: the previous content is read from it
    * to diff against (nothing is cached per block).
    */
-  async update(fsBlock: number, bytes: Buffer): Promise<ExtChange[]> {
+  update(fsBlock: number, bytes: Buffer): Promise<ExtChange[]> {
+    return this.serial(() => this.updateNow(fsBlock, bytes))
+  }
+
+  private async updateNow(fsBlock: number, bytes: Buffer): Promise<ExtChange[]> {
     const sb = this.sb
     const bs = sb.blockSize
     const changes: ExtChange[] = []
@@ -470,7 +506,16 @@ export class ExtFs {
           continue
         }
         const homes = jbd2HomeBlocks(nb, block, this.journal)
-        if (homes) for (const [journalBlock, home] of homes) if (home > 0 && home < sb.blocksCount) this.pendingJournal.set(journalBlock, home)
+        if (homes) {
+          for (const [journalBlock, home] of homes) {
+            if (home > 0 && home < sb.blocksCount) this.pendingJournal.set(journalBlock, home)
+            else this.skip(`journal descriptor at block ${block}: home block ${home} is outside the file system`)
+          }
+          for (const k of this.pendingJournal.keys()) {
+            if (this.pendingJournal.size <= MAX_PENDING_JOURNAL) break
+            this.pendingJournal.delete(k)
+          }
+        }
       } else if (cls === BlockClass.GroupDescriptor) {
         this.updateDescriptors(block, nb, setClass)
       }
@@ -528,8 +573,15 @@ export class ExtFs {
     }
     const oldRuns = inUse(before) ? await collect(before, false) : []
     const newRuns = inUse(after) ? await collect(after, true) : []
+    const oldAcl = inUse(before) ? before.fileAcl : 0
+    const newAcl = inUse(after) ? after.fileAcl : 0
+    if (oldAcl !== newAcl) {
+      this.addXattrRef(oldAcl, -1)
+      this.addXattrRef(newAcl, 1)
+    }
     const keep = ExtentMap.fromRuns(newRuns)
     for (const [s, c] of oldRuns) {
+      if (s === oldAcl && c === 1 && this.xattrRefs.has(s)) continue // another inode still shares this xattr block
       for (const [bs, bc, k] of this.classRunsOf(keep, s, c)) if (k === BlockClass.Data) setClass(bs, bc, BlockClass.Data)
     }
     for (const [s, c, cls] of newRuns) {

@@ -32,6 +32,17 @@ export function parseJournalSuperblock(b: Buffer): { first: number; maxLen: numb
   return { maxLen: b.readUInt32BE(0x10), first: b.readUInt32BE(0x14), incompat: type === 4 ? b.readUInt32BE(0x28) : 0 }
 }
 
+/**
+ * jbd2's journal_tag_bytes(): journal_block_tag3_t (16 bytes) with csum v3;
+ * else journal_block_tag_t (12) plus 2 with csum v2, less the 4-byte
+ * t_blocknr_high without 64bit.
+ */
+export function tagBytes(incompat: number): number {
+  if (incompat & FEATURE_INCOMPAT_CSUM_V3) return 16
+  const sz = 12 + (incompat & FEATURE_INCOMPAT_CSUM_V2 ? 2 : 0)
+  return incompat & FEATURE_INCOMPAT_64BIT ? sz : sz - 4
+}
+
 function toLogical(j: JournalLayout, fsBlock: number): number | null {
   for (const e of j.extents) if (fsBlock >= e.start && fsBlock < e.start + e.count) return e.logical + (fsBlock - e.start)
   return null
@@ -53,7 +64,7 @@ export function jbd2HomeBlocks(b: Buffer, at: number, j: JournalLayout | null): 
   const is64 = (j.incompat & FEATURE_INCOMPAT_64BIT) !== 0
   const v3 = (j.incompat & FEATURE_INCOMPAT_CSUM_V3) !== 0
   const csum = v3 || (j.incompat & FEATURE_INCOMPAT_CSUM_V2) !== 0
-  const tagSize = v3 ? (is64 ? 16 : 12) : is64 ? 12 : 8
+  const tagSize = tagBytes(j.incompat)
   const end = b.length - (csum ? 4 : 0)
   const out: [number, number][] = []
   let o = 12
@@ -76,10 +87,32 @@ export function jbd2HomeBlocks(b: Buffer, at: number, j: JournalLayout | null): 
   return out
 }
 
-/** What a meta-data block is, by its content alone; null when it does not say. */
+/**
+ * What a journaled meta-data block is, by its content alone; null when it
+ * does not say. Extent nodes and xattr blocks carry a magic; directory
+ * blocks are a chain of records covering the block exactly; what is left and
+ * reads as a list of block numbers (zero or inside the file system, at least
+ * one set) is taken for an indirect block, the one mapping block without a
+ * signature. Anything else (file data under data=journal) stays data.
+ */
 export function sniffClass(b: Buffer, sb: Superblock): BlockClass | null {
   if (b.length >= 12 && b.readUInt16LE(0) === EXTENT_MAGIC) return BlockClass.ExtentTree
   if (b.length >= 4 && b.readUInt32LE(0) === XATTR_MAGIC) return BlockClass.Xattr
+  return sniffDirectory(b, sb) ?? sniffIndirect(b, sb)
+}
+
+function sniffIndirect(b: Buffer, sb: Superblock): BlockClass | null {
+  let set = 0
+  for (let o = 0; o + 4 <= b.length; o += 4) {
+    const p = b.readUInt32LE(o)
+    if (p === 0) continue
+    if (p < sb.firstDataBlock || p >= sb.blocksCount) return null
+    set++
+  }
+  return set > 0 ? BlockClass.Indirect : null
+}
+
+function sniffDirectory(b: Buffer, sb: Superblock): BlockClass | null {
   // A directory block: a chain of entries that covers the block exactly.
   let o = 0
   let entries = 0
