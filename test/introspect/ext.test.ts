@@ -87,6 +87,62 @@ describe('objectsAt', () => {
   })
 })
 
+describe('objectsAt against debugfs icheck, ncheck and bmap', () => {
+  // A sample of every inode-owned class (file data, directory, IND/DIND/TIND, extent-tree, xattr,
+  // symlink, journal, special) from the oracle; one objectsAt call over the whole file system.
+  it.each(['ext2-1024', 'ext4-mmp', 'ext3'])('%s', async (name) => {
+    const file = path.join(DIR, `${name}.img`)
+    const oracle = e2oracle(file)
+    const byClass = new Map<string, number[]>()
+    for (const [b, c] of [...oracle.classes].sort((x, y) => x[0] - y[0])) {
+      if (!['data', 'directory', 'indirect', 'extent-tree', 'xattr', 'symlink', 'journal', 'special'].includes(c)) continue
+      if (!byClass.has(c)) byClass.set(c, [])
+      byClass.get(c)!.push(b)
+    }
+    const sample: number[] = []
+    for (const blocks of byClass.values()) for (let k = 0; k < 20; k++) sample.push(blocks[Math.floor((k * blocks.length) / 20)])
+    const uniq = [...new Set(sample)].sort((x, y) => x - y)
+    expect(byClass.get('data')?.length).toBeGreaterThan(20)
+    expect(byClass.get('directory')?.length).toBeGreaterThan(20)
+
+    const r = await FileReader.open(file)
+    const efs = await scanExt(r)
+    const objs = await efs.objectsAt(0, oracle.blocksCount)
+    const run = (cmds: string[]) => {
+      const f = path.join(tmp, `cmds-${name}`)
+      fs.writeFileSync(f, cmds.join('\n') + '\n')
+      return execFileSync('debugfs', ['-f', f, file], { encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'ignore'] })
+    }
+    const icheck = new Map<number, number>()
+    for (const m of run([`icheck ${uniq.join(' ')}`]).matchAll(/^(\d+)\t(\d+)$/gm)) icheck.set(Number(m[1]), Number(m[2]))
+    const inodes = [...new Set(uniq.map((b) => icheck.get(b)).filter((x): x is number => x !== undefined))]
+    const ncheck = new Map<number, string[]>()
+    for (const m of run([`ncheck ${inodes.join(' ')}`]).matchAll(/^(\d+)\t(.+)$/gm)) {
+      const ino = Number(m[1])
+      // debugfs ncheck prints entries of the root as "//name".
+      ncheck.set(ino, [...(ncheck.get(ino) ?? []), m[2].replace(/^\/\/+/, '/')])
+    }
+    const withLogical = uniq.filter((b) => objs[b].logical !== undefined)
+    const bmapOut = run(withLogical.map((b) => `bmap <${objs[b].inode}> ${objs[b].logical}`)).split(/^debugfs: bmap .*$/m).slice(1).map((x) => Number(x.trim()))
+    const wrong: string[] = []
+    for (const b of uniq) {
+      const o = objs[b]
+      const want = icheck.get(b)
+      if (o.fsBlock !== b || o.inode !== want) wrong.push(`block ${b}: inode ${o.inode}, icheck ${want}`)
+      const paths = want === undefined ? undefined : ncheck.get(want)
+      if (paths ? !paths.includes(o.path ?? '') : o.path !== undefined && want !== 2) wrong.push(`block ${b}: path ${o.path}, ncheck ${paths}`)
+      const leaf = ['data', 'directory', 'symlink', 'journal', 'special'].includes(oracle.classes.get(b)!)
+      if (leaf !== (o.logical !== undefined)) wrong.push(`block ${b} (${oracle.classes.get(b)}): logical ${o.logical}`)
+    }
+    withLogical.forEach((b, k) => {
+      if (bmapOut[k] !== b) wrong.push(`block ${b}: inode ${objs[b].inode} logical ${objs[b].logical}, bmap says ${bmapOut[k]}`)
+    })
+    expect(wrong.slice(0, 10)).toEqual([])
+    expect(withLogical.length).toBeGreaterThan(40)
+    await r.close()
+  })
+})
+
 describe('update from captured writes', () => {
   it('a debugfs mkdir + file write + rm on a copy: feeding the changed blocks to update() gives the fresh scan of the copy', async () => {
     const src = path.join(DIR, 'ext2-1024.img')
