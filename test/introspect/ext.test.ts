@@ -369,6 +369,81 @@ describe('update from the journal', () => {
   })
 })
 
+describe('update: descriptors, and the file system\'s own structures', () => {
+  const dumpOf = (file: string) => execFileSync('dumpe2fs', [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+
+  it('a descriptor that moves a group\'s bitmaps and inode table moves their classes', async () => {
+    const file = path.join(DIR, 'ext2-1024.img')
+    const dump = dumpOf(file)
+    const g1 = dump.split(/^Group 1: /m)[1]
+    const bb = Number(/Block bitmap at (\d+)/.exec(g1)![1])
+    const ib = Number(/Inode bitmap at (\d+)/.exec(g1)![1])
+    const [, t0, t1] = /Inode table at (\d+)-(\d+)/.exec(g1)!.map(Number)
+    const free = Number(/Free blocks: (\d+)-/.exec(g1)![1]) + 8
+    const img = fs.readFileSync(file)
+    const efs = await scanExt(new BufferReader(img, 'moved'))
+    const gd = Buffer.from(img.subarray(2 * 1024, 3 * 1024)) // primary descriptors; group 1 at byte 32
+    gd.writeUInt32LE(free, 32)
+    gd.writeUInt32LE(free + 1, 36)
+    gd.writeUInt32LE(free + 2, 40)
+    const n = t1 - t0 + 1
+    const changes = (await efs.update(2, gd)).sort((a, b) => a.fsBlock - b.fsBlock)
+    expect(changes).toEqual([
+      { fsBlock: bb, count: 1, from: BlockClass.BlockBitmap, to: BlockClass.Data },
+      { fsBlock: ib, count: 1, from: BlockClass.InodeBitmap, to: BlockClass.Data },
+      { fsBlock: t0, count: n, from: BlockClass.InodeTable, to: BlockClass.Data },
+      { fsBlock: free, count: 1, from: BlockClass.Data, to: BlockClass.BlockBitmap },
+      { fsBlock: free + 1, count: 1, from: BlockClass.Data, to: BlockClass.InodeBitmap },
+      { fsBlock: free + 2, count: n, from: BlockClass.Data, to: BlockClass.InodeTable },
+    ])
+    // A backup copy of the descriptors changes nothing.
+    expect(await efs.update(8194, Buffer.from(img.subarray(2 * 1024, 3 * 1024)))).toEqual([])
+  })
+
+  it('an inode (old garbage in an unused slot, or a corrupt new one) never takes a bitmap or an inode table with it', async () => {
+    const file = path.join(DIR, 'ext4-mmp.img')
+    const dump = dumpOf(file)
+    const ipg = Number(/^Inodes per group:\s+(\d+)/m.exec(dump)![1])
+    const isize = Number(/^Inode size:\s+(\d+)/m.exec(dump)![1])
+    const bs = Number(/^Block size:\s+(\d+)/m.exec(dump)![1])
+    const groups = dump.split(/^Group \d+: /m).slice(1)
+    const tables = groups.map((g) => Number(/Inode table at (\d+)-/.exec(g)![1]))
+    const g0 = groups[0]
+    const bb = Number(/Block bitmap at (\d+)/.exec(g0)![1])
+    const ib = Number(/Inode bitmap at (\d+)/.exec(g0)![1])
+    const g = groups.findIndex((x) => Number(/(\d+) unused inodes/.exec(x)?.[1] ?? 0) > 0)
+    expect(g).toBeGreaterThanOrEqual(0)
+    const img = fs.readFileSync(file)
+    const at = (ino: number) => tables[Math.floor((ino - 1) / ipg)] * bs + ((ino - 1) % ipg) * isize
+    // Garbage in the group's last (unused, unread) slot: a regular file whose xattr block is a block
+    // bitmap, first block an inode bitmap and IND block the first inode-table block.
+    const junk = at((g + 1) * ipg)
+    img.writeUInt16LE(0x81a4, junk)
+    img.writeUInt16LE(1, junk + 0x1a)
+    img.writeUInt32LE(ib, junk + 0x28)
+    img.writeUInt32LE(tables[0], junk + 0x28 + 12 * 4)
+    img.writeUInt32LE(bb, junk + 0x68)
+    const efs = await scanExt(new BufferReader(img, 'junk'))
+    expect(efs.stats.skipped.count).toBe(0)
+    const blk = Math.floor(junk / bs)
+    const clean = Buffer.from(img.subarray(blk * bs, (blk + 1) * bs))
+    clean.fill(0, junk % bs, (junk % bs) + isize)
+    expect(await efs.update(blk, clean)).toEqual([])
+    for (const [b, c] of [[bb, BlockClass.BlockBitmap], [ib, BlockClass.InodeBitmap], [tables[0], BlockClass.InodeTable]] as const) expect(efs.classOf(b)).toBe(c)
+
+    // A corrupt new inode: a file's xattr block pointed at the block bitmap.
+    const stat = execFileSync('debugfs', ['-R', 'stat /d000/e00/f00000', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const ino = Number(/^Inode: (\d+)/.exec(stat)![1])
+    const acl = Number(/File ACL: (\d+)/.exec(stat)![1])
+    const iblk = Math.floor(at(ino) / bs)
+    const nb = Buffer.from(img.subarray(iblk * bs, (iblk + 1) * bs))
+    nb.writeUInt32LE(bb, (at(ino) % bs) + 0x68)
+    expect(await efs.update(iblk, nb)).toEqual([{ fsBlock: acl, count: 1, from: BlockClass.Xattr, to: BlockClass.Data }])
+    expect(efs.classOf(bb)).toBe(BlockClass.BlockBitmap)
+    expect(efs.stats.skipped.reasons.join('\n')).toMatch(new RegExp(`inode ${ino}: block ${bb} \\(\\+1\\) is the file system's own BlockBitmap`))
+  })
+})
+
 describe('update with a shared xattr block', () => {
   it('the block stays xattr until the last inode that refers to it lets go', async () => {
     const file = path.join(DIR, 'ext4-mmp.img')

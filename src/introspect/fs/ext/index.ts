@@ -51,6 +51,16 @@ export interface ExtChange {
 
 const INODE_UNINIT = 0x1
 const MAX_SKIP_REASONS = 20
+/** Classes of the file system's own structures: placed by the superblock and descriptors, never by an inode. */
+const STATIC_CLASSES: ReadonlySet<BlockClass> = new Set([
+  BlockClass.Superblock,
+  BlockClass.GroupDescriptor,
+  BlockClass.ReservedGdt,
+  BlockClass.BlockBitmap,
+  BlockClass.InodeBitmap,
+  BlockClass.InodeTable,
+  BlockClass.Mmp,
+])
 /** objectsAt answers at most this many blocks a call. */
 export const MAX_OBJECTS = 1 << 20
 /** Journal blocks whose descriptor named a home block, waiting for their copy to be written (oldest dropped past this). */
@@ -580,12 +590,21 @@ export class ExtFs {
       this.addXattrRef(newAcl, 1)
     }
     const keep = ExtentMap.fromRuns(newRuns)
-    for (const [s, c] of oldRuns) {
+    // Only what the inode really held goes back to data, and the file system's own structures never
+    // change hands: an old inode read from garbage (an unused slot) or a corrupt new one cannot
+    // take an inode table or a bitmap with it.
+    for (const [s, c, cls] of oldRuns) {
       if (s === oldAcl && c === 1 && this.xattrRefs.has(s)) continue // another inode still shares this xattr block
-      for (const [bs, bc, k] of this.classRunsOf(keep, s, c)) if (k === BlockClass.Data) setClass(bs, bc, BlockClass.Data)
+      for (const [bs, bc, k] of this.classRunsOf(keep, s, c)) {
+        if (k !== BlockClass.Data) continue
+        for (const [s2, c2, now] of [...this.classRuns(bs, bc)]) if (now === cls && !STATIC_CLASSES.has(now)) setClass(s2, c2, BlockClass.Data)
+      }
     }
     for (const [s, c, cls] of newRuns) {
-      setClass(s, c, cls)
+      for (const [s2, c2, now] of [...this.classRuns(s, c)]) {
+        if (!STATIC_CLASSES.has(now)) setClass(s2, c2, cls)
+        else if (now !== cls) this.skip(`inode ${after.ino}: block ${s2} (+${c2}) is the file system's own ${BlockClass[now]}, not its ${BlockClass[cls]}`)
+      }
       if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) this.mappingOwner.set(s, after.ino)
     }
   }
