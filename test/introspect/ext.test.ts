@@ -284,6 +284,22 @@ describe('hostile input', () => {
     await expect(scanFile(path.join(DIR, 'ext4-bigalloc.img'))).rejects.toMatchObject({ code: 'UNSUPPORTED' })
   })
 
+  it('a directory extent that runs into an inode table leaves the table alone (counted skip)', async () => {
+    const file = path.join(DIR, 'ext4-mmp.img')
+    const dump = execFileSync('dumpe2fs', [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const t0 = Number(/Inode table at (\d+)-/.exec(dump)![1])
+    const isize = Number(/^Inode size:\s+(\d+)/m.exec(dump)![1])
+    const img = patched('ext4-mmp', (b) => {
+      const root = t0 * 1024 + 1 * isize // inode 2
+      expect(b.readUInt16LE(root + 0x28)).toBe(0xf30a)
+      b.writeUInt16LE(3, root + 0x28 + 12 + 4) // ee_len
+      b.writeUInt32LE(t0 - 1, root + 0x28 + 12 + 8) // ee_start_lo: one block before the table
+    })
+    const efs = await scanExt(new BufferReader(img, 'overlap'))
+    expect([efs.classOf(t0), efs.classOf(t0 + 1), efs.classOf(t0 + 2)]).toEqual([BlockClass.InodeTable, BlockClass.InodeTable, BlockClass.InodeTable])
+    expect(efs.stats.skipped.reasons.join('\n')).toMatch(new RegExp(`block ${t0} \\(\\+2\\) is the file system's own InodeTable, claimed as Directory`))
+  })
+
   it('an extent tree that points to itself and block numbers past the end are counted skips, no hang', async () => {
     const file = path.join(DIR, 'ext4.img')
     const stat = execFileSync('debugfs', ['-R', 'stat /frag', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })

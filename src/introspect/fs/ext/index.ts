@@ -142,6 +142,7 @@ export class ExtFs {
     await this.readDescriptors()
     this.addGroupStructures(runs)
     if (sb.incompat & INCOMPAT.mmp && sb.mmpBlock > 0 && sb.mmpBlock < sb.blocksCount) runs.push([sb.mmpBlock, 1, BlockClass.Mmp])
+    const nStatic = runs.length
 
     // Inode tables: the used part of each, coalesced across groups (flex_bg packs them together).
     const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
@@ -196,12 +197,34 @@ export class ExtFs {
       if (targets.length > 65536) await this.walk(targets.splice(0), runs)
     }
     await this.walk(targets, runs)
-    this.map = ExtentMap.fromRuns(runs)
+    this.map = this.buildMap(runs, nStatic)
     await this.readJournalSuperblock()
     this.stats.bytesRead = this.src.bytesRead + SUPERBLOCK_SIZE
     this.stats.reads = this.src.reads + 1
     this.stats.metadataBlocks = [...this.map.countByClass().values()].reduce((a, b) => a + b, 0)
     this.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
+  }
+
+  /**
+   * The file system's own structures (runs[0, nStatic)) first; what inodes claim fills only
+   * what they leave (a corrupt inode claiming part of an inode table or the reserved GDT is a
+   * counted skip there, whatever the class priorities say).
+   */
+  private buildMap(runs: Run[], nStatic: number): ExtentMap {
+    const own = runs.slice(0, nStatic)
+    const ownMap = ExtentMap.fromRuns(own)
+    const out: Run[] = own
+    for (let k = nStatic; k < runs.length; k++) {
+      const [s, c, cls] = runs[k]
+      let cur = s
+      for (const [s2, c2, k2] of ownMap.runsIn(s, c)) {
+        if (s2 > cur) out.push([cur, s2 - cur, cls])
+        if (k2 !== cls) this.skip(`block ${s2} (+${c2}) is the file system's own ${BlockClass[k2]}, claimed as ${BlockClass[cls]} by an inode`)
+        cur = s2 + c2
+      }
+      if (cur < s + c) out.push([cur, s + c - cur, cls])
+    }
+    return ExtentMap.fromRuns(out)
   }
 
   private async readDescriptors(): Promise<void> {
