@@ -39,6 +39,10 @@ describe.each(FIXTURES)('%s', (name) => {
     const fs = await scanFile(file)
     expect(fs.info.blockSize).toBe(oracle.blockSize)
     expect(fs.info.blocksCount).toBe(oracle.blocksCount)
+    const header = execFileSync('dumpe2fs', ['-h', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    expect([...fs.info.features].sort()).toEqual(/^Filesystem features:\s+(.*)$/m.exec(header)![1].trim().split(/\s+/).sort())
+    expect(fs.info.uuid).toBe(/^Filesystem UUID:\s+(\S+)/m.exec(header)![1])
+    expect(fs.info.inodesCount).toBe(Number(/^Inode count:\s+(\d+)/m.exec(header)![1]))
     expect(fs.stats.skipped.count).toBe(0)
     const wrong: string[] = []
     for (let b = 0; b < oracle.blocksCount; b++) {
