@@ -190,7 +190,7 @@ describe('update from captured writes, ext4 (extents), in any write order', () =
   // One debugfs session on a copy: a new directory with a file of 60 fragments (an extent tree
   // block), a slow symlink and a subdirectory; a file with an xattr block removed; the deep
   // path's last directory removed. The changed blocks are fed to update() in four orders.
-  const ORDERS = ['ascending', 'descending', 'inode tables last', 'inode tables first'] as const
+  const ORDERS = ['ascending', 'descending', 'inode tables last', 'inode tables first', 'contiguous runs as one write each', 'contiguous runs, last first'] as const
   let a: Buffer
   let b: Buffer
   beforeAll(() => {
@@ -237,9 +237,21 @@ describe('update from captured writes, ext4 (extents), in any write order', () =
       if (cur < s0 + n) out.push(BlockClass.Data)
       return out
     }
+    // Writes: one block each, or each run of contiguous changed blocks as one write.
+    let writes: Array<[number, number]> = changed.map((k) => [k, 1])
+    if (order.startsWith('contiguous')) {
+      writes = []
+      for (const k of [...changed].sort((x, y) => x - y)) {
+        const last = writes[writes.length - 1]
+        if (last && last[0] + last[1] === k) last[1]++
+        else writes.push([k, 1])
+      }
+      expect(writes.some(([, n]) => n > 1)).toBe(true)
+      if (order.endsWith('last first')) writes.reverse()
+    }
     let reported = 0
-    for (const k of changed) {
-      const nb = Buffer.from(b.subarray(k * bs, (k + 1) * bs))
+    for (const [k, n] of writes) {
+      const nb = Buffer.from(b.subarray(k * bs, (k + n) * bs))
       for (const c of await efs.update(k, nb)) {
         expect(c.from).not.toBe(c.to)
         expect(classesIn(replay, c.fsBlock, c.count)).toEqual([c.from])

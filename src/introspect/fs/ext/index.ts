@@ -440,11 +440,13 @@ export class ExtFs {
     }
   }
 
-  private async readInode(ino: number): Promise<Inode> {
+  private async readInode(ino: number, overlay?: Map<number, Buffer>): Promise<Inode> {
     const sb = this.sb
     const g = Math.floor((ino - 1) / sb.inodesPerGroup)
     const idx = (ino - 1) % sb.inodesPerGroup
     const off = this.inodeTable[g] * sb.blockSize + idx * sb.inodeSize
+    const pending = overlay?.get(Math.floor(off / sb.blockSize))
+    if (pending) return parseInode(pending, off % sb.blockSize, ino)
     return parseInode(await this.r.read(off, sb.inodeSize), 0, ino)
   }
 
@@ -511,25 +513,29 @@ export class ExtFs {
         changes.push({ fsBlock: s, count: c, from, to })
       }
     }
-    this.parents = null
+    // Every block of this call, for walks that reach one before the loop does (a write covering
+    // an inode-table block and the new extent block it points to, in either order).
+    const overlay = new Map<number, Buffer>()
+    for (let k = 0; (k + 1) * bs <= bytes.length && fsBlock + k < sb.blocksCount; k++) overlay.set(fsBlock + k, bytes.subarray(k * bs, (k + 1) * bs))
     for (let k = 0; k * bs < bytes.length; k++) {
       const block = fsBlock + k
       const nb = bytes.subarray(k * bs, (k + 1) * bs)
       if (nb.length < bs || block >= sb.blocksCount) break
       const cls = this.classOf(block)
+      if (cls === BlockClass.Directory || cls === BlockClass.InodeTable) this.parents = null
       const pendingHome = this.pendingJournal.get(block)
       if (pendingHome !== undefined) {
         this.pendingJournal.delete(block)
         const guess = sniffClass(nb, sb)
         if (guess !== null && this.classOf(pendingHome) === BlockClass.Data) setClass(pendingHome, 1, guess)
       }
-      if (cls === BlockClass.InodeTable) await this.updateInodeBlock(block, nb, setClass)
+      if (cls === BlockClass.InodeTable) await this.updateInodeBlock(block, nb, setClass, overlay)
       else if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) {
         const owner = this.mappingOwner.get(block)
         if (owner !== undefined && owner !== RESIZE_INO) {
           // Re-walk the owner with the new mapping block in place of the old.
-          const inode = await this.readInode(owner)
-          await this.rewalk(inode, inode, setClass, new Map([[block, nb]]))
+          const inode = await this.readInode(owner, overlay)
+          await this.rewalk(inode, inode, setClass, overlay)
         }
       } else if (cls === BlockClass.Journal) {
         // The kernel sets jbd2 features (64bit, csum v3: tag sizes) in the journal superblock at mount.
@@ -569,7 +575,7 @@ export class ExtFs {
     if (cur < start + count) yield [cur, start + count - cur, BlockClass.Data]
   }
 
-  private async updateInodeBlock(block: number, nb: Buffer, setClass: (s: number, c: number, to: BlockClass) => void): Promise<void> {
+  private async updateInodeBlock(block: number, nb: Buffer, setClass: (s: number, c: number, to: BlockClass) => void, overlay: Map<number, Buffer>): Promise<void> {
     const sb = this.sb
     const bs = sb.blockSize
     const old = await this.r.read(block * bs, bs)
@@ -582,7 +588,7 @@ export class ExtFs {
       if (old.subarray(o, o + 0x80).equals(nb.subarray(o, o + 0x80))) continue
       const before = parseInode(old, o, first + n)
       const after = parseInode(nb, o, first + n)
-      await this.rewalk(before, after, setClass)
+      await this.rewalk(before, after, setClass, overlay)
     }
   }
 
