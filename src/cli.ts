@@ -38,6 +38,16 @@ program
   .option('--force', 'clear a stale mount left at MOUNTPOINT by a daemon that died, then mount')
   .option('--log <file>', 'log file when detached', '/var/log/vmdi-fuse.log')
   .option('--debug', 'log every FUSE request (libfuse debug) and debug messages')
+  .option('--no-introspect', 'pure pass-through: no image is looked into, nothing cached or redirected (the benchmark baseline)')
+  .option('--ram-cache <size>', 'RAM for cached meta-data blocks, shared by all images (e.g. 512M, 2G; default 1/16 of RAM, at most 1G)')
+  .option('--ssd <path>', 'the SSD block store (an SQLite file, on the SSD, outside STORE; default /var/lib/vmdi-fuse/<id>.sqlite)')
+  .option('--ssd-max <size>', 'cap of the SSD block store (default half the free space of its file system, at most 16G); when full, clean blocks are evicted and meta-data writes go to the HDD')
+  .option(
+    '--exclude <glob>',
+    'never introspect files matching this glob, relative to STORE (repeatable; * within a name, ** across directories). A VM owner can opt an image out with: setfattr -n user.vmdi.introspect -v off IMAGE',
+    (v: string, prev: string[]) => prev.concat(v),
+    [] as string[],
+  )
   .addHelpText(
     'after',
     '\nAlways set: ' +
@@ -46,7 +56,10 @@ program
       '  vmdi-fuse /hdd/store /export                 mount and detach\n' +
       '  vmdi-fuse -f --nfs /hdd/store /export        stay attached, ready for knfsd\n' +
       '  vmdi-fuse umount /export                     unmount and wait for the daemon to exit\n' +
-      '  vmdi-fuse status /export --json              what the daemon is doing\n',
+      '  vmdi-fuse status /export --json              what the daemon is doing\n' +
+      '  vmdi-fuse stats /export                      per image and class: hits, redirected writes, dirty blocks, scans\n' +
+      '  vmdi-fuse destage /export vm1.img            write vm1.img\'s meta-data back to the HDD now\n' +
+      '  vmdi-fuse -f --ssd /ssd/vmdi.sqlite --ram-cache 2G --exclude \'scratch/**\' /hdd/store /export\n',
   )
   .action(async (store: string, mountpoint: string, o: Record<string, unknown>) => {
     const cfg: MountConfig = {
@@ -58,6 +71,11 @@ program
       force: Boolean(o.force),
       debug: Boolean(o.debug),
       log: o.foreground ? (process.env.VMDI_FUSE_DETACHED ? (o.log as string) : null) : (o.log as string),
+      introspect: o.introspect !== false,
+      ramCache: o.ramCache as string | undefined,
+      ssd: o.ssd as string | undefined,
+      ssdMax: o.ssdMax as string | undefined,
+      exclude: (o.exclude as string[]) ?? [],
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
@@ -127,6 +145,82 @@ program
         `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
       ].join('\n') + '\n',
     )
+  })
+
+/** The control socket of the daemon serving `mountpoint`, or a CliError naming what is wrong. */
+async function askDaemon(mountpoint: string, req: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+  let real: string
+  try {
+    real = fs.realpathSync(mountpoint)
+  } catch {
+    throw new CliError(`${mountpoint} is not reachable: is it a stale mount (vmdi-fuse --force) or a typo?`)
+  }
+  const rec = readRecord(real)
+  if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
+  try {
+    return await requestControl(rec.socket, req, timeoutMs)
+  } catch (e) {
+    const m = (e as Error).message
+    if (/ECONNREFUSED|ENOENT|no answer/.test(m)) throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${m}`)
+    throw new CliError(m)
+  }
+}
+
+program
+  .command('stats')
+  .description('per image and per block class: reads, RAM/SSD hits, HDD reads, writes, redirected writes, dirty and destaged blocks, scan state')
+  .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
+  .option('--json', 'machine-readable output (keys documented in the README)')
+  .action(async (mountpoint: string, o: { json?: boolean }) => {
+    const st = (await askDaemon(mountpoint, { cmd: 'stats' })) as import('./placement/datapath').DatapathStats
+    if (o.json) {
+      process.stdout.write(JSON.stringify(st, null, 2) + '\n')
+      return
+    }
+    const mib = (b: number) => `${(b * 4096 / 2 ** 20).toFixed(1)} MiB`
+    const lines = [
+      `RAM cache  ${st.ram.blocks}/${st.ram.capacity} blocks (${mib(st.ram.blocks)} of ${mib(st.ram.capacity)}), ${st.ram.hits} hits, ${st.ram.misses} misses, ${st.ram.evictions} evictions`,
+      `SSD store  ${st.ssd.path}: ${st.ssd.heldBlocks} blocks held (${mib(st.ssd.heldBlocks)}, cap ${mib(st.ssd.capBlocks)}), ${st.ssd.dirtyBlocks} dirty${st.ssd.failed ? `, FAILED: ${st.ssd.failed}` : ''}`,
+    ]
+    for (const r of st.refused) lines.push(`REFUSED    ${r} (see the log for the recover command)`)
+    for (const im of st.images) {
+      lines.push('', `${im.path}  scan ${im.scan.state}${im.scan.state === 'done' ? ` in ${im.scan.ms} ms (${im.scan.format}, map ${im.scan.mapBytes} B)` : ''}${im.scan.error ? `: ${im.scan.error}` : ''}`)
+      lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded}`)
+      lines.push(`  ${'class'.padEnd(18)}${['reads', 'RAM hits', 'SSD hits', 'HDD reads', 'writes', 'redirected'].map((h) => h.padStart(11)).join('')}`)
+      for (const [c, v] of Object.entries(im.classes)) {
+        lines.push(`  ${c.padEnd(18)}${[v.reads, v.ramHits, v.ssdHits, v.hddReads, v.writes, v.redirected].map((n) => String(n).padStart(11)).join('')}`)
+      }
+    }
+    if (!st.images.length) lines.push('', 'no image attached yet (images attach when first opened)')
+    process.stdout.write(lines.join('\n') + '\n')
+  })
+
+program
+  .command('destage')
+  .description('write the dirty meta-data blocks of every image (or of IMAGE, relative to STORE) back to the HDD now, and wait until they are synced')
+  .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
+  .argument('[image]', 'one image, by its path relative to STORE')
+  .option('--json', 'machine-readable output')
+  .action(async (mountpoint: string, image: string | undefined, o: { json?: boolean }) => {
+    const r = (await askDaemon(mountpoint, { cmd: 'destage', image }, 3_600_000)) as { path: string; blocks: number }[]
+    if (o.json) process.stdout.write(JSON.stringify(r) + '\n')
+    else for (const x of r) process.stdout.write(`vmdi-fuse: ${x.path}: ${x.blocks} block(s) written back to the HDD\n`)
+  })
+
+program
+  .command('recover')
+  .description(
+    'resolve an image the mount refused because it changed on the HDD while the SSD store held unwritten\n' +
+      'blocks of it. Run with the store unmounted.',
+  )
+  .argument('<image>', 'the image file on the HDD (as named in the refusal)')
+  .option('--apply', 'write the SSD store\'s blocks over the image (the guest\'s last writes through the mount win)')
+  .option('--discard', 'drop the store\'s blocks and map of the image (the HDD file as it is now wins)')
+  .option('--ssd <path>', 'the SSD store the mount used (default: the default store of the image\'s datastore)')
+  .option('--json', 'machine-readable output')
+  .action(async (image: string, o: import('./cmd/recover').RecoverOptions) => {
+    const { runRecover } = await import('./cmd/recover')
+    await runRecover(image, o)
   })
 
 program

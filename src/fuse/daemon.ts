@@ -15,7 +15,11 @@ import { buildOps, OpTracker } from './ops'
 import { escapeOptionValue, FIXED_OPTIONS, parseUserOptions } from './options'
 import { StoreFs } from './passthrough'
 import { checkFuseDevice, checkMountpoint, checkStore, lazyUnmount, loadFuseBinding } from './preflight'
-import { readRecord, removeRecord, runtimePaths, serveControl, writeRecord, pidAlive } from './runtime'
+import { readRecord, removeRecord, runtimePaths, serveControl, writeRecord, pidAlive, runtimeId } from './runtime'
+import { Datapath, parseSize } from '../placement/datapath'
+import { className } from '../introspect/classes'
+import os from 'os'
+import { sys } from '../native/sys'
 
 import { VERSION } from '../root'
 export { VERSION }
@@ -29,6 +33,12 @@ export interface MountConfig {
   force: boolean
   debug: boolean
   log: string | null
+  /** false: --no-introspect (pure pass-through). */
+  introspect?: boolean
+  ramCache?: string
+  ssd?: string
+  ssdMax?: string
+  exclude?: string[]
 }
 
 /** How long a busy unmount waits for open files to close before the daemon exits anyway. */
@@ -40,6 +50,41 @@ interface Prepared {
   store: string
   mountpoint: string
   extra: string[]
+  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[] } | null
+}
+
+/** Where the SSD store of a datastore lives when --ssd is not given. */
+export function defaultSsdPath(store: string): string {
+  return path.join(process.env.VMDI_STATE_DIR || '/var/lib/vmdi-fuse', `${runtimeId(store)}.sqlite`)
+}
+
+function sizeOption(v: string | undefined, flag: string, dflt: number): number {
+  if (v === undefined) return dflt
+  try {
+    const n = parseSize(v, flag)
+    if (n < 0) throw new Error(`${flag} must not be negative`)
+    return n
+  } catch (e) {
+    throw new CliError(`${(e as Error).message}`, 2)
+  }
+}
+
+/** The datapath settings: options, or defaults sized to this machine. */
+function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): Prepared['datapath'] {
+  if (cfg.introspect === false) return null
+  const ramBytes = sizeOption(cfg.ramCache, '--ram-cache', Math.min(1 << 30, Math.floor(os.totalmem() / 16)))
+  const ssdPath = path.resolve(cfg.ssd ?? defaultSsdPath(store))
+  const rel = path.relative(store, ssdPath)
+  if (!rel.startsWith('..') && !path.isAbsolute(rel)) throw new CliError(`--ssd ${ssdPath} is inside the store ${store}: put the SSD store on the SSD, outside the datastore`, 2)
+  const relMp = path.relative(mountpoint, ssdPath)
+  if (!relMp.startsWith('..') && !path.isAbsolute(relMp)) throw new CliError(`--ssd ${ssdPath} is inside the mount point ${mountpoint}: put it outside`, 2)
+  fs.mkdirSync(path.dirname(ssdPath), { recursive: true })
+  let free = 64 * 2 ** 30
+  const v = sys().statvfs(path.dirname(ssdPath))
+  if (typeof v !== 'number') free = v[1] * v[4]
+  const ssdMaxBytes = sizeOption(cfg.ssdMax, '--ssd-max', Math.max(64 << 20, Math.min(16 * 2 ** 30, Math.floor(free / 2))))
+  if (ssdMaxBytes < 1 << 20) throw new CliError(`--ssd-max ${cfg.ssdMax} is below 1 MiB: give the SSD store room for at least 256 blocks`, 2)
+  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [] }
 }
 
 /** Every check that can fail before a mount exists. */
@@ -58,7 +103,7 @@ export function prepare(cfg: MountConfig): Prepared {
   merged.push('subtype=vmdi-fuse')
   // fuse-native copies the option string into a 1024-byte buffer.
   if (merged.join(',').length > 900) throw new CliError('mount options are too long (over 900 characters): shorten -o fsname= or the store path')
-  return { store, mountpoint: mp.path, extra: merged }
+  return { store, mountpoint: mp.path, extra: merged, datapath: datapathSettings(cfg, store, mp.path) }
 }
 
 /** Mounts in this process and serves until the mount ends. Resolves once mounted. */
@@ -73,6 +118,21 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   let loopEnded = false
   let loopEndedWaiter: (() => void) | null = null
 
+  let datapath: Datapath | null = null
+  if (prep.datapath) {
+    try {
+      datapath = new Datapath({ storeRoot: prep.store, ...prep.datapath })
+    } catch (e) {
+      throw new CliError(`${(e as Error).message}; or mount with --no-introspect (pure pass-through)`)
+    }
+    store.datapath = datapath
+    const d = prep.datapath
+    log.info(
+      `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
+        `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
+        `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
+    )
+  } else log.info('datapath off (--no-introspect): every file is a plain pass-through')
   const ops = buildOps(store, tracker, () => fuse)
   fuse = new FuseCtor(prep.mountpoint, ops, {
     allowOther: true,
@@ -111,6 +171,20 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   try {
     control = await serveControl(paths.socket, (req) => {
       if (req.cmd === 'status') return status()
+      if (req.cmd === 'stats') {
+        if (!datapath) throw new Error(`${prep.mountpoint} is mounted with --no-introspect: no datapath statistics`)
+        return datapath.stats()
+      }
+      if (req.cmd === 'map') {
+        // The live map of one image, as runs of 4 KiB file blocks (tests and debugging).
+        const e = datapath?.images().find((x) => x.rel === String(req.image ?? '').replace(/^\/+/, ''))
+        if (!e) throw new Error(`no image ${String(req.image)} is attached to this mount`)
+        return { path: e.rel, scan: e.scan, runs: [...e.map.runs()].map(([s, c, k]) => [s, c, className(k)]) }
+      }
+      if (req.cmd === 'destage') {
+        if (!datapath) throw new Error(`${prep.mountpoint} is mounted with --no-introspect: nothing is ever held back from the HDD`)
+        return datapath.destageCommand(typeof req.image === 'string' ? req.image : undefined)
+      }
       throw new Error(`unknown request ${JSON.stringify(req.cmd)}`)
     })
   } catch (e) {
@@ -158,6 +232,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
       errors: tracker.errors,
       threads: fuse!.threadStats(),
       direct: fuse!.directStats(),
+      datapath: datapath ? { images: datapath.images().length, dirtyBlocks: datapath.stats().ssd.dirtyBlocks } : null,
       memory: process.memoryUsage(),
     }
   }
@@ -192,6 +267,13 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     const n = tracker.inFlight.size
     if (n) log.info(`waiting for ${n} operation(s) in flight`)
     await tracker.idle()
+    if (datapath) {
+      try {
+        await datapath.close()
+      } catch (e) {
+        log.error(`closing the datapath: ${(e as Error).message}; the SSD store keeps what it holds for the next mount`)
+      }
+    }
     const open = store.openFiles()
     await store.closeAll()
     control.close()

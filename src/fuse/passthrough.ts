@@ -13,6 +13,8 @@ import fs from 'fs'
 import path from 'path'
 import { E } from './errno'
 import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
+import type { Datapath, ImageEntry } from '../placement/datapath'
+import { log } from '../log'
 
 const fsp = fs.promises
 const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
@@ -37,6 +39,8 @@ export interface OpenFile {
   flags: number
   /** Registered with the binding's direct path (read/write never reach JS). */
   direct?: boolean
+  /** An introspected disk image: read, write, fsync and truncate go through its router. */
+  image?: ImageEntry
 }
 
 export interface TimeSpec {
@@ -72,6 +76,8 @@ export class StoreFs {
    * files use it; the datapath will keep introspected images on the JS path.
    */
   direct: ((fh: number, fd: number) => boolean) | null = null
+  /** The datapath (null: --no-introspect, pure pass-through). */
+  datapath: Datapath | null = null
   private readonly daemonIsRoot = process.getuid?.() === 0
 
   constructor(root: string) {
@@ -113,7 +119,7 @@ export class StoreFs {
     const fh = this.freeFhs.pop() ?? this.nextFh++
     if (fh > 0xfffffffe) throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
     this.files.set(fh, f)
-    if (this.direct) f.direct = this.direct(fh, f.fd)
+    if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
     return fh
   }
 
@@ -124,6 +130,7 @@ export class StoreFs {
     if (f.direct) this.direct?.(fh, -1)
     this.files.delete(fh)
     this.freeFhs.push(fh)
+    if (f.image) this.datapath?.release(f.image)
     return f
   }
 
@@ -172,6 +179,7 @@ export class StoreFs {
   }
 
   async truncate(p: string, size: number): Promise<void> {
+    if (this.datapath && (await this.datapath.truncated(this.resolve(p), size))) return
     const fd = await openNoFollow(this.resolve(p), fs.constants.O_WRONLY)
     try {
       await new Promise<void>((res, rej) => fs.ftruncate(fd, size, (err) => (err ? rej(err) : res())))
@@ -183,6 +191,7 @@ export class StoreFs {
   ftruncate(p: string, fh: number, size: number): Promise<void> {
     if (!fh) return this.truncate(p, size)
     const f = this.file(fh)
+    if (f.image) return f.image.router.truncate(size)
     return new Promise((res, rej) => fs.ftruncate(f.fd, size, (err) => (err ? rej(err) : res())))
   }
 
@@ -240,11 +249,16 @@ export class StoreFs {
   // --- names ------------------------------------------------------------------
 
   async unlink(p: string): Promise<void> {
-    await fsp.unlink(this.resolve(p))
+    const target = this.resolve(p)
+    await fsp.unlink(target)
+    this.datapath?.unlinked(target)
   }
 
   async rename(src: string, dest: string): Promise<void> {
-    await fsp.rename(this.resolve(src), this.resolve(dest))
+    const from = this.resolve(src)
+    const to = this.resolve(dest)
+    await fsp.rename(from, to)
+    this.datapath?.renamed(from, to, dest.slice(1))
   }
 
   async link(src: string, dest: string): Promise<void> {
@@ -300,8 +314,22 @@ export class StoreFs {
    * the caller still bypasses the page cache of the mount.
    */
   async open(p: string, flags: number): Promise<{ fh: number; openFlags: number }> {
-    const fd = await openNoFollow(this.resolve(p), (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
-    const fh = this.addFile({ fd, path: p, flags, nowaitRead: true, nowaitWrite: true })
+    const target = this.resolve(p)
+    const fd = await openNoFollow(target, (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
+    let image: ImageEntry | undefined
+    try {
+      image = (await this.datapath?.attach(p.slice(1), target)) ?? undefined
+      if (image && flags & fs.constants.O_TRUNC) await image.router.truncate(0)
+    } catch (e) {
+      if (image) this.datapath?.release(image)
+      if ((e as Error).name === 'ImageRefused') {
+        await closeFd(fd)
+        throw Object.assign(e as Error, { errno: E.EIO })
+      }
+      log.error(`image ${p.slice(1)}: the datapath could not take it (${(e as Error).stack ?? e}): served as plain pass-through`)
+      image = undefined
+    }
+    const fh = this.addFile({ fd, path: p, flags, nowaitRead: true, nowaitWrite: true, image })
     return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
   }
 
@@ -337,12 +365,16 @@ export class StoreFs {
    * the rest goes to the thread pool, so a disk read never blocks the loop.
    */
   read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
-    return transfer(this.file(fh), 'read', buf, len, pos)
+    const f = this.file(fh)
+    if (f.image) return this.datapath!.read(f.image, buf, len, pos)
+    return transfer(f, 'read', buf, len, pos)
   }
 
   /** Writes all of `buf` (a short write only on error after progress); RWF_NOWAIT first, as read. */
   write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
-    return transfer(this.file(fh), 'write', buf, len, pos)
+    const f = this.file(fh)
+    if (f.image) return this.datapath!.write(f.image, buf, len, pos)
+    return transfer(f, 'write', buf, len, pos)
   }
 
   async flush(_fh: number): Promise<void> {
@@ -350,7 +382,9 @@ export class StoreFs {
   }
 
   fsync(fh: number, datasync: number): Promise<void> {
-    const fd = this.file(fh).fd
+    const f = this.file(fh)
+    if (f.image) return f.image.router.fsync()
+    const fd = f.fd
     return new Promise((res, rej) => (datasync ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? rej(err) : res())))
   }
 

@@ -5,6 +5,7 @@
 import fs from 'fs'
 import { BlockClass, className } from './classes'
 import { openImage } from './container'
+import type { OpenOptions } from './container/open'
 import type { VirtualDisk } from './container/types'
 import { IntrospectError } from './errors'
 import { scanExt, type ExtFs } from './fs/ext'
@@ -18,6 +19,8 @@ export interface InspectOptions {
   scan?: boolean
   /** Scan progress: bytes done and total of the file system being scanned. */
   onProgress?: (what: string, done: number, total: number) => void
+  /** Opens the image's files (default: from disk); see OpenOptions.openFile. */
+  openFile?: OpenOptions['openFile']
 }
 
 export interface FsReport {
@@ -82,7 +85,7 @@ export interface Inspection {
 const EXT_CONTENT = new Set(['ext2', 'ext3', 'ext4'])
 
 export async function inspectImage(image: string, opts: InspectOptions = {}): Promise<Inspection> {
-  const disk = await openImage(image, { storeRoot: opts.storeRoot })
+  const disk = await openImage(image, { storeRoot: opts.storeRoot, openFile: opts.openFile })
   try {
     const layout = await readVolumes(disk)
     const filesystems: { volume: Volume; fs: ExtFs }[] = []

@@ -9,7 +9,14 @@
 // exactly one authoritative copy, the SSD store's when it holds a dirty copy
 // (`dirty` mirrors which blocks do), the HDD file's otherwise. A block with a
 // dirty copy is routed as meta-data whatever its class says now, so a stale
-// HDD copy can never win; RAM only ever holds copies of the authority.
+// HDD copy can never win; RAM and clean SSD copies are only ever copies of
+// the authority: a write that goes to the HDD drops them first.
+//
+// Concurrency (all on the Node main thread, but requests interleave at every
+// await): meta-data-routed writes of one block run one at a time (`lock`), so
+// a partial write's read-modify-write never loses a concurrent write; a load
+// or destage that read a block before a write to it landed never caches or
+// cleans what it read (`watch`).
 
 import fs from 'fs'
 import { BlockClass, isMetadata, priorityOf } from '../introspect/classes'
@@ -23,6 +30,31 @@ export interface ClassStats {
   hddReads: number
   writes: number
   redirected: number
+}
+
+export interface RouterCounters {
+  /** Blocks written back to the HDD file. */
+  destaged: number
+  /** Data-routed writes to blocks a later map update made meta-data. */
+  deferred: number
+  /** Blocks that became meta-data after a map update (copied to the SSD store and RAM on first use or preload). */
+  promoted: number
+  /** Class changes applied from map updates. */
+  reclassified: number
+  /** Meta-data writes sent to the HDD because the SSD store could not take them (failed or full). */
+  writeThrough: number
+  /** Meta-data blocks copied in by preload (warm start). */
+  preloaded: number
+}
+
+export interface RouterOptions {
+  /** Whether meta-data writes may go to the SSD store now (false: failed or over its cap). */
+  canRedirect?: () => boolean
+  /**
+   * Called with the new first 4 KiB of the file before any write of them reaches the HDD
+   * file (the image's identity signature follows our own writes); awaited.
+   */
+  onBlockZero?: (bytes: Buffer) => Promise<void>
 }
 
 function pread(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
@@ -50,12 +82,28 @@ async function pwriteFull(fd: number, buf: Buffer, off: number, len: number, pos
   while (done < len) done += await pwrite(fd, buf, off + done, len - done, pos + done)
 }
 
+function fdatasync(fd: number): Promise<void> {
+  return new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())))
+}
+
+/** Data-routed writes remembered for the deferred count (oldest forgotten past this). */
+const RECENT_DATA_MAX = 65536
+
 export class ImageRouter {
   /** Blocks whose authoritative copy is a dirty one in the SSD store. */
   readonly dirty: Set<number>
+  /** Blocks the SSD store holds a copy of (clean or dirty). */
+  readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0 }
   private size: number
-  destaged = 0
+  private readonly locks = new Map<number, Promise<void>>()
+  private readonly watched = new Map<number, { n: number; written: boolean }>()
+  private readonly recentData = new Set<number>()
+  private readonly canRedirect: () => boolean
+  private readonly onBlockZero: ((bytes: Buffer) => Promise<void>) | null
+  /** Last time a guest request arrived (background work yields to guest I/O). */
+  lastGuestIo = 0
 
   constructor(
     private readonly fd: number,
@@ -63,14 +111,23 @@ export class ImageRouter {
     private readonly ram: RamCache,
     private readonly ssd: SsdStore,
     private classOf: (block: number) => BlockClass,
+    opts: RouterOptions = {},
   ) {
     this.size = fs.fstatSync(fd).size
-    this.dirty = new Set(ssd.dirtyBlocks(image))
+    const held = ssd.blocks(image)
+    this.dirty = new Set(held.dirty)
+    this.present = new Set(held.present)
+    this.canRedirect = opts.canRedirect ?? (() => !ssd.failed)
+    this.onBlockZero = opts.onBlockZero ?? null
   }
 
   /** Swaps the class source (a finished scan, a remount). Blocks with dirty copies keep them. */
   setClassifier(classOf: (block: number) => BlockClass): void {
     this.classOf = classOf
+  }
+
+  classOfBlock(b: number): BlockClass {
+    return this.classOf(b)
   }
 
   private stat(cls: BlockClass): ClassStats {
@@ -83,6 +140,46 @@ export class ImageRouter {
     return isMetadata(cls) || this.dirty.has(b)
   }
 
+  private watch(b: number): { n: number; written: boolean } {
+    let w = this.watched.get(b)
+    if (!w) this.watched.set(b, (w = { n: 0, written: false }))
+    w.n++
+    return w
+  }
+
+  private unwatch(b: number, w: { n: number; written: boolean }): void {
+    if (--w.n === 0 && this.watched.get(b) === w) this.watched.delete(b)
+  }
+
+  private touched(b: number): void {
+    const w = this.watched.get(b)
+    if (w) w.written = true
+  }
+
+  /** Runs fn with block b's lock held (meta-data writes and write-backs of one block, one at a time). */
+  private withLock<T>(b: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(b)
+    const run = prev ? prev.then(fn) : fn()
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.locks.set(b, tail)
+    void tail.then(() => {
+      if (this.locks.get(b) === tail) this.locks.delete(b)
+    })
+    return run
+  }
+
+  /** Drops the copies of a block whose authority is (now) the HDD file. */
+  private dropCopies(b: number): void {
+    this.ram.delete(blockKey(this.image, b))
+    if (this.present.has(b) && !this.dirty.has(b)) {
+      this.present.delete(b)
+      if (!this.ssd.failed) this.ssd.delete(this.image, b)
+    }
+  }
+
   /** The current bytes of one meta-data-routed block: RAM, then SSD, then HDD (kept on both). */
   private async loadBlock(b: number, cls: BlockClass, into: Buffer): Promise<void> {
     const key = blockKey(this.image, b)
@@ -91,20 +188,38 @@ export class ImageRouter {
       st.ramHits++
       return
     }
-    const s = this.ssd.get(this.image, b)
-    if (s) {
-      s.data.copy(into, 0, 0, BLOCK)
-      this.ram.set(key, into, priorityOf(cls))
-      st.ssdHits++
-      return
+    if (this.present.has(b)) {
+      const s = this.ssd.get(this.image, b)
+      if (s) {
+        s.data.copy(into, 0, 0, BLOCK)
+        this.ram.set(key, into, priorityOf(cls))
+        st.ssdHits++
+        return
+      }
+      this.present.delete(b)
     }
-    await preadFull(this.fd, into, 0, BLOCK, b * BLOCK)
-    st.hddReads++
-    this.ram.set(key, into, priorityOf(cls))
-    if (isMetadata(cls)) this.ssd.put(this.image, b, into, cls, false)
+    const w = this.watch(b)
+    try {
+      await preadFull(this.fd, into, 0, BLOCK, b * BLOCK)
+      st.hddReads++
+      // A write that landed meanwhile made what we read stale: return it, keep nothing.
+      if (w.written || this.dirty.has(b)) {
+        if (this.dirty.has(b) || this.ram.has(key)) return this.loadBlock(b, cls, into)
+        return
+      }
+      this.ram.set(key, into, priorityOf(cls))
+      if (isMetadata(cls) && this.canRedirect()) {
+        this.ssd.put(this.image, b, into, cls, false)
+        this.present.add(b)
+      }
+    } finally {
+      this.unwatch(b, w)
+    }
   }
 
-  async read(buf: Buffer, len: number, pos: number): Promise<number> {
+  /** `guest` false: the mount's own reads (scans), kept out of the guest's stats and idle clock. */
+  async read(buf: Buffer, len: number, pos: number, guest = true): Promise<number> {
+    if (guest) this.lastGuestIo = Date.now()
     const n = Math.max(0, Math.min(len, this.size - pos))
     if (n === 0) return 0
     let runStart = -1 // data run: first byte position
@@ -114,7 +229,7 @@ export class ImageRouter {
       runLen = 0
       runStart = -1
     }
-    const tmp = Buffer.allocUnsafe(BLOCK)
+    let tmp: Buffer | null = null
     for (let at = pos; at < pos + n; ) {
       const b = Math.floor(at / BLOCK)
       const end = Math.min((b + 1) * BLOCK, pos + n)
@@ -126,6 +241,7 @@ export class ImageRouter {
         this.stat(cls).hddReads++
       } else {
         await flushRun()
+        tmp ??= Buffer.allocUnsafe(BLOCK)
         await this.loadBlock(b, cls, tmp)
         tmp.copy(buf, at - pos, at - b * BLOCK, end - b * BLOCK)
       }
@@ -135,7 +251,17 @@ export class ImageRouter {
     return n
   }
 
+  /** Before bytes of block 0 reach the HDD file: the new first block, for the identity signature. */
+  private async beforeBlockZero(patch: Buffer, patchAt: number): Promise<void> {
+    if (!this.onBlockZero) return
+    const blk = Buffer.alloc(BLOCK)
+    if (patchAt > 0 || patch.length < BLOCK) await preadFull(this.fd, blk, 0, BLOCK, 0)
+    patch.copy(blk, patchAt, 0, Math.min(patch.length, BLOCK - patchAt))
+    await this.onBlockZero(blk)
+  }
+
   async write(buf: Buffer, len: number, pos: number): Promise<number> {
+    this.lastGuestIo = Date.now()
     if (len === 0) return 0
     if (pos + len > this.size) {
       // Grow the HDD file first, so its size is the file's size whichever tier holds the bytes.
@@ -145,11 +271,14 @@ export class ImageRouter {
     let runStart = -1
     let runLen = 0
     const flushRun = async () => {
-      if (runLen) await pwriteFull(this.fd, buf, runStart - pos, runLen, runStart)
+      if (!runLen) return
+      const s = runStart
+      const l = runLen
       runLen = 0
       runStart = -1
+      if (s < BLOCK) await this.beforeBlockZero(buf.subarray(s - pos, s - pos + Math.min(l, BLOCK - s)), s)
+      await pwriteFull(this.fd, buf, s - pos, l, s)
     }
-    const blk = Buffer.allocUnsafe(BLOCK)
     for (let at = pos; at < pos + len; ) {
       const b = Math.floor(at / BLOCK)
       const end = Math.min((b + 1) * BLOCK, pos + len)
@@ -157,18 +286,16 @@ export class ImageRouter {
       const st = this.stat(cls)
       st.writes++
       if (!this.routedAsMeta(b, cls)) {
-        // Data: straight to the HDD; a RAM copy (from an earlier class) must not outlive it.
-        this.ram.delete(blockKey(this.image, b))
+        // Data: straight to the HDD; copies from an earlier class must not outlive it.
+        this.touched(b)
+        this.dropCopies(b)
+        this.rememberData(b)
         if (runLen === 0) runStart = at
         runLen += end - at
       } else {
         await flushRun()
-        if (end - at < BLOCK) await this.loadBlock(b, cls, blk) // a partial write keeps the rest of the block
-        buf.copy(blk, at - b * BLOCK, at - pos, end - pos)
-        this.ram.set(blockKey(this.image, b), blk, priorityOf(cls))
-        this.ssd.put(this.image, b, blk, cls, true)
-        this.dirty.add(b)
-        st.redirected++
+        this.touched(b)
+        await this.withLock(b, () => this.writeMeta(b, cls, buf, at - pos, end - at, at - b * BLOCK))
       }
       at = end
     }
@@ -176,38 +303,144 @@ export class ImageRouter {
     return len
   }
 
-  /** Durability point: the SSD transaction holding every redirected write, and the HDD file, both synced. */
-  async fsync(): Promise<void> {
-    await this.ssd.commit()
-    await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())))
+  private rememberData(b: number): void {
+    this.recentData.delete(b)
+    this.recentData.add(b)
+    if (this.recentData.size > RECENT_DATA_MAX) this.recentData.delete(this.recentData.values().next().value as number)
   }
 
-  /** Writes dirty blocks back to the HDD file in file order (at most `limit`), syncs, then marks them clean. Returns how many. */
+  /** One meta-data-routed block (lock held): redirected to RAM and the SSD store, or written through when it cannot take it. */
+  private async writeMeta(b: number, cls: BlockClass, src: Buffer, srcAt: number, n: number, blkAt: number): Promise<void> {
+    const st = this.stat(cls)
+    const blk = Buffer.allocUnsafe(BLOCK)
+    if (n < BLOCK) await this.loadBlock(b, cls, blk) // a partial write keeps the rest of the block
+    src.copy(blk, blkAt, srcAt, srcAt + n)
+    this.touched(b)
+    const key = blockKey(this.image, b)
+    if (this.canRedirect()) {
+      this.ram.set(key, blk, priorityOf(cls))
+      this.ssd.put(this.image, b, blk, cls, true)
+      this.dirty.add(b)
+      this.present.add(b)
+      st.redirected++
+      return
+    }
+    // Write-through: the whole block to the HDD, which becomes the authority again.
+    if (b === 0) await this.beforeBlockZero(blk, 0)
+    const len = Math.min(BLOCK, this.size - b * BLOCK)
+    await pwriteFull(this.fd, blk, 0, len, b * BLOCK)
+    this.ram.set(key, blk, priorityOf(cls))
+    if (this.dirty.has(b) || this.present.has(b)) {
+      this.dirty.delete(b)
+      this.present.delete(b)
+      if (!this.ssd.failed) this.ssd.delete(this.image, b)
+    }
+    this.counters.writeThrough++
+  }
+
+  /** Durability point: the SSD transaction holding every redirected write, and the HDD file, both synced. */
+  async fsync(): Promise<void> {
+    if (!this.ssd.failed) await this.ssd.commit()
+    await fdatasync(this.fd)
+  }
+
+  /**
+   * Writes dirty blocks back to the HDD file in file order (at most `limit`),
+   * syncs, then marks them clean; a block written again meanwhile stays dirty.
+   * Returns how many were written back.
+   */
   async destage(limit = Infinity): Promise<number> {
     const blocks = [...this.dirty].sort((a, b) => a - b).slice(0, limit)
     if (!blocks.length) return 0
-    for (const b of blocks) {
-      const s = this.ssd.get(this.image, b)
-      if (!s) continue
-      const len = Math.min(BLOCK, this.size - b * BLOCK)
-      if (len > 0) await pwriteFull(this.fd, s.data, 0, len, b * BLOCK)
+    const done: { b: number; w: { n: number; written: boolean } }[] = []
+    try {
+      for (const b of blocks) {
+        const s = this.ssd.get(this.image, b)
+        if (!s || !s.dirty) {
+          this.dirty.delete(b)
+          continue
+        }
+        const w = this.watch(b)
+        done.push({ b, w })
+        const len = Math.min(BLOCK, this.size - b * BLOCK)
+        if (b === 0 && len > 0) await this.beforeBlockZero(s.data, 0)
+        if (len > 0) await pwriteFull(this.fd, s.data, 0, len, b * BLOCK)
+      }
+      await fdatasync(this.fd)
+      let n = 0
+      for (const { b, w } of done) {
+        if (w.written || !this.dirty.has(b)) continue
+        if (!this.ssd.failed) this.ssd.markClean(this.image, b)
+        this.dirty.delete(b)
+        n++
+      }
+      if (!this.ssd.failed) await this.ssd.commit()
+      this.counters.destaged += n
+      return n
+    } finally {
+      for (const { b, w } of done) this.unwatch(b, w)
     }
-    await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())))
-    for (const b of blocks) {
-      this.ssd.markClean(this.image, b)
-      this.dirty.delete(b)
+  }
+
+  /**
+   * The map changed the class of blocks [start, start+count). Blocks becoming
+   * meta-data are promoted (their HDD copy is loaded on first use or by
+   * preload); blocks leaving it drop their clean copies, while dirty ones stay
+   * authoritative until destaged.
+   */
+  reclassified(start: number, count: number, from: BlockClass, to: BlockClass): void {
+    this.counters.reclassified += count
+    const wasMeta = isMetadata(from)
+    const nowMeta = isMetadata(to)
+    for (let b = start; b < start + count; b++) {
+      if (!wasMeta && nowMeta) {
+        this.counters.promoted++
+        if (this.recentData.delete(b)) this.counters.deferred++
+      } else if (wasMeta && !nowMeta && !this.dirty.has(b)) {
+        this.dropCopies(b)
+      }
     }
-    await this.ssd.commit()
-    this.destaged += blocks.length
-    return blocks.length
+  }
+
+  /**
+   * Copies meta-data blocks [start, start+count) in from the HDD file (one read)
+   * into the SSD store and RAM, skipping blocks already held or written
+   * meanwhile. Returns how many were copied.
+   */
+  async preload(start: number, count: number): Promise<number> {
+    const first = start
+    const last = Math.min(start + count, Math.ceil(this.size / BLOCK))
+    if (last <= first || !this.canRedirect()) return 0
+    const ws = new Map<number, { n: number; written: boolean }>()
+    for (let b = first; b < last; b++) ws.set(b, this.watch(b))
+    try {
+      const buf = Buffer.allocUnsafe((last - first) * BLOCK)
+      await preadFull(this.fd, buf, 0, buf.length, first * BLOCK)
+      let n = 0
+      for (let b = first; b < last; b++) {
+        const cls = this.classOf(b)
+        if (!isMetadata(cls) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
+        const blk = buf.subarray((b - first) * BLOCK, (b - first + 1) * BLOCK)
+        this.ssd.put(this.image, b, blk, cls, false)
+        this.present.add(b)
+        this.ram.set(blockKey(this.image, b), blk, priorityOf(cls))
+        n++
+      }
+      this.counters.preloaded += n
+      return n
+    } finally {
+      for (const [b, w] of ws) this.unwatch(b, w)
+    }
   }
 
   /** The file shrank or grew: drop every copy of blocks past the new end; the last partial block is trimmed. */
   async truncate(size: number): Promise<void> {
     const first = Math.ceil(size / BLOCK)
-    this.ssd.truncate(this.image, first)
-    this.ram.dropImage(this.image, first)
+    for (const b of [...this.present]) if (b >= first) this.present.delete(b)
     for (const b of [...this.dirty]) if (b >= first) this.dirty.delete(b)
+    for (const b of this.watched.keys()) if (b >= first) this.touched(b)
+    if (!this.ssd.failed) this.ssd.truncate(this.image, first)
+    this.ram.dropImage(this.image, first)
     const last = Math.floor(size / BLOCK)
     if (size % BLOCK && this.dirty.has(last)) {
       // Bytes past the new end in the last block read as zeros if the file grows again.
@@ -215,13 +448,19 @@ export class ImageRouter {
       this.ssd.get(this.image, last)!.data.copy(blk, 0, 0, size % BLOCK)
       this.ssd.put(this.image, last, blk, this.classOf(last), true)
       this.ram.delete(blockKey(this.image, last))
+      this.touched(last)
     } else if (size % BLOCK) {
       // A clean copy holds the bytes the truncate drops: only the HDD file (which zeroes them) may answer.
-      this.ram.delete(blockKey(this.image, last))
-      if (this.ssd.get(this.image, last)) this.ssd.delete(this.image, last)
+      this.touched(last)
+      this.dropCopies(last)
     }
     fs.ftruncateSync(this.fd, size)
     this.size = size
+  }
+
+  /** The file's size changed outside the router (another handle's write): re-read it. */
+  refreshSize(): void {
+    this.size = fs.fstatSync(this.fd).size
   }
 
   get fileSize(): number {

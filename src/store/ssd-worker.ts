@@ -14,6 +14,8 @@ export type WriteOp =
   | { op: 'image'; id: number; path: string; dev: number; ino: number; size: number; signature: Uint8Array }
   | { op: 'map'; id: number; data: Uint8Array | null }
   | { op: 'forget'; id: number }
+  | { op: 'signature'; id: number; signature: Uint8Array }
+  | { op: 'rename'; id: number; path: string }
 
 export interface Batch {
   seq: number
@@ -32,6 +34,8 @@ const image = db.prepare('INSERT INTO images(id, path, dev, ino, size, signature
 const saveMap = db.prepare('UPDATE images SET map = ? WHERE id = ?')
 const forgetImage = db.prepare('DELETE FROM images WHERE id = ?')
 const forgetBlocks = db.prepare('DELETE FROM blocks WHERE image = ?')
+const signature = db.prepare('UPDATE images SET prev_signature = signature, signature = ? WHERE id = ?')
+const rename = db.prepare('UPDATE images SET path = ? WHERE id = ?')
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
 const apply = db.transaction((ops: WriteOp[]) => {
@@ -42,6 +46,8 @@ const apply = db.transaction((ops: WriteOp[]) => {
     else if (o.op === 'truncate') trunc.run(o.image, o.fromBlock)
     else if (o.op === 'image') image.run(o.id, o.path, o.dev, o.ino, o.size, buf(o.signature))
     else if (o.op === 'map') saveMap.run(o.data ? buf(o.data) : null, o.id)
+    else if (o.op === 'signature') signature.run(buf(o.signature), o.id)
+    else if (o.op === 'rename') rename.run(o.path, o.id)
     else {
       forgetBlocks.run(o.id)
       forgetImage.run(o.id)

@@ -13,7 +13,7 @@ import { PROJECT_ROOT } from '../root'
 import { blockKey } from './ram'
 import type { Batch, WriteOp } from './ssd-worker'
 
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 
 export interface SsdBlock {
   data: Buffer
@@ -65,6 +65,13 @@ export class SsdStore {
   private nextImage = 1
   /** Images registered by this process, by path: the worker may not have written their row yet. */
   private readonly registered = new Map<string, ImageIdentity & { id: number }>()
+  /** Called once when a write transaction fails (disk full, I/O error): the owner stops redirecting. */
+  onFailure: ((e: Error) => void) | null = null
+
+  /** The first write failure, if any: from then on nothing more is written. */
+  get failed(): Error | null {
+    return this.failure
+  }
 
   private constructor(readonly path: string, db: Database.Database, worker: Worker) {
     this.db = db
@@ -75,10 +82,16 @@ export class SsdStore {
     worker.on('message', (m: { seq?: number; error?: string }) => {
       const seq = m.seq
       if (seq === undefined) return
-      if (m.error) this.failure = new SsdError(`SSD store ${this.path}: ${m.error}`)
+      if (m.error) {
+        // The batch was rolled back: its blocks stay in `pending` (readable, and the
+        // only copy of what it held) until the owner writes them elsewhere.
+        this.failure ??= new SsdError(`SSD store ${this.path}: ${m.error}`)
+        this.onFailure?.(this.failure)
+      } else {
+        for (const [k, p] of this.pending) if (p.seq <= seq) this.pending.delete(k)
+        this.pendingTruncates = this.pendingTruncates.filter((t) => t.seq > seq)
+      }
       this.acked = seq
-      for (const [k, p] of this.pending) if (p.seq <= seq) this.pending.delete(k)
-      this.pendingTruncates = this.pendingTruncates.filter((t) => t.seq > seq)
       for (let i = this.waiters.length - 1; i >= 0; i--) {
         const w = this.waiters[i]
         if (w.seq > seq) continue
@@ -89,6 +102,7 @@ export class SsdStore {
     })
     worker.on('error', (e) => {
       this.failure = new SsdError(`SSD store ${this.path}: writer thread failed: ${e.message}`)
+      this.onFailure?.(this.failure)
       for (const w of this.waiters.splice(0)) w.reject(this.failure)
     })
   }
@@ -107,7 +121,7 @@ export class SsdStore {
           cls INTEGER NOT NULL, dirty INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(image, block));
         CREATE INDEX IF NOT EXISTS blocks_dirty ON blocks(image, dirty);
         CREATE TABLE IF NOT EXISTS images(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, dev INTEGER NOT NULL,
-          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB);
+          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB, prev_signature BLOB);
       `)
       const v = db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined
       if (!v) db.prepare("INSERT INTO meta(key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION))
@@ -181,11 +195,11 @@ export class SsdStore {
    * silently applied over a file someone else rewrote.
    */
   registerImage(who: ImageIdentity): { id: number; status: ImageStatus; map: Buffer | null; dirtyBlocks: number } {
-    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, map FROM images WHERE path = ?').get(who.path) as
-      | { id: number; dev: number; ino: number; size: number; signature: Buffer; map: Buffer | null }
+    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, prev_signature AS prev, map FROM images WHERE path = ?').get(who.path) as
+      | { id: number; dev: number; ino: number; size: number; signature: Buffer; prev: Buffer | null; map: Buffer | null }
       | undefined
     const mine = this.registered.get(who.path)
-    const row = mine ? { ...mine, map: stored?.id === mine.id ? stored.map : null } : stored
+    const row = mine ? { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null } : stored
     this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id: row?.id ?? this.nextImage })
     if (!row) {
       const id = this.nextImage++
@@ -193,9 +207,12 @@ export class SsdStore {
       return { id, status: 'new', map: null, dirtyBlocks: 0 }
     }
     const dirty = this.dirtyBlocks(row.id).length
-    const same = row.dev === who.dev && row.ino === who.ino && row.signature.equals(who.signature) && (row.size === who.size || dirty === 0)
+    // The size is not compared: writes past the end grow the file between a crash and the
+    // next mount. The signature follows our own writes of its block (setSignature); the
+    // previous one is accepted too, for a crash between recording it and the write.
+    const same = row.dev === who.dev && row.ino === who.ino && (row.signature.equals(who.signature) || Boolean(row.prev?.equals(who.signature)))
     if (same) {
-      if (row.size !== who.size) this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+      if (row.size !== who.size || !row.signature.equals(who.signature)) this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
       return { id: row.id, status: 'same', map: row.map, dirtyBlocks: dirty }
     }
     if (dirty > 0) return { id: row.id, status: 'conflict', map: null, dirtyBlocks: dirty }
@@ -203,6 +220,63 @@ export class SsdStore {
     this.enqueue({ op: 'map', id: row.id, data: null }, null, null)
     this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
     return { id: row.id, status: 'reset', map: null, dirtyBlocks: 0 }
+  }
+
+  /**
+   * Records the new signature of an image whose signature block we are about to
+   * write to the HDD file; the old one stays accepted until the next change.
+   */
+  setSignature(id: number, signature: Buffer): void {
+    for (const r of this.registered.values()) if (r.id === id) r.signature = Buffer.from(signature)
+    this.enqueue({ op: 'signature', id, signature: Buffer.from(signature) }, null, null)
+  }
+
+  /** The image at `from` is now at `to` (a rename in the store); an image registered at `to` is forgotten first. */
+  renameImage(from: string, to: string): void {
+    const target = this.imageId(to)
+    if (target !== null) this.forgetImage(target)
+    const id = this.imageId(from)
+    if (id === null) return
+    const r = this.registered.get(from)
+    this.registered.delete(from)
+    if (r) this.registered.set(to, { ...r, path: to })
+    this.enqueue({ op: 'rename', id, path: to }, null, null)
+  }
+
+  /** The id an image path is registered under (this process or a previous one), or null. */
+  imageId(p: string): number | null {
+    const mine = this.registered.get(p)
+    if (mine) return mine.id
+    const row = this.db.prepare('SELECT id FROM images WHERE path = ?').get(p) as { id: number } | undefined
+    return row?.id ?? null
+  }
+
+  /** Every registered image: path, id and how many dirty blocks it has. */
+  images(): { id: number; path: string; dirtyBlocks: number }[] {
+    const rows = this.db.prepare('SELECT id, path FROM images ORDER BY path').all() as { id: number; path: string }[]
+    return rows.map((r) => ({ ...r, dirtyBlocks: this.dirtyBlocks(r.id).length }))
+  }
+
+  /** Blocks of an image the store holds (committed and pending), and which of them are dirty. */
+  blocks(image: number): { present: number[]; dirty: number[] } {
+    const rows = this.db.prepare('SELECT block, dirty FROM blocks WHERE image = ?').all(image) as { block: number; dirty: number }[]
+    const present = new Map<number, boolean>()
+    for (const r of rows) if (!this.pendingTruncates.some((t) => t.image === image && r.block >= t.fromBlock)) present.set(r.block, r.dirty !== 0)
+    for (const [k, p] of this.pending) {
+      if (Math.floor(k / 0x1_0000_0000) !== image) continue
+      const b = k % 0x1_0000_0000
+      if (p.block) present.set(b, p.block.dirty)
+      else present.delete(b)
+    }
+    const all = [...present.keys()].sort((a, b) => a - b)
+    return { present: all, dirty: all.filter((b) => present.get(b)) }
+  }
+
+  /** Takes the image's current identity as its own (after `recover --apply` made them agree). */
+  adoptIdentity(id: number, who: ImageIdentity): void {
+    for (const [p, r] of this.registered) if (r.id === id) this.registered.delete(p)
+    this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+    this.enqueue({ op: 'signature', id, signature: Buffer.from(who.signature) }, null, null)
   }
 
   /** Keeps an image's serialised map (ExtentMap.serialize) for the next mount. */

@@ -38,7 +38,9 @@ export async function waitFor(cond: () => boolean, ms = 20_000, what = 'conditio
 export async function mount(store: string, mnt: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Mounted> {
   fs.mkdirSync(mnt, { recursive: true })
   let out = ''
-  const proc = spawn(process.execPath, [CLI, '-f', ...args, store, mnt], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  // The SSD store's default home: beside the test's store, not /var/lib.
+  const state = { VMDI_STATE_DIR: path.join(path.dirname(path.resolve(store)), 'state') }
+  const proc = spawn(process.execPath, [CLI, '-f', ...args, store, mnt], { env: { ...process.env, ...state, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   proc.stdout!.on('data', (d) => (out += d))
   proc.stderr!.on('data', (d) => (out += d))
   const exited = new Promise<number | null>((res) => proc.on('exit', (code) => res(code)))

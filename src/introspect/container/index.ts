@@ -12,5 +12,5 @@ registerContainer(vdiFormat)
 registerContainer(vhdFormat)
 registerContainer(rawFormat)
 
-export { openImage, MAX_CHAIN } from './open'
+export { openImage, probeImage, MAX_CHAIN } from './open'
 export type { ContainerFormat, ContainerRegion, FileLocation, GuestMapping, GuestRange, VirtualDisk } from './types'

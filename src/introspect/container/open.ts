@@ -14,7 +14,15 @@ export const MAX_CHAIN = 32
 export interface OpenOptions {
   /** Directory every extent and parent file must resolve inside (realpath). Default: the image's own directory. */
   storeRoot?: string
+  /**
+   * Opens a file of the image (the image itself, extents, parents) for reading.
+   * Default: the file on disk. The mount passes its own router for images it
+   * serves, so parsers see the current bytes (redirected writes included).
+   */
+  openFile?: (p: string) => Promise<DiskFile>
 }
+
+const openPlain = (p: string): Promise<DiskFile> => FileReader.open(p)
 
 export interface OpenContext {
   readonly storeRoot: string
@@ -43,11 +51,11 @@ function isInside(root: string, p: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))
 }
 
-function makeContext(storeRoot: string, chain: string[], modules: readonly ContainerModule[]): OpenContext {
+function makeContext(storeRoot: string, chain: string[], modules: readonly ContainerModule[], openFile: (p: string) => Promise<DiskFile>): OpenContext {
   return {
     storeRoot,
     chain,
-    openFile: (p) => FileReader.open(p),
+    openFile,
     resolveRelated(from, candidates, what, structure, offset) {
       const base = path.dirname(from)
       let outside: string | undefined
@@ -86,7 +94,7 @@ function makeContext(storeRoot: string, chain: string[], modules: readonly Conta
       if (chain.length >= MAX_CHAIN) {
         throw new CorruptError(`backing chain is deeper than ${MAX_CHAIN} images`, { file: chain[chain.length - 1], structure: 'parent' })
       }
-      return openWith(p, storeRoot, [...chain, p], modules, true)
+      return openWith(p, storeRoot, [...chain, p], modules, true, openFile)
     },
   }
 }
@@ -97,12 +105,13 @@ async function openWith(
   chain: string[],
   modules: readonly ContainerModule[],
   asParent: boolean,
+  openFile: (p: string) => Promise<DiskFile>,
 ): Promise<VirtualDisk> {
-  const file = await FileReader.open(p)
+  const file = await openFile(p)
   try {
     const head = await file.read(0, Math.min(file.size, 65536))
     for (const m of modules) {
-      if (await m.probe(head, file)) return await m.open(file, makeContext(storeRoot, chain, modules))
+      if (await m.probe(head, file)) return await m.open(file, makeContext(storeRoot, chain, modules, openFile))
     }
     throw new NotThisFormatError(asParent ? 'the parent image is not a disk image' : 'not a disk image: no container header, partition table or file system found', {
       file: p,
@@ -125,5 +134,20 @@ export async function openImage(p: string, opts: OpenOptions = {}): Promise<Virt
   const real = fs.realpathSync(p)
   const root = fs.realpathSync(opts.storeRoot ?? path.dirname(real))
   if (!isInside(root, real)) throw new CorruptError(`image is outside the store ${root}`, { file: real })
-  return openWith(real, root, [real], registry, false)
+  return openWith(real, root, [real], registry, false, opts.openFile ?? openPlain)
+}
+
+/**
+ * Whether a file is a disk image by content (the probe chain only, no tables
+ * read): the format name, or null. I/O errors are thrown.
+ */
+export async function probeImage(p: string): Promise<string | null> {
+  const file = await FileReader.open(p)
+  try {
+    const head = await file.read(0, Math.min(file.size, 65536))
+    for (const m of registry) if (await m.probe(head, file)) return m.format
+    return null
+  } finally {
+    await file.close().catch(() => undefined)
+  }
 }

@@ -1,0 +1,688 @@
+// The datapath of a mount (issue 5): which files are images, their routers,
+// background introspection, the live map, destage, warm start and stats.
+// One RAM cache and one SSD store serve every image of the mount.
+//
+// Life of an image: the first open of a file that probes as a disk image (or
+// that the SSD store already knows) attaches it: an own read-write fd, a
+// registration in the SSD store by identity, and a router that handles every
+// block as data (except blocks with dirty copies) until the map is ready. The
+// scan runs in the background through the router itself (it sees redirected
+// writes). Writes that touch meta-data blocks first feed the live map
+// (container applyWrite, ext update) and are then routed under the new
+// classes. The image stays attached after its last close (the map stays warm);
+// that last close starts a full destage so the HDD file is whole while no VM
+// has it open.
+
+import crypto from 'crypto'
+import fs from 'fs'
+import path from 'path'
+import { BlockClass, className, isMetadata, priorityOf } from '../introspect/classes'
+import { probeImage } from '../introspect/container'
+import type { DiskFile } from '../introspect/container/disk'
+import { IntrospectError, IntrospectIOError } from '../introspect/errors'
+import { inspectImage, type Inspection } from '../introspect/inspect'
+import { ExtentMap } from '../introspect/map/extent-map'
+import { FileReader } from '../introspect/reader'
+import { log } from '../log'
+import { sys } from '../native/sys'
+import { BLOCK, RamCache } from '../store/ram'
+import { SsdStore } from '../store/ssd'
+import { ImageRouter, type ClassStats, type RouterCounters } from './router'
+
+export interface DatapathOptions {
+  /** Real path of the store directory. */
+  storeRoot: string
+  ramBytes: number
+  ssdPath: string
+  /** Cap of the SSD store in bytes (blocks held, clean and dirty). */
+  ssdMaxBytes: number
+  /** Globs (relative to the store) of files never introspected. */
+  exclude: string[]
+  /** Background destage: blocks per tick, tick interval, and how long guest I/O must have paused. */
+  destageBlocks?: number
+  destageIntervalMs?: number
+  destageIdleMs?: number
+}
+
+/** Files smaller than this are never taken for disk images. */
+export const MIN_IMAGE_BYTES = 1 << 20
+/** The extended attribute a VM's owner sets to keep an image out of introspection. */
+export const OPT_OUT_XATTR = 'user.vmdi.introspect'
+/** Scans retried when the guest wrote meta-data while they ran. */
+const MAX_SCAN_TRIES = 3
+/** Blocks written during a scan remembered for the retry decision (past this: retry). */
+const MAX_SCAN_WRITES = 1 << 16
+/** Largest preload read. */
+const PRELOAD_RUN = 256
+
+export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'
+
+export class ImageRefused extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ImageRefused'
+  }
+}
+
+export interface ImageEntry {
+  /** Path relative to the store. */
+  rel: string
+  abs: string
+  key: string
+  fd: number
+  id: number
+  router: ImageRouter
+  opens: number
+  map: ExtentMap
+  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number }
+  ins: Inspection | null
+  /** Writes feeding the live map, one at a time. */
+  updating: Promise<void>
+  /** File blocks written while a scan runs (null: no scan running). */
+  scanWrites: Set<number> | null
+  unlinked: boolean
+  closing: boolean
+}
+
+function globToRegExp(glob: string): RegExp {
+  let re = ''
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]
+    if (c === '*') {
+      if (glob[i + 1] === '*') {
+        re += '.*'
+        i++
+        if (glob[i + 1] === '/') i++
+      } else re += '[^/]*'
+    } else if (c === '?') re += '[^/]'
+    else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&')
+  }
+  return new RegExp(`^${re}$`)
+}
+
+export function parseSize(v: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?$/i.exec(v.trim())
+  if (!m) throw new Error(`${what} "${v}" is not a size: write e.g. 512M, 4G or 1073741824`)
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't']
+  return Math.floor(Number(m[1]) * mult)
+}
+
+export class Datapath {
+  readonly ram: RamCache
+  readonly ssd: SsdStore
+  private readonly byKey = new Map<string, ImageEntry>()
+  private readonly exclude: RegExp[]
+  private readonly capBlocks: number
+  private scanQueue: Promise<void> = Promise.resolve()
+  private timer: NodeJS.Timeout | null = null
+  private closed = false
+  private destaging = false
+  /** Images refused at attach (identity conflict), by real path: the message. */
+  readonly refused = new Map<string, string>()
+
+  constructor(private readonly opts: DatapathOptions) {
+    this.ram = new RamCache(opts.ramBytes)
+    this.ssd = SsdStore.open(opts.ssdPath)
+    this.capBlocks = Math.floor(opts.ssdMaxBytes / BLOCK)
+    this.exclude = opts.exclude.map(globToRegExp)
+    this.ssd.onFailure = (e) => void this.ssdFailed(e)
+    this.timer = setInterval(() => void this.tick(), opts.destageIntervalMs ?? 250)
+    this.timer.unref()
+  }
+
+  images(): ImageEntry[] {
+    return [...this.byKey.values()]
+  }
+
+  private heldBlocks(): number {
+    let n = 0
+    for (const e of this.byKey.values()) n += e.router.present.size
+    return n
+  }
+
+  private dirtyTotal(): number {
+    let n = 0
+    for (const e of this.byKey.values()) n += e.router.dirty.size
+    return n
+  }
+
+  /** Meta-data writes may be redirected: the store works and its dirty blocks are under the cap. */
+  private canRedirect(): boolean {
+    return !this.ssd.failed && !this.closed && this.dirtyTotal() < this.capBlocks
+  }
+
+  private excluded(rel: string): boolean {
+    return this.exclude.some((r) => r.test(rel))
+  }
+
+  /**
+   * Called on every open of a regular file of the store: the image entry that
+   * serves it, or null for plain pass-through. Throws ImageRefused for an
+   * image in conflict with the store.
+   */
+  async attach(rel: string, abs: string): Promise<ImageEntry | null> {
+    if (this.closed) return null
+    let st: fs.Stats
+    try {
+      st = fs.lstatSync(abs)
+    } catch {
+      return null
+    }
+    if (!st.isFile()) return null
+    const key = `${st.dev}:${st.ino}`
+    const known = this.byKey.get(key)
+    if (known && !known.unlinked) {
+      known.opens++
+      return known
+    }
+    if (this.refused.has(abs)) throw new ImageRefused(this.refused.get(abs)!)
+    if (this.excluded(rel)) return null
+    const storedId = this.ssd.imageId(abs)
+    if (storedId === null) {
+      if (st.size < MIN_IMAGE_BYTES || optedOut(abs)) return null
+      let format: string | null
+      try {
+        format = await probeImage(abs)
+      } catch (e) {
+        log.warn(`image ${rel}: probe failed (${(e as Error).message}): served as plain pass-through`)
+        return null
+      }
+      if (!format) return null
+    } else if (optedOut(abs)) {
+      log.info(`image ${rel}: ${OPT_OUT_XATTR}=off, but the SSD store holds blocks of it: served through the datapath until they are destaged`)
+    }
+    // Another open may have attached it while we probed.
+    const again = this.byKey.get(key)
+    if (again && !again.unlinked) {
+      again.opens++
+      return again
+    }
+    let fd: number
+    try {
+      fd = fs.openSync(abs, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW)
+    } catch (e) {
+      log.warn(`image ${rel}: cannot open it read-write for the datapath (${(e as Error).message}): served as plain pass-through`)
+      return null
+    }
+    const head = Buffer.alloc(BLOCK)
+    fs.readSync(fd, head, 0, BLOCK, 0)
+    const reg = this.ssd.registerImage({ path: abs, dev: st.dev, ino: st.ino, size: st.size, signature: signatureOf(head) })
+    if (reg.status === 'conflict') {
+      fs.closeSync(fd)
+      const msg =
+        `image ${rel} changed on the HDD behind the SSD store's back while the store holds ${reg.dirtyBlocks} unwritten block(s) of it; ` +
+        `refused until resolved: unmount, then run "vmdi-fuse recover --apply ${abs}" (write the store's blocks over it) or "vmdi-fuse recover --discard ${abs}" (drop them), with --ssd ${this.opts.ssdPath}`
+      this.refused.set(abs, msg)
+      log.error(msg)
+      throw new ImageRefused(msg)
+    }
+    let map = new ExtentMap()
+    if (reg.map) {
+      try {
+        map = ExtentMap.deserialize(reg.map).map
+      } catch (e) {
+        log.warn(`image ${rel}: saved map unreadable (${(e as Error).message}): scanning afresh`)
+      }
+    }
+    const entry: ImageEntry = {
+      rel,
+      abs,
+      key,
+      fd,
+      id: reg.id,
+      router: null as unknown as ImageRouter,
+      opens: 1,
+      map,
+      scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0 },
+      ins: null,
+      updating: Promise.resolve(),
+      scanWrites: null,
+      unlinked: false,
+      closing: false,
+    }
+    entry.router = new ImageRouter(fd, reg.id, this.ram, this.ssd, (b) => entry.map.classOf(b), {
+      canRedirect: () => this.canRedirect(),
+      onBlockZero: async (bytes) => {
+        this.ssd.setSignature(entry.id, signatureOf(bytes))
+        if (!this.ssd.failed) await this.ssd.commit()
+      },
+    })
+    this.byKey.set(key, entry)
+    log.info(
+      `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
+        `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
+    )
+    this.scanQueue = this.scanQueue.then(() => this.scan(entry))
+    return entry
+  }
+
+  /** The scan queue is idle (tests, stats). */
+  idle(): Promise<void> {
+    return this.scanQueue
+  }
+
+  private openFor(entry: ImageEntry) {
+    return async (p: string): Promise<DiskFile> => (p === entry.abs ? new RouterFile(entry, () => this.closed) : FileReader.open(p))
+  }
+
+  private async scan(entry: ImageEntry): Promise<void> {
+    if (this.closed || entry.unlinked) return
+    const t0 = Date.now()
+    entry.scan.state = 'running'
+    for (;;) {
+      entry.scan.tries++
+      entry.scanWrites = new Set()
+      let ins: Inspection
+      try {
+        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry) })
+      } catch (e) {
+        entry.scanWrites = null
+        entry.scan.state = 'failed'
+        entry.scan.ms = Date.now() - t0
+        entry.scan.error = (e as Error).message
+        entry.map = new ExtentMap()
+        const why = e instanceof IntrospectError ? e.message : `unexpected error: ${(e as Error).stack ?? e}`
+        log.warn(`image ${entry.rel}: not introspected, every block handled as data: ${why}`)
+        return
+      }
+      const fileMap = ins.fileMaps?.find((m) => m.path === entry.abs)?.map ?? new ExtentMap()
+      const writes = entry.scanWrites
+      entry.scanWrites = null
+      const raced = writes.size >= MAX_SCAN_WRITES || [...writes].some((b) => isMetadata(fileMap.classOf(b)) || isMetadata(entry.map.classOf(b)))
+      if (raced && entry.scan.tries < MAX_SCAN_TRIES && !this.closed) {
+        await ins.close().catch(() => undefined)
+        log.info(`image ${entry.rel}: the guest wrote meta-data during the scan: scanning again`)
+        continue
+      }
+      // Blocks that stopped being meta-data since the saved map lose their clean copies.
+      for (const [s, c, cls] of entry.map.runs()) {
+        for (let b = s; b < s + c; b++) if (!isMetadata(fileMap.classOf(b))) entry.router.reclassified(b, 1, cls, BlockClass.Data)
+      }
+      await entry.ins?.close().catch(() => undefined)
+      entry.map = fileMap
+      entry.ins = ins
+      entry.scan.state = 'done'
+      entry.scan.ms = Date.now() - t0
+      entry.scan.format = `${ins.report.format}/${ins.report.subformat}`
+      entry.scan.mapBytes = fileMap.memoryBytes()
+      if (raced) log.warn(`image ${entry.rel}: the guest kept writing meta-data during ${MAX_SCAN_TRIES} scans: the map may miss some of it until those blocks are written again`)
+      const meta = [...fileMap.countByClass().values()].reduce((a, n) => a + n, 0)
+      log.info(
+        `image ${entry.rel}: scanned in ${entry.scan.ms} ms (${entry.scan.format}, ${ins.report.partitions.length} volume(s), ` +
+          `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s) of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
+      )
+      if (!this.ssd.failed) this.ssd.saveMap(entry.id, fileMap.serialize(BLOCK))
+      await this.preload(entry)
+      return
+    }
+  }
+
+  /** Warm start: the meta-data blocks go to the SSD store (and RAM within budget) once, in file order. */
+  private async preload(entry: ImageEntry): Promise<void> {
+    for (const [s, c] of entry.map.runs()) {
+      for (let b = s; b < s + c; b += PRELOAD_RUN) {
+        if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
+        await entry.router.preload(b, Math.min(PRELOAD_RUN, s + c - b))
+      }
+    }
+  }
+
+  // --- the request path ------------------------------------------------------
+
+  read(entry: ImageEntry, buf: Buffer, len: number, pos: number): Promise<number> {
+    return entry.router.read(buf, len, pos)
+  }
+
+  async write(entry: ImageEntry, buf: Buffer, len: number, pos: number): Promise<number> {
+    const first = Math.floor(pos / BLOCK)
+    const last = Math.floor((pos + len - 1) / BLOCK)
+    if (entry.scanWrites) for (let b = first; b <= last && entry.scanWrites.size < MAX_SCAN_WRITES; b++) entry.scanWrites.add(b)
+    if (entry.ins && len > 0) {
+      let touchesMeta = false
+      for (let b = first; b <= last && !touchesMeta; b++) touchesMeta = isMetadata(entry.map.classOf(b))
+      if (touchesMeta) {
+        // The live map learns from the write before it lands (it diffs against the current bytes).
+        const bytes = Buffer.from(buf.subarray(0, len))
+        const run = entry.updating.then(() => this.learn(entry, pos, bytes))
+        entry.updating = run.catch(() => undefined)
+        await run.catch((e) => log.warn(`image ${entry.rel}: live map update at byte ${pos} failed: ${(e as Error).message}`))
+      }
+    }
+    return entry.router.write(buf, len, pos)
+  }
+
+  /** The map changes a write implies: container tables, then each ext file system it touches. */
+  private async learn(entry: ImageEntry, pos: number, bytes: Buffer): Promise<void> {
+    const ins = entry.ins
+    if (!ins) return
+    const touched = new Set<number>()
+    const fileBlocksOfGuest = (g: number, n: number) => {
+      for (let at = g; at < g + n; ) {
+        const m = ins.disk.mapGuest(at)
+        const k = Math.min(m.length, g + n - at)
+        if (m.kind === 'data' && m.file === 0) {
+          for (let b = Math.floor(m.fileOffset / BLOCK); b <= Math.floor((m.fileOffset + k - 1) / BLOCK); b++) touched.add(b)
+        }
+        at += Math.max(1, k)
+      }
+    }
+    try {
+      for (const r of await ins.disk.applyWrite(0, pos, bytes)) fileBlocksOfGuest(r.offset, r.length)
+    } catch (e) {
+      log.warn(`image ${entry.rel}: container table write at byte ${pos} not understood (${(e as Error).message}): map left as it was`)
+    }
+    // Guest ranges this write covers, and the file systems that hold them.
+    for (let at = pos; at < pos + bytes.length; ) {
+      const loc = ins.disk.locate(0, at)
+      const n = Math.max(1, Math.min(loc.length, pos + bytes.length - at))
+      if (loc.kind === 'guest') {
+        for (const { volume, fs: efs } of ins.filesystems) {
+          const bs = efs.info.blockSize
+          for (const seg of volume.segments) {
+            const lo = Math.max(loc.guestOffset, seg.diskOffset)
+            const hi = Math.min(loc.guestOffset + n, seg.diskOffset + seg.length)
+            if (hi <= lo) continue
+            const vlo = seg.volumeOffset + (lo - seg.diskOffset)
+            const vhi = seg.volumeOffset + (hi - seg.diskOffset)
+            const fb0 = Math.floor(vlo / bs)
+            const fb1 = Math.ceil(vhi / bs)
+            // Whole fs blocks: the write's bytes over the current ones (read before the write lands).
+            const whole = Buffer.from(await volumeRead(ins, volume, fb0 * bs, (fb1 - fb0) * bs))
+            bytes.copy(whole, vlo - fb0 * bs, at - pos + (lo - loc.guestOffset), at - pos + (hi - loc.guestOffset))
+            for (const ch of await efs.update(fb0, whole)) {
+              for (const s2 of volume.segments) {
+                const clo = Math.max(ch.fsBlock * bs, s2.volumeOffset)
+                const chi = Math.min((ch.fsBlock + ch.count) * bs, s2.volumeOffset + s2.length)
+                if (chi > clo) fileBlocksOfGuest(s2.diskOffset + (clo - s2.volumeOffset), chi - clo)
+              }
+            }
+          }
+        }
+      }
+      at += n
+    }
+    for (const b of touched) {
+      const from = entry.map.classOf(b)
+      const to = fileBlockClass(ins, b)
+      if (from === to) continue
+      entry.map.set(b, 1, to)
+      entry.router.reclassified(b, 1, from, to)
+    }
+  }
+
+  // --- names and sizes ---------------------------------------------------------
+
+  release(entry: ImageEntry): void {
+    entry.opens = Math.max(0, entry.opens - 1)
+    if (entry.opens > 0 || this.closed) return
+    if (entry.unlinked) {
+      void this.forget(entry)
+      return
+    }
+    // No VM has it open: make the HDD file whole in the background.
+    void this.destageAll(entry).catch((e) => log.error(`image ${entry.rel}: destage after the last close failed: ${(e as Error).message}`))
+  }
+
+  entryForPath(abs: string): ImageEntry | null {
+    for (const e of this.byKey.values()) if (e.abs === abs && !e.unlinked) return e
+    return null
+  }
+
+  async truncated(abs: string, size: number): Promise<boolean> {
+    const e = this.entryForPath(abs)
+    if (e) {
+      await e.router.truncate(size)
+      return true
+    }
+    const id = this.ssd.imageId(abs)
+    if (id !== null) this.ssd.truncate(id, Math.ceil(size / BLOCK))
+    return false
+  }
+
+  /** A store path was unlinked (or replaced by a rename): its image forgets its blocks once closed. */
+  unlinked(abs: string): void {
+    const e = this.entryForPath(abs)
+    if (e) {
+      e.unlinked = true
+      this.refused.delete(abs)
+      if (e.opens === 0) void this.forget(e)
+      return
+    }
+    this.refused.delete(abs)
+    const id = this.ssd.imageId(abs)
+    if (id !== null) this.ssd.forgetImage(id)
+  }
+
+  renamed(fromAbs: string, toAbs: string, toRel: string): void {
+    this.unlinked(toAbs)
+    const e = this.entryForPath(fromAbs)
+    this.ssd.renameImage(fromAbs, toAbs)
+    if (e) {
+      e.abs = toAbs
+      e.rel = toRel
+    }
+    const msg = this.refused.get(fromAbs)
+    if (msg) {
+      this.refused.delete(fromAbs)
+      this.refused.set(toAbs, msg)
+    }
+  }
+
+  private async forget(e: ImageEntry): Promise<void> {
+    this.byKey.delete(e.key)
+    await e.updating
+    this.ram.dropImage(e.router.image)
+    this.ssd.forgetImage(e.id)
+    await e.ins?.close().catch(() => undefined)
+    fs.close(e.fd, () => undefined)
+    log.info(`image ${e.rel}: unlinked: its blocks and map are forgotten`)
+  }
+
+  // --- destage -----------------------------------------------------------------
+
+  /** Every dirty block of an image back to the HDD file. Returns how many. */
+  async destageAll(e: ImageEntry): Promise<number> {
+    let n = 0
+    for (;;) {
+      const k = await e.router.destage(4096)
+      if (!k) break
+      n += k
+    }
+    return n
+  }
+
+  /** Background work: rate-limited destage while guests pause, the SSD cap. */
+  private async tick(): Promise<void> {
+    if (this.destaging || this.closed) return
+    this.destaging = true
+    try {
+      const now = Date.now()
+      const pressing = this.dirtyTotal() >= this.capBlocks * 0.8
+      for (const e of this.byKey.values()) {
+        if (!e.router.dirty.size) continue
+        if (!pressing && now - e.router.lastGuestIo < (this.opts.destageIdleMs ?? 200)) continue
+        await e.router.destage(this.opts.destageBlocks ?? 256)
+      }
+      if (this.heldBlocks() > this.capBlocks) this.evictClean(this.heldBlocks() - Math.floor(this.capBlocks * 0.9))
+    } catch (e) {
+      log.error(`background destage failed: ${(e as Error).message}`)
+    } finally {
+      this.destaging = false
+    }
+  }
+
+  /** Drops clean SSD copies, lowest class priority first, until `n` are gone. */
+  private evictClean(n: number): void {
+    for (let p = 0; p <= 4 && n > 0; p++) {
+      for (const e of this.byKey.values()) {
+        for (const b of [...e.router.present]) {
+          if (n <= 0) break
+          if (e.router.dirty.has(b) || priorityOf(e.map.classOf(b)) !== p) continue
+          e.router.present.delete(b)
+          this.ssd.delete(e.router.image, b)
+          n--
+        }
+      }
+    }
+  }
+
+  /** The SSD store failed: stop redirecting; what it could not take goes to the HDD files. */
+  private async ssdFailed(err: Error): Promise<void> {
+    log.error(`${err.message}: meta-data writes now go to the HDD; unwritten blocks are written there`)
+    for (const e of this.byKey.values()) {
+      try {
+        await e.router.destage(Infinity)
+      } catch (x) {
+        log.error(`image ${e.rel}: writing its SSD-held blocks to the HDD after the store failed: ${(x as Error).message}`)
+      }
+    }
+  }
+
+  /** `vmdi-fuse destage`: every image, or those whose relative path is `rel`. */
+  async destageCommand(rel?: string): Promise<{ path: string; blocks: number }[]> {
+    const out: { path: string; blocks: number }[] = []
+    const list = this.images().filter((e) => !rel || e.rel === rel.replace(/^\/+/, ''))
+    if (rel && !list.length) throw new Error(`no image ${rel} is attached to this mount (vmdi-fuse stats lists them)`)
+    for (const e of list) out.push({ path: e.rel, blocks: await this.destageAll(e) })
+    return out
+  }
+
+  stats(): DatapathStats {
+    return {
+      ram: { ...this.ram.stats, bytes: this.ram.capacity * BLOCK },
+      ssd: { path: this.opts.ssdPath, heldBlocks: this.heldBlocks(), capBlocks: this.capBlocks, dirtyBlocks: this.dirtyTotal(), failed: this.ssd.failed?.message ?? null },
+      images: this.images().map((e) => ({
+        path: e.rel,
+        scan: { ...e.scan },
+        fileBytes: e.router.fileSize,
+        dirtyBlocks: e.router.dirty.size,
+        ssdBlocks: e.router.present.size,
+        ...e.router.counters,
+        classes: Object.fromEntries([...e.router.stats].sort((a, b) => a[0] - b[0]).map(([c, s]) => [className(c), { ...s }])),
+        mapClasses: Object.fromEntries([...e.map.countByClass()].sort((a, b) => a[0] - b[0]).map(([c, n]) => [className(c), n])),
+      })),
+      refused: [...this.refused.keys()].map((p) => path.relative(this.opts.storeRoot, p)),
+    }
+  }
+
+  /** Clean unmount: wait for scans and map updates, destage everything, save maps, close. */
+  async close(): Promise<void> {
+    this.closed = true
+    if (this.timer) clearInterval(this.timer)
+    await this.scanQueue.catch(() => undefined)
+    for (const e of this.byKey.values()) {
+      await e.updating
+      try {
+        const n = await this.destageAll(e)
+        if (n) log.info(`image ${e.rel}: ${n} block(s) destaged at unmount`)
+        if (e.scan.state === 'done' && !this.ssd.failed) this.ssd.saveMap(e.id, e.map.serialize(BLOCK))
+      } catch (x) {
+        log.error(`image ${e.rel}: destage at unmount failed: ${(x as Error).message}; the SSD store keeps its blocks for the next mount`)
+      }
+      await e.ins?.close().catch(() => undefined)
+      fs.closeSync(e.fd)
+    }
+    await this.ssd.close()
+  }
+}
+
+export interface DatapathStats {
+  ram: { hits: number; misses: number; evictions: number; blocks: number; capacity: number; bytes: number }
+  ssd: { path: string; heldBlocks: number; capBlocks: number; dirtyBlocks: number; failed: string | null }
+  images: ({
+    path: string
+    scan: ImageEntry['scan']
+    fileBytes: number
+    dirtyBlocks: number
+    ssdBlocks: number
+    classes: Record<string, ClassStats>
+    mapClasses: Record<string, number>
+  } & RouterCounters)[]
+  refused: string[]
+}
+
+function signatureOf(block0: Buffer): Buffer {
+  return crypto.createHash('sha256').update(block0).digest()
+}
+
+function optedOut(abs: string): boolean {
+  try {
+    const v = sys().lgetxattr(abs, OPT_OUT_XATTR)
+    return typeof v !== 'number' && /^(off|no|0|false)$/i.test(v.toString('utf8').trim())
+  } catch {
+    return false
+  }
+}
+
+async function volumeRead(ins: Inspection, volume: Inspection['layout']['volumes'][number], offset: number, length: number): Promise<Buffer> {
+  const out = Buffer.alloc(length)
+  for (const s of volume.segments) {
+    const lo = Math.max(offset, s.volumeOffset)
+    const hi = Math.min(offset + length, s.volumeOffset + s.length)
+    if (hi > lo) (await ins.disk.read(s.diskOffset + (lo - s.volumeOffset), hi - lo)).copy(out, lo - offset)
+  }
+  return out
+}
+
+/** The class of 4 KiB block b of the image file: the highest-priority meta-data class of any byte in it, else data. */
+export function fileBlockClass(ins: Inspection, b: number): BlockClass {
+  let best = BlockClass.Data
+  const better = (c: BlockClass) => {
+    if (isMetadata(c) && (!isMetadata(best) || priorityOf(c) > priorityOf(best))) best = c
+  }
+  const end = (b + 1) * BLOCK
+  for (let at = b * BLOCK; at < end; ) {
+    const loc = ins.disk.locate(0, at)
+    const n = Math.max(1, Math.min(loc.length, end - at))
+    if (loc.kind === 'container') better(BlockClass.Container)
+    else if (loc.kind === 'guest' || loc.kind === 'compressed') {
+      const g = loc.guestOffset
+      for (const r of ins.layout.regions) if (r.offset < g + n && g < r.offset + r.length) better(BlockClass.PartitionTable)
+      for (const { volume, fs: efs } of ins.filesystems) {
+        const bs = efs.info.blockSize
+        for (const s of volume.segments) {
+          const lo = Math.max(g, s.diskOffset)
+          const hi = Math.min(g + n, s.diskOffset + s.length)
+          if (hi <= lo) continue
+          const f0 = Math.floor((s.volumeOffset + lo - s.diskOffset) / bs)
+          const f1 = Math.ceil((s.volumeOffset + hi - s.diskOffset) / bs)
+          for (const [, , cls] of efs.map.runsIn(f0, f1 - f0)) better(cls)
+        }
+      }
+    }
+    at += n
+  }
+  return best
+}
+
+/** A DiskFile over the image's router: parsers see the current bytes, redirected writes included. */
+class RouterFile implements DiskFile {
+  bytesRead = 0
+  readonly name: string
+  constructor(private readonly entry: ImageEntry, private readonly stopped: () => boolean) {
+    this.name = entry.abs
+  }
+  get size(): number {
+    return this.entry.router.fileSize
+  }
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (this.stopped()) throw new IntrospectIOError('the mount is shutting down', { file: this.name, offset })
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new IntrospectIOError(`read of ${length} bytes at ${offset} is outside 0..${this.size}`, { file: this.name, offset })
+    }
+    const buf = Buffer.alloc(length)
+    const n = await this.entry.router.read(buf, length, offset, false)
+    if (n !== length) throw new IntrospectIOError(`short read: wanted ${length} bytes, got ${n}`, { file: this.name, offset })
+    this.bytesRead += length
+    return buf
+  }
+  async refresh(): Promise<number> {
+    return this.size
+  }
+  async dataRanges(start: number, end: number): Promise<[number, number][]> {
+    return [[start, end]]
+  }
+  async close(): Promise<void> {
+    /* the fd is the datapath's */
+  }
+}
