@@ -121,7 +121,8 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   let datapath: Datapath | null = null
   if (prep.datapath) {
     try {
-      datapath = new Datapath({ storeRoot: prep.store, ...prep.datapath })
+      const interval = Number(process.env.VMDI_DESTAGE_INTERVAL_MS) || undefined
+      datapath = new Datapath({ storeRoot: prep.store, ...prep.datapath, destageIntervalMs: interval })
     } catch (e) {
       throw new CliError(`${(e as Error).message}; or mount with --no-introspect (pure pass-through)`)
     }
