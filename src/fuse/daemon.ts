@@ -215,6 +215,8 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  // A bug in background work must not take the mount (and every VM on it) down.
+  process.on('unhandledRejection', (e) => log.error(`internal error in background work (the mount goes on): ${(e as Error)?.stack ?? e}`))
   process.on('SIGHUP', () => log.info('SIGHUP ignored (nothing to reload)'))
 
   log.info(`mounted ${prep.store} on ${prep.mountpoint} (pid ${process.pid}, options ${prep.extra.join(',')})`)

@@ -528,13 +528,22 @@ export class Datapath {
 
   /** The SSD store failed: stop redirecting; what it could not take goes to the HDD files. */
   private async ssdFailed(err: Error): Promise<void> {
-    log.error(`${err.message}: meta-data writes now go to the HDD; unwritten blocks are written there`)
+    log.error(`${err.message}: meta-data writes now go to the HDD files; the blocks it held back are written there`)
+    let ok = true
     for (const e of this.byKey.values()) {
       try {
-        await e.router.destage(Infinity)
+        await e.updating
+        await this.destageAll(e)
+        e.router.present.clear()
       } catch (x) {
-        log.error(`image ${e.rel}: writing its SSD-held blocks to the HDD after the store failed: ${(x as Error).message}`)
+        ok = false
+        log.error(`image ${e.rel}: writing its SSD-held blocks to the HDD after the store failed: ${(x as Error).message}; the SSD store ${this.opts.ssdPath} is kept for recovery`)
       }
+    }
+    if (ok) {
+      // Its dirty rows are on the HDD now and would be stale at the next mount: the store goes.
+      this.ssd.abandon()
+      log.error(`the SSD store ${this.opts.ssdPath} was removed (everything it held is on the HDD); the mount goes on as a pass-through with the RAM cache; the next mount starts a new store`)
     }
   }
 

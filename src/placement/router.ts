@@ -355,16 +355,21 @@ export class ImageRouter {
     const done: { b: number; w: { n: number; written: boolean } }[] = []
     try {
       for (const b of blocks) {
-        const s = this.ssd.get(this.image, b)
-        if (!s || !s.dirty) {
-          this.dirty.delete(b)
-          continue
-        }
-        const w = this.watch(b)
-        done.push({ b, w })
-        const len = Math.min(BLOCK, this.size - b * BLOCK)
-        if (b === 0 && len > 0) await this.beforeBlockZero(s.data, 0)
-        if (len > 0) await pwriteFull(this.fd, s.data, 0, len, b * BLOCK)
+        // Under the block's lock: a write-through or redirected write of it is either before
+        // (then it is clean, or its newer copy is what we write) or after (then it stays dirty).
+        await this.withLock(b, async () => {
+          if (!this.dirty.has(b)) return
+          const s = this.ssd.get(this.image, b)
+          if (!s || !s.dirty) {
+            this.dirty.delete(b)
+            return
+          }
+          const w = this.watch(b)
+          done.push({ b, w })
+          const len = Math.min(BLOCK, this.size - b * BLOCK)
+          if (b === 0 && len > 0) await this.beforeBlockZero(s.data, 0)
+          if (len > 0) await pwriteFull(this.fd, s.data, 0, len, b * BLOCK)
+        })
       }
       await fdatasync(this.fd)
       let n = 0

@@ -146,7 +146,9 @@ export class SsdStore {
   }
 
   private enqueue(op: WriteOp, key: number | null, block: SsdBlock | null): void {
-    if (this.failure) throw this.failure
+    // After a failure nothing more is written (the owner was told through onFailure
+    // and stops redirecting); callers never have to guard their bookkeeping writes.
+    if (this.failure) return
     this.queue.push(op)
     if (key !== null) this.pending.set(key, { seq: this.seq + 1, block })
     if (this.queue.length >= 512) this.flush()
@@ -310,6 +312,11 @@ export class SsdStore {
       else set.delete(b)
     }
     return [...set].sort((a, b) => a - b)
+  }
+
+  /** Removes the store's files (after a failure, once what it held is on the HDD): its copies are stale from now on. */
+  abandon(): void {
+    for (const f of [this.path, `${this.path}-wal`, `${this.path}-shm`]) fs.rmSync(f, { force: true })
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,322 @@
+// The datapath's safety cases (issue 5 invariants 3-6, and control): a kill -9
+// during a guest write workload, an image changed behind the store's back
+// while the store holds dirty blocks of it, the SSD store full / failing /
+// corrupt, rename, truncate and unlink of images, --no-introspect, --exclude
+// and the owner's opt-out attribute.
+import { execFileSync, spawn, spawnSync } from 'child_process'
+import crypto from 'crypto'
+import fs from 'fs'
+import path from 'path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { runCli } from '../helpers/cli'
+import { isMounted, mount, tmpdir, waitFor, type Mounted } from '../helpers/mount'
+
+let base = ''
+beforeAll(() => {
+  base = tmpdir('vmdi-safety-')
+})
+afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
+
+/** Days, not the default quarter second: dirty blocks stay in the SSD store until a test destages them. */
+const NO_BACKGROUND_DESTAGE = { VMDI_DESTAGE_INTERVAL_MS: String(24 * 3600 * 1000) }
+
+function stats(mnt: string): { images: { path: string; scan: { state: string }; dirtyBlocks: number; ssdBlocks: number; writeThrough: number; classes: Record<string, { redirected: number }> }[]; refused: string[]; ssd: { failed: string | null } } {
+  const r = runCli(['stats', mnt, '--json'])
+  if (r.status !== 0) throw new Error(`stats failed: ${r.stderr}`)
+  return JSON.parse(r.stdout)
+}
+
+async function scanned(mnt: string, name: string): Promise<void> {
+  await waitFor(() => stats(mnt).images.some((i) => i.path === name && i.scan.state === 'done'), 60_000, `the scan of ${name}`)
+}
+
+function ext4(file: string, size = '64M'): void {
+  execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', file, size])
+}
+
+/** The daemon is gone (kill -9): clear its dead mount. */
+function clearDead(mnt: string): void {
+  spawnSync('fusermount', ['-u', '-z', mnt])
+  spawnSync('umount', ['-l', mnt])
+}
+
+describe('kill -9 of the daemon during a guest write workload', () => {
+  it('keeps everything fsync\'ed before the kill; after a remount, journal replay and destage e2fsck -fn is clean', async () => {
+    const dir = path.join(base, 'crash')
+    const store = path.join(dir, 'store')
+    const guest = path.join(dir, 'guest')
+    fs.mkdirSync(store, { recursive: true })
+    fs.mkdirSync(guest)
+    const img = path.join(store, 'vm.img')
+    ext4(img, '128M')
+    const done = path.join(dir, 'synced.log') // outside the guest: names fsync'ed in it
+    let m: Mounted = await mount(store, path.join(dir, 'mnt'), [], NO_BACKGROUND_DESTAGE)
+    const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
+    await scanned(m.mnt, 'vm.img')
+    execFileSync('mount', [loop, guest])
+    // The workload: files written, fsync'ed (file and directory), then recorded on the host.
+    const script = `
+      const fs = require('fs'), path = require('path'), crypto = require('crypto')
+      const g = ${JSON.stringify(guest)}, log = fs.openSync(${JSON.stringify(done)}, 'a')
+      for (let i = 0; ; i++) {
+        const d = path.join(g, 'd' + (i % 20)); fs.mkdirSync(d, { recursive: true })
+        const body = crypto.createHash('sha256').update(String(i)).digest('hex').repeat(1 + i % 64)
+        const fd = fs.openSync(path.join(d, 'f' + i), 'w'); fs.writeSync(fd, body); fs.fsyncSync(fd); fs.closeSync(fd)
+        const dfd = fs.openSync(d, 'r'); fs.fsyncSync(dfd); fs.closeSync(dfd)
+        fs.writeSync(log, i + '\\n'); fs.fsyncSync(log)
+      }`
+    const worker = spawn(process.execPath, ['-e', script], { stdio: 'ignore' })
+    await waitFor(() => fs.existsSync(done) && fs.readFileSync(done, 'utf8').split('\n').length > 200, 60_000, 'the workload')
+    await new Promise((r) => setTimeout(r, 300 + Math.floor(Math.random() * 700)))
+    m.proc.kill('SIGKILL')
+    await m.exited
+    worker.kill('SIGKILL')
+    spawnSync('umount', ['-l', guest])
+    spawnSync('losetup', ['-d', loop])
+    clearDead(m.mnt)
+    const synced = fs.readFileSync(done, 'utf8').split('\n').filter(Boolean).map(Number)
+    expect(synced.length).toBeGreaterThan(200)
+    // Remount: the SSD store still holds the blocks the HDD file lacks.
+    m = await mount(store, m.mnt, [], NO_BACKGROUND_DESTAGE)
+    try {
+      const loop2 = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
+      try {
+        execFileSync('mount', [loop2, guest]) // the kernel replays the journal, as a rebooted VM would
+        try {
+          for (const i of synced) {
+            const body = crypto.createHash('sha256').update(String(i)).digest('hex').repeat(1 + (i % 64))
+            const f = path.join(guest, `d${i % 20}`, `f${i}`)
+            if (!fs.existsSync(f) || fs.readFileSync(f, 'utf8') !== body) throw new Error(`file ${i} was fsync'ed before the kill but is ${fs.existsSync(f) ? 'different' : 'missing'}`)
+          }
+        } finally {
+          execFileSync('umount', [guest])
+        }
+      } finally {
+        execFileSync('losetup', ['-d', loop2])
+      }
+      expect(runCli(['destage', m.mnt]).status).toBe(0)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
+    expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0)
+  }, 240_000)
+})
+
+describe('an image changed on the HDD behind the store\'s back while the store holds dirty blocks of it', () => {
+  it('is refused with its name and the recover command; other images keep working; recover --apply and --discard resolve it', async () => {
+    const dir = path.join(base, 'conflict')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(store, { recursive: true })
+    for (const n of ['a.img', 'b.img', 'c.img']) ext4(path.join(store, n), '16M')
+    let m = await mount(store, path.join(dir, 'mnt'), [], NO_BACKGROUND_DESTAGE)
+    const mine = Buffer.alloc(512, 0xab) // written through the mount into block 0 (superblock class: redirected)
+    const theirs = Buffer.alloc(512, 0xcd) // written on the HDD behind the store's back
+    const handles: fs.promises.FileHandle[] = []
+    for (const n of ['a.img', 'c.img']) {
+      const fh = await fs.promises.open(path.join(m.mnt, n), 'r+')
+      handles.push(fh)
+      await scanned(m.mnt, n)
+      await fh.write(mine, 0, 512, 0)
+      await fh.sync()
+    }
+    expect(stats(m.mnt).images.filter((i) => i.dirtyBlocks > 0).map((i) => i.path).sort()).toEqual(['a.img', 'c.img'])
+    // Killed with the images open: nothing destaged them.
+    m.proc.kill('SIGKILL')
+    await m.exited
+    clearDead(m.mnt)
+    for (const h of handles) await h.close().catch(() => undefined)
+    for (const n of ['a.img', 'c.img']) {
+      const fd = fs.openSync(path.join(store, n), 'r+')
+      expect(fs.readFileSync(path.join(store, n)).subarray(0, 512).equals(mine)).toBe(false) // still only in the SSD store
+      fs.writeSync(fd, theirs, 0, 512, 0)
+      fs.closeSync(fd)
+    }
+    m = await mount(store, m.mnt, [], NO_BACKGROUND_DESTAGE)
+    try {
+      let err: NodeJS.ErrnoException | null = null
+      try {
+        fs.readFileSync(path.join(m.mnt, 'a.img'))
+      } catch (e) {
+        err = e as NodeJS.ErrnoException
+      }
+      expect(err?.code).toBe('EIO')
+      const refusal = /image a\.img changed on the HDD behind the SSD store's back .*vmdi-fuse recover --apply .*a\.img.*--discard/
+      await waitFor(() => refusal.test(m.log()), 10_000, 'the refusal in the log')
+      // Another image of the same mount works.
+      const b = fs.readFileSync(path.join(m.mnt, 'b.img'))
+      expect(b.readUInt16LE(1024 + 0x38)).toBe(0xef53)
+      expect(stats(m.mnt).refused).toContain('a.img')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    const env = { ...process.env, VMDI_STATE_DIR: path.join(dir, 'state') }
+    const none = runCli(['recover', path.join(store, 'a.img')], { env })
+    expect(none.status).toBe(2)
+    expect(none.stderr).toMatch(/--apply .*--discard/)
+    expect(runCli(['recover', '--apply', path.join(store, 'a.img')], { env }).status).toBe(0)
+    expect(runCli(['recover', '--discard', path.join(store, 'c.img')], { env }).status).toBe(0)
+    expect(fs.readFileSync(path.join(store, 'a.img')).subarray(0, 512).equals(mine)).toBe(true)
+    expect(fs.readFileSync(path.join(store, 'c.img')).subarray(0, 512).equals(theirs)).toBe(true)
+    const again = runCli(['recover', '--discard', path.join(store, 'c.img')], { env })
+    expect(again.status).toBe(1)
+    expect(again.stderr).toMatch(/holds nothing of .*c\.img/)
+    m = await mount(store, m.mnt, [], NO_BACKGROUND_DESTAGE)
+    try {
+      expect(fs.readFileSync(path.join(m.mnt, 'a.img')).subarray(0, 512).equals(mine)).toBe(true)
+      expect(fs.readFileSync(path.join(m.mnt, 'c.img')).subarray(0, 512).equals(theirs)).toBe(true)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 180_000)
+})
+
+describe('rename, truncate and unlink of images', () => {
+  it('follow the image in the store: a renamed image keeps its blocks, a truncated one drops those past the end, an unlinked one is forgotten', async () => {
+    const dir = path.join(base, 'names')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(store, { recursive: true })
+    ext4(path.join(store, 'x.img'), '16M')
+    const m = await mount(store, path.join(dir, 'mnt'), [], NO_BACKGROUND_DESTAGE)
+    try {
+      const fh = await fs.promises.open(path.join(m.mnt, 'x.img'), 'r+')
+      await scanned(m.mnt, 'x.img')
+      const mark = crypto.randomBytes(512)
+      await fh.write(mark, 0, 512, 0)
+      await fh.sync()
+      const held = stats(m.mnt).images[0].ssdBlocks
+      expect(held).toBeGreaterThan(10)
+      fs.renameSync(path.join(m.mnt, 'x.img'), path.join(m.mnt, 'y.img'))
+      expect(stats(m.mnt).images.map((i) => i.path)).toEqual(['y.img'])
+      expect((await fh.read(Buffer.alloc(512), 0, 512, 0)).buffer.equals(mark)).toBe(true)
+      await fh.truncate(1 << 20)
+      const after = stats(m.mnt).images[0]
+      expect(after.ssdBlocks).toBeLessThan(held)
+      expect(after.ssdBlocks).toBeLessThanOrEqual(256)
+      expect((await fh.stat()).size).toBe(1 << 20)
+      await fh.close()
+      expect(fs.readFileSync(path.join(m.mnt, 'y.img')).subarray(0, 512).equals(mark)).toBe(true)
+      fs.unlinkSync(path.join(m.mnt, 'y.img'))
+      await waitFor(() => stats(m.mnt).images.length === 0, 10_000, 'the image to be forgotten')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    const r = runCli(['recover', '--discard', path.join(store, 'y.img')], { env: { ...process.env, VMDI_STATE_DIR: path.join(dir, 'state') } })
+    expect(r.stderr).toMatch(/holds nothing of .*y\.img/)
+  }, 120_000)
+})
+
+/** A guest ext4 workload through the mount; e2fsck and sampled file bytes checked on the HDD file after unmount. */
+async function guestWorkload(dir: string, args: string[]): Promise<{ stats: ReturnType<typeof stats>; log: string }> {
+  const store = path.join(dir, 'store')
+  const guest = path.join(dir, 'guest')
+  fs.mkdirSync(store, { recursive: true })
+  fs.mkdirSync(guest)
+  const img = path.join(store, 'vm.img')
+  ext4(img, '128M')
+  const m = await mount(store, path.join(dir, 'mnt'), args)
+  const bodies = new Map<string, string>()
+  let st: ReturnType<typeof stats>
+  try {
+    const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
+    try {
+      await scanned(m.mnt, 'vm.img')
+      execFileSync('mount', [loop, guest])
+      try {
+        for (let d = 0; d < 20; d++) {
+          fs.mkdirSync(path.join(guest, `d${d}`))
+          for (let f = 0; f < 100; f++) {
+            const body = `${d}.${f} `.repeat(1 + ((d + f) % 200))
+            fs.writeFileSync(path.join(guest, `d${d}`, `f${f}`), body)
+            bodies.set(`d${d}/f${f}`, body)
+          }
+          execFileSync('sync', ['-f', guest])
+        }
+      } finally {
+        execFileSync('umount', [guest])
+      }
+    } finally {
+      execFileSync('losetup', ['-d', loop])
+    }
+    st = stats(m.mnt)
+  } finally {
+    expect(await m.stop()).toBe(0)
+  }
+  const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
+  expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0)
+  for (const [rel, body] of [...bodies].filter((_, i) => i % 97 === 0)) {
+    expect(execFileSync('debugfs', ['-R', `cat /${rel}`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })).toBe(body)
+  }
+  return { stats: st, log: m.log() }
+}
+
+describe('the SSD store full, failing or corrupt', () => {
+  it('over its cap (--ssd-max): meta-data writes go to the HDD, the guest never sees an error', async () => {
+    const r = await guestWorkload(path.join(base, 'cap'), ['--ssd-max', '1M'])
+    expect(r.stats.images[0].writeThrough).toBeGreaterThan(0)
+  }, 180_000)
+
+  it('on a file system that fills up: the store is abandoned, what it held goes to the HDD, the guest never sees an error', async () => {
+    const dir = path.join(base, 'full')
+    const ssdDir = path.join(dir, 'ssd')
+    fs.mkdirSync(ssdDir, { recursive: true })
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1200k', 'vmdi-test-ssd', ssdDir])
+    try {
+      const r = await guestWorkload(dir, ['--ssd', path.join(ssdDir, 'store.sqlite'), '--ssd-max', '1G'])
+      expect(r.stats.ssd.failed).toMatch(/SSD store .*store\.sqlite/)
+      expect(r.log).toMatch(/was removed \(everything it held is on the HDD\)/)
+      expect(fs.existsSync(path.join(ssdDir, 'store.sqlite'))).toBe(false)
+    } finally {
+      execFileSync('umount', [ssdDir])
+    }
+  }, 180_000)
+
+  it('corrupt, or inside the store: a one-line error naming it and the fix, nothing mounted', () => {
+    const dir = path.join(base, 'corrupt')
+    const store = path.join(dir, 'store')
+    const mnt = path.join(dir, 'mnt')
+    fs.mkdirSync(store, { recursive: true })
+    fs.mkdirSync(mnt)
+    const bogus = path.join(dir, 'bogus.sqlite')
+    fs.writeFileSync(bogus, 'not an SQLite database '.repeat(500))
+    const r = runCli(['-f', '--ssd', bogus, store, mnt])
+    expect(r.status).not.toBe(0)
+    expect(r.stderr).toMatch(/SSD store .*bogus\.sqlite is not usable: .*move it aside.*--no-introspect/)
+    expect(isMounted(mnt)).toBe(false)
+    const inside = runCli(['-f', '--ssd', path.join(store, 's.sqlite'), store, mnt])
+    expect(inside.status).toBe(2)
+    expect(inside.stderr).toMatch(/--ssd .*s\.sqlite is inside the store/)
+    const size = runCli(['-f', '--ram-cache', 'lots', store, mnt])
+    expect(size.status).toBe(2)
+    expect(size.stderr).toMatch(/--ram-cache "lots" is not a size/)
+    expect(isMounted(mnt)).toBe(false)
+  })
+})
+
+describe('introspection stays the user\'s choice', () => {
+  it('--no-introspect serves images as plain files; --exclude and the owner\'s user.vmdi.introspect=off keep an image out', async () => {
+    const dir = path.join(base, 'control')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(path.join(store, 'scratch'), { recursive: true })
+    for (const n of ['in.img', 'scratch/out.img', 'optout.img']) ext4(path.join(store, n), '8M')
+    execFileSync('setfattr', ['-n', 'user.vmdi.introspect', '-v', 'off', path.join(store, 'optout.img')])
+    let m = await mount(store, path.join(dir, 'mnt'), ['--exclude', 'scratch/**'])
+    try {
+      for (const n of ['in.img', 'scratch/out.img', 'optout.img']) expect(fs.readFileSync(path.join(m.mnt, n)).readUInt16LE(1024 + 0x38)).toBe(0xef53)
+      await scanned(m.mnt, 'in.img')
+      expect(stats(m.mnt).images.map((i) => i.path)).toEqual(['in.img'])
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    m = await mount(store, m.mnt, ['--no-introspect'])
+    try {
+      expect(m.log()).toMatch(/datapath off \(--no-introspect\)/)
+      expect(fs.readFileSync(path.join(m.mnt, 'in.img')).readUInt16LE(1024 + 0x38)).toBe(0xef53)
+      const r = runCli(['stats', m.mnt])
+      expect(r.status).toBe(1)
+      expect(r.stderr).toMatch(/--no-introspect: no datapath statistics/)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 120_000)
+})
