@@ -48,6 +48,8 @@ program
     (v: string, prev: string[]) => prev.concat(v),
     [] as string[],
   )
+  .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
+  .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
   .addHelpText(
     'after',
     '\nAlways set: ' +
@@ -76,6 +78,8 @@ program
       ssd: o.ssd as string | undefined,
       ssdMax: o.ssdMax as string | undefined,
       exclude: (o.exclude as string[]) ?? [],
+      emulateHdd: o.emulateHdd as string | undefined,
+      cacheMode: o.cacheMode as string | undefined,
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
@@ -172,13 +176,22 @@ program
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--json', 'machine-readable output (keys documented in the README)')
   .action(async (mountpoint: string, o: { json?: boolean }) => {
-    const st = (await askDaemon(mountpoint, { cmd: 'stats' })) as import('./placement/datapath').DatapathStats
+    type Hdd = { profile: string; requests: number; seekCylinders: number; cacheHits: number; busyMs: number } | null
+    const raw = (await askDaemon(mountpoint, { cmd: 'stats' })) as { mode: string; hdd: Hdd }
     if (o.json) {
-      process.stdout.write(JSON.stringify(st, null, 2) + '\n')
+      process.stdout.write(JSON.stringify(raw, null, 2) + '\n')
       return
     }
+    const hddLine = raw.hdd ? [`emulated   ${raw.hdd.profile}: ${raw.hdd.requests} requests, ${raw.hdd.seekCylinders} cylinders of seeks, ${raw.hdd.cacheHits} drive-cache hits, ${(raw.hdd.busyMs / 1000).toFixed(1)} s busy`] : []
+    if (raw.mode === 'passthrough') {
+      process.stdout.write([`mode       pass-through (--no-introspect): no image is introspected, nothing is cached or held back`, ...hddLine].join('\n') + '\n')
+      return
+    }
+    const st = raw as unknown as import('./placement/datapath').DatapathStats
     const mib = (b: number) => `${(b * 4096 / 2 ** 20).toFixed(1)} MiB`
     const lines = [
+      `mode       ${st.mode}`,
+      ...hddLine,
       `RAM cache  ${st.ram.blocks}/${st.ram.capacity} blocks (${mib(st.ram.blocks)} of ${mib(st.ram.capacity)}), ${st.ram.hits} hits, ${st.ram.misses} misses, ${st.ram.evictions} evictions`,
       `SSD store  ${st.ssd.path}: ${st.ssd.heldBlocks} blocks held (${mib(st.ssd.heldBlocks)}, cap ${mib(st.ssd.capBlocks)}), ${st.ssd.dirtyBlocks} dirty${st.ssd.failed ? `, FAILED: ${st.ssd.failed}` : ''}`,
     ]

@@ -17,6 +17,8 @@ import { StoreFs } from './passthrough'
 import { checkFuseDevice, checkMountpoint, checkStore, lazyUnmount, loadFuseBinding } from './preflight'
 import { readRecord, removeRecord, runtimePaths, serveControl, writeRecord, pidAlive, runtimeId } from './runtime'
 import { Datapath, parseSize } from '../placement/datapath'
+import { HddModel, LAPTOP_5400, type HddProfile } from '../store/hdd-model'
+import { SsdStore } from '../store/ssd'
 import { className } from '../introspect/classes'
 import os from 'os'
 import { sys } from '../native/sys'
@@ -39,6 +41,9 @@ export interface MountConfig {
   ssd?: string
   ssdMax?: string
   exclude?: string[]
+  /** Benchmark rig: the emulated disk profile (--emulate-hdd), and configuration (b) (--cache-mode conventional). */
+  emulateHdd?: string
+  cacheMode?: string
 }
 
 /** How long a busy unmount waits for open files to close before the daemon exits anyway. */
@@ -50,7 +55,33 @@ interface Prepared {
   store: string
   mountpoint: string
   extra: string[]
-  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[] } | null
+  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional' } | null
+  hddProfile: HddProfile | null
+}
+
+/** Emulated disk profiles for --emulate-hdd. */
+export const HDD_PROFILES: Record<string, HddProfile> = { laptop5400: LAPTOP_5400 }
+
+/**
+ * A mount that does not redirect (--no-introspect, --cache-mode conventional) must not
+ * serve images whose latest blocks are still in the SSD store: refuse, naming the way out.
+ */
+function refuseHeldBack(ssdPath: string, why: string): void {
+  if (!fs.existsSync(ssdPath)) return
+  let ssd: SsdStore
+  try {
+    ssd = SsdStore.open(ssdPath)
+  } catch {
+    return // unusable: it cannot hold anything for us either; an introspecting mount reports it
+  }
+  const held = ssd.images().filter((i) => i.dirtyBlocks > 0)
+  void ssd.close()
+  if (held.length) {
+    throw new CliError(
+      `the SSD store ${ssdPath} still holds unwritten blocks of ${held.map((i) => `${i.path} (${i.dirtyBlocks})`).join(', ')}; a ${why} mount would serve stale bytes: ` +
+        `mount once without ${why} (it destages them), or run vmdi-fuse recover --apply IMAGE`,
+    )
+  }
 }
 
 /** Where the SSD store of a datastore lives when --ssd is not given. */
@@ -71,7 +102,13 @@ function sizeOption(v: string | undefined, flag: string, dflt: number): number {
 
 /** The datapath settings: options, or defaults sized to this machine. */
 function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): Prepared['datapath'] {
-  if (cfg.introspect === false) return null
+  if (cfg.cacheMode !== undefined && cfg.cacheMode !== 'introspect' && cfg.cacheMode !== 'conventional') {
+    throw new CliError(`--cache-mode ${cfg.cacheMode} is not a mode: use introspect (the default) or conventional (benchmark baseline)`, 2)
+  }
+  if (cfg.introspect === false) {
+    refuseHeldBack(path.resolve(cfg.ssd ?? defaultSsdPath(store)), '--no-introspect')
+    return null
+  }
   const ramBytes = sizeOption(cfg.ramCache, '--ram-cache', Math.min(1 << 30, Math.floor(os.totalmem() / 16)))
   const ssdPath = path.resolve(cfg.ssd ?? defaultSsdPath(store))
   const rel = path.relative(store, ssdPath)
@@ -84,7 +121,9 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   if (typeof v !== 'number') free = v[1] * v[4]
   const ssdMaxBytes = sizeOption(cfg.ssdMax, '--ssd-max', Math.max(64 << 20, Math.min(16 * 2 ** 30, Math.floor(free / 2))))
   if (ssdMaxBytes < 1 << 20) throw new CliError(`--ssd-max ${cfg.ssdMax} is below 1 MiB: give the SSD store room for at least 256 blocks`, 2)
-  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [] }
+  const cacheMode = cfg.cacheMode === 'conventional' ? 'conventional' : 'introspect'
+  if (cacheMode === 'conventional') refuseHeldBack(ssdPath, '--cache-mode conventional')
+  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode }
 }
 
 /** Every check that can fail before a mount exists. */
@@ -103,7 +142,12 @@ export function prepare(cfg: MountConfig): Prepared {
   merged.push('subtype=vmdi-fuse')
   // fuse-native copies the option string into a 1024-byte buffer.
   if (merged.join(',').length > 900) throw new CliError('mount options are too long (over 900 characters): shorten -o fsname= or the store path')
-  return { store, mountpoint: mp.path, extra: merged, datapath: datapathSettings(cfg, store, mp.path) }
+  let hddProfile: HddProfile | null = null
+  if (cfg.emulateHdd !== undefined) {
+    hddProfile = HDD_PROFILES[cfg.emulateHdd] ?? null
+    if (!hddProfile) throw new CliError(`--emulate-hdd ${cfg.emulateHdd} is not a known disk profile: use ${Object.keys(HDD_PROFILES).join(', ')}`, 2)
+  }
+  return { store, mountpoint: mp.path, extra: merged, datapath: datapathSettings(cfg, store, mp.path), hddProfile }
 }
 
 /** Mounts in this process and serves until the mount ends. Resolves once mounted. */
@@ -118,11 +162,16 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   let loopEnded = false
   let loopEndedWaiter: (() => void) | null = null
 
+  const hdd = prep.hddProfile ? new HddModel(prep.hddProfile) : null
+  if (hdd) {
+    store.hdd = hdd
+    log.info(`every HDD file read and write goes through an emulated disk (${prep.hddProfile!.name}): a benchmarking aid, not for production`)
+  }
   let datapath: Datapath | null = null
   if (prep.datapath) {
     try {
       const interval = Number(process.env.VMDI_DESTAGE_INTERVAL_MS) || undefined
-      datapath = new Datapath({ storeRoot: prep.store, ...prep.datapath, destageIntervalMs: interval })
+      datapath = new Datapath({ storeRoot: prep.store, ...prep.datapath, destageIntervalMs: interval, hdd })
     } catch (e) {
       throw new CliError(`${(e as Error).message}; or mount with --no-introspect (pure pass-through)`)
     }
@@ -151,7 +200,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     },
   })
 
-  store.direct = (fh, fd) => fuse!.setDirect(fh, fd)
+  if (!hdd) store.direct = (fh, fd) => fuse!.setDirect(fh, fd)
 
   await new Promise<void>((resolve, reject) => {
     fuse!.mount((err) => {
@@ -173,8 +222,9 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     control = await serveControl(paths.socket, (req) => {
       if (req.cmd === 'status') return status()
       if (req.cmd === 'stats') {
-        if (!datapath) throw new Error(`${prep.mountpoint} is mounted with --no-introspect: no datapath statistics`)
-        return datapath.stats()
+        const hddStats = hdd ? { profile: prep.hddProfile!.name, ...hdd.stats } : null
+        if (!datapath) return { mode: 'passthrough', ram: null, ssd: null, images: [], refused: [], hdd: hddStats }
+        return { ...datapath.stats(), hdd: hddStats }
       }
       if (req.cmd === 'map') {
         // The live map of one image, as runs of 4 KiB file blocks (tests and debugging).

@@ -15,6 +15,8 @@ import { E } from './errno'
 import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
 import type { Datapath, ImageEntry } from '../placement/datapath'
 import { log } from '../log'
+import { EmulatedHdd } from '../store/hdd-device'
+import type { HddModel } from '../store/hdd-model'
 
 const fsp = fs.promises
 const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
@@ -41,6 +43,8 @@ export interface OpenFile {
   direct?: boolean
   /** An introspected disk image: read, write, fsync and truncate go through its router. */
   image?: ImageEntry
+  /** The file behind the emulated disk (--emulate-hdd). */
+  dev?: EmulatedHdd
 }
 
 export interface TimeSpec {
@@ -78,6 +82,9 @@ export class StoreFs {
   direct: ((fh: number, fd: number) => boolean) | null = null
   /** The datapath (null: --no-introspect, pure pass-through). */
   datapath: Datapath | null = null
+  /** The emulated disk plain files are on (--emulate-hdd; the direct path is off then). */
+  hdd: HddModel | null = null
+  private readonly hddBase = new Map<string, number>()
   private readonly daemonIsRoot = process.getuid?.() === 0
 
   constructor(root: string) {
@@ -119,7 +126,14 @@ export class StoreFs {
     const fh = this.freeFhs.pop() ?? this.nextFh++
     if (fh > 0xfffffffe) throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
     this.files.set(fh, f)
-    if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
+    if (this.hdd && !f.image) {
+      // One region of the emulated disk per file, whatever handle opened it.
+      const st = fs.fstatSync(f.fd)
+      const key = `${st.dev}:${st.ino}`
+      let base = this.hddBase.get(key)
+      if (base === undefined) this.hddBase.set(key, (base = this.hdd.reserve(st.size)))
+      f.dev = new EmulatedHdd(f.fd, this.hdd, { baseOffset: base })
+    } else if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
     return fh
   }
 
@@ -367,6 +381,7 @@ export class StoreFs {
   read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
     const f = this.file(fh)
     if (f.image) return this.datapath!.read(f.image, buf, len, pos)
+    if (f.dev) return devTransfer(f.dev, 'read', buf, len, pos)
     return transfer(f, 'read', buf, len, pos)
   }
 
@@ -374,6 +389,7 @@ export class StoreFs {
   write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> | number {
     const f = this.file(fh)
     if (f.image) return this.datapath!.write(f.image, buf, len, pos)
+    if (f.dev) return devTransfer(f.dev, 'write', buf, len, pos)
     return transfer(f, 'write', buf, len, pos)
   }
 
@@ -444,6 +460,17 @@ function transfer(f: OpenFile, dir: 'read' | 'write', buf: Buffer, len: number, 
     }
     step()
   })
+}
+
+/** One read (to EOF) or write (all of it) through the emulated disk. */
+async function devTransfer(dev: EmulatedHdd, dir: 'read' | 'write', buf: Buffer, len: number, pos: number): Promise<number> {
+  let done = 0
+  while (done < len) {
+    const n = dir === 'read' ? await dev.pread(buf, done, len - done, pos + done) : await dev.pwrite(buf, done, len - done, pos + done)
+    if (n === 0) break
+    done += n
+  }
+  return done
 }
 
 function openNoFollow(p: string, flags: number, mode?: number): Promise<number> {

@@ -28,6 +28,8 @@ import { sys } from '../native/sys'
 import { BLOCK, RamCache } from '../store/ram'
 import { SsdStore } from '../store/ssd'
 import { ImageRouter, type ClassStats, type RouterCounters } from './router'
+import { EmulatedHdd } from '../store/hdd-device'
+import type { HddModel } from '../store/hdd-model'
 
 export interface DatapathOptions {
   /** Real path of the store directory. */
@@ -42,6 +44,10 @@ export interface DatapathOptions {
   destageBlocks?: number
   destageIntervalMs?: number
   destageIdleMs?: number
+  /** 'conventional': benchmark configuration (b), a plain LRU of every block with read-ahead; no scans, no SSD. */
+  cacheMode?: 'introspect' | 'conventional'
+  /** The emulated disk every image file is on (--emulate-hdd), or none. */
+  hdd?: HddModel | null
 }
 
 /** Files smaller than this are never taken for disk images. */
@@ -240,8 +246,11 @@ export class Datapath {
       unlinked: false,
       closing: false,
     }
+    const conventional = this.opts.cacheMode === 'conventional'
     entry.router = new ImageRouter(fd, reg.id, this.ram, this.ssd, (b) => entry.map.classOf(b), {
-      canRedirect: () => this.canRedirect(),
+      canRedirect: () => this.canRedirect() && !conventional,
+      device: this.opts.hdd ? new EmulatedHdd(fd, this.opts.hdd) : undefined,
+      conventional,
       onBlockZero: async (bytes) => {
         this.ssd.setSignature(entry.id, signatureOf(bytes))
         if (!this.ssd.failed) await this.ssd.commit()
@@ -252,7 +261,10 @@ export class Datapath {
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
         `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
     )
-    this.scanQueue = this.scanQueue.then(() => this.scan(entry))
+    if (conventional) {
+      entry.scan.state = 'off'
+      entry.map = new ExtentMap()
+    } else this.scanQueue = this.scanQueue.then(() => this.scan(entry))
     return entry
   }
 
@@ -558,6 +570,7 @@ export class Datapath {
 
   stats(): DatapathStats {
     return {
+      mode: this.opts.cacheMode ?? 'introspect',
       ram: { ...this.ram.stats, bytes: this.ram.capacity * BLOCK },
       ssd: { path: this.opts.ssdPath, heldBlocks: this.heldBlocks(), capBlocks: this.capBlocks, dirtyBlocks: this.dirtyTotal(), failed: this.ssd.failed?.message ?? null },
       images: this.images().map((e) => ({
@@ -596,6 +609,7 @@ export class Datapath {
 }
 
 export interface DatapathStats {
+  mode: 'introspect' | 'conventional'
   ram: { hits: number; misses: number; evictions: number; blocks: number; capacity: number; bytes: number }
   ssd: { path: string; heldBlocks: number; capBlocks: number; dirtyBlocks: number; failed: string | null }
   images: ({

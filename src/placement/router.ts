@@ -55,21 +55,38 @@ export interface RouterOptions {
    * file (the image's identity signature follows our own writes); awaited.
    */
   onBlockZero?: (bytes: Buffer) => Promise<void>
+  /** The HDD file's device (default: the plain file). */
+  device?: HddDevice
+  /**
+   * The conventional array (benchmark configuration (b)): no classes, no SSD; the
+   * RAM budget is a plain LRU of every block read or written, filled with
+   * Linux-style sequential read-ahead; writes go through to the HDD.
+   */
+  conventional?: boolean
 }
 
-function pread(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((res, rej) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))))
+/** Read-ahead of the conventional mode, in blocks: Linux's initial and maximum window (128 KiB). */
+const RA_MIN = 4
+const RA_MAX = 32
+
+/** The HDD file as a device: the plain file, or the file behind an emulated disk (--emulate-hdd). */
+export interface HddDevice {
+  pread(buf: Buffer, off: number, len: number, pos: number): Promise<number>
+  pwrite(buf: Buffer, off: number, len: number, pos: number): Promise<number>
 }
 
-function pwrite(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((res, rej) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))))
+export function plainDevice(fd: number): HddDevice {
+  return {
+    pread: (buf, off, len, pos) => new Promise((res, rej) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n)))),
+    pwrite: (buf, off, len, pos) => new Promise((res, rej) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n)))),
+  }
 }
 
 /** Reads exactly len bytes or up to EOF; the rest of buf[off..off+len) is zeroed. */
-async function preadFull(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+async function preadFull(dev: HddDevice, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
   let done = 0
   while (done < len) {
-    const n = await pread(fd, buf, off + done, len - done, pos + done)
+    const n = await dev.pread(buf, off + done, len - done, pos + done)
     if (n === 0) break
     done += n
   }
@@ -77,13 +94,20 @@ async function preadFull(fd: number, buf: Buffer, off: number, len: number, pos:
   return done
 }
 
-async function pwriteFull(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
+async function pwriteFull(dev: HddDevice, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
   let done = 0
-  while (done < len) done += await pwrite(fd, buf, off + done, len - done, pos + done)
+  while (done < len) done += await dev.pwrite(buf, off + done, len - done, pos + done)
 }
 
 function fdatasync(fd: number): Promise<void> {
   return new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())))
+}
+
+/** Copies the part of 4 KiB block b (in blk) that falls inside the request [pos, pos+n) into buf. */
+function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): void {
+  const lo = Math.max(pos, b * BLOCK)
+  const hi = Math.min(pos + n, (b + 1) * BLOCK)
+  blk.copy(buf, lo - pos, lo - b * BLOCK, hi - b * BLOCK)
 }
 
 /** Data-routed writes remembered for the deferred count (oldest forgotten past this). */
@@ -104,6 +128,11 @@ export class ImageRouter {
   private readonly onBlockZero: ((bytes: Buffer) => Promise<void>) | null
   /** Last time a guest request arrived (background work yields to guest I/O). */
   lastGuestIo = 0
+  private readonly dev: HddDevice
+  private readonly conventional: boolean
+  /** Conventional read-ahead: where the last read ended, and the current window. */
+  private raNext = -1
+  private raWindow = RA_MIN
 
   constructor(
     private readonly fd: number,
@@ -119,6 +148,8 @@ export class ImageRouter {
     this.present = new Set(held.present)
     this.canRedirect = opts.canRedirect ?? (() => !ssd.failed)
     this.onBlockZero = opts.onBlockZero ?? null
+    this.dev = opts.device ?? plainDevice(fd)
+    this.conventional = opts.conventional ?? false
   }
 
   /** Swaps the class source (a finished scan, a remount). Blocks with dirty copies keep them. */
@@ -200,7 +231,7 @@ export class ImageRouter {
     }
     const w = this.watch(b)
     try {
-      await preadFull(this.fd, into, 0, BLOCK, b * BLOCK)
+      await preadFull(this.dev, into, 0, BLOCK, b * BLOCK)
       st.hddReads++
       // A write that landed meanwhile made what we read stale: return it, keep nothing.
       if (w.written || this.dirty.has(b)) {
@@ -222,10 +253,11 @@ export class ImageRouter {
     if (guest) this.lastGuestIo = Date.now()
     const n = Math.max(0, Math.min(len, this.size - pos))
     if (n === 0) return 0
+    if (this.conventional) return this.readConventional(buf, n, pos)
     let runStart = -1 // data run: first byte position
     let runLen = 0
     const flushRun = async () => {
-      if (runLen) await preadFull(this.fd, buf, runStart - pos, runLen, runStart)
+      if (runLen) await preadFull(this.dev, buf, runStart - pos, runLen, runStart)
       runLen = 0
       runStart = -1
     }
@@ -255,14 +287,72 @@ export class ImageRouter {
   private async beforeBlockZero(patch: Buffer, patchAt: number): Promise<void> {
     if (!this.onBlockZero) return
     const blk = Buffer.alloc(BLOCK)
-    if (patchAt > 0 || patch.length < BLOCK) await preadFull(this.fd, blk, 0, BLOCK, 0)
+    if (patchAt > 0 || patch.length < BLOCK) await preadFull(this.dev, blk, 0, BLOCK, 0)
     patch.copy(blk, patchAt, 0, Math.min(patch.length, BLOCK - patchAt))
     await this.onBlockZero(blk)
+  }
+
+  /** Conventional mode: every block through the LRU; a miss reads the block and the read-ahead window in one request. */
+  private async readConventional(buf: Buffer, n: number, pos: number): Promise<number> {
+    const st = this.stat(BlockClass.Data)
+    const first = Math.floor(pos / BLOCK)
+    const last = Math.floor((pos + n - 1) / BLOCK)
+    const sequential = first === this.raNext || first === this.raNext - 1
+    this.raWindow = sequential ? Math.min(RA_MAX, this.raWindow * 2) : RA_MIN
+    this.raNext = last + 1
+    const tmp = Buffer.allocUnsafe(BLOCK)
+    for (let b = first; b <= last; ) {
+      st.reads++
+      const key = blockKey(this.image, b)
+      if (this.ram.get(key, tmp)) {
+        st.ramHits++
+        copyPart(tmp, b, buf, pos, n)
+        b++
+        continue
+      }
+      // A miss: this block, the rest of the request's missing run, and the read-ahead window.
+      let end = b + 1
+      while (end <= last && !this.ram.has(blockKey(this.image, end))) end++
+      const fileBlocks = Math.ceil(this.size / BLOCK)
+      const raEnd = Math.min(fileBlocks, Math.max(end, (sequential ? end : b) + this.raWindow))
+      const w = new Map<number, { n: number; written: boolean }>()
+      for (let k = b; k < raEnd; k++) w.set(k, this.watch(k))
+      try {
+        const chunk = Buffer.allocUnsafe((raEnd - b) * BLOCK)
+        await preadFull(this.dev, chunk, 0, chunk.length, b * BLOCK)
+        st.hddReads += end - b
+        for (let k = b; k < raEnd; k++) {
+          const blk = chunk.subarray((k - b) * BLOCK, (k - b + 1) * BLOCK)
+          if (!w.get(k)!.written) this.ram.set(blockKey(this.image, k), blk, 0)
+          if (k < end) copyPart(blk, k, buf, pos, n)
+        }
+        st.reads += end - b - 1
+      } finally {
+        for (const [k, x] of w) this.unwatch(k, x)
+      }
+      b = end
+    }
+    return n
   }
 
   async write(buf: Buffer, len: number, pos: number): Promise<number> {
     this.lastGuestIo = Date.now()
     if (len === 0) return 0
+    if (this.conventional) {
+      // Write-through; the LRU keeps whole blocks written, drops partly written ones.
+      if (pos + len > this.size) this.size = pos + len
+      const st = this.stat(BlockClass.Data)
+      for (let b = Math.floor(pos / BLOCK); b <= Math.floor((pos + len - 1) / BLOCK); b++) {
+        st.writes++
+        this.touched(b)
+        const lo = Math.max(pos, b * BLOCK)
+        const hi = Math.min(pos + len, (b + 1) * BLOCK)
+        if (hi - lo === BLOCK) this.ram.set(blockKey(this.image, b), buf.subarray(lo - pos, hi - pos), 0)
+        else this.ram.delete(blockKey(this.image, b))
+      }
+      await pwriteFull(this.dev, buf, 0, len, pos)
+      return len
+    }
     if (pos + len > this.size) {
       // Grow the HDD file first, so its size is the file's size whichever tier holds the bytes.
       fs.ftruncateSync(this.fd, pos + len)
@@ -277,7 +367,7 @@ export class ImageRouter {
       runLen = 0
       runStart = -1
       if (s < BLOCK) await this.beforeBlockZero(buf.subarray(s - pos, s - pos + Math.min(l, BLOCK - s)), s)
-      await pwriteFull(this.fd, buf, s - pos, l, s)
+      await pwriteFull(this.dev, buf, s - pos, l, s)
     }
     for (let at = pos; at < pos + len; ) {
       const b = Math.floor(at / BLOCK)
@@ -328,7 +418,7 @@ export class ImageRouter {
     // Write-through: the whole block to the HDD, which becomes the authority again.
     if (b === 0) await this.beforeBlockZero(blk, 0)
     const len = Math.min(BLOCK, this.size - b * BLOCK)
-    await pwriteFull(this.fd, blk, 0, len, b * BLOCK)
+    await pwriteFull(this.dev, blk, 0, len, b * BLOCK)
     this.ram.set(key, blk, priorityOf(cls))
     if (this.dirty.has(b) || this.present.has(b)) {
       this.dirty.delete(b)
@@ -368,7 +458,7 @@ export class ImageRouter {
           done.push({ b, w })
           const len = Math.min(BLOCK, this.size - b * BLOCK)
           if (b === 0 && len > 0) await this.beforeBlockZero(s.data, 0)
-          if (len > 0) await pwriteFull(this.fd, s.data, 0, len, b * BLOCK)
+          if (len > 0) await pwriteFull(this.dev, s.data, 0, len, b * BLOCK)
         })
       }
       await fdatasync(this.fd)
@@ -420,7 +510,7 @@ export class ImageRouter {
     for (let b = first; b < last; b++) ws.set(b, this.watch(b))
     try {
       const buf = Buffer.allocUnsafe((last - first) * BLOCK)
-      await preadFull(this.fd, buf, 0, buf.length, first * BLOCK)
+      await preadFull(this.dev, buf, 0, buf.length, first * BLOCK)
       let n = 0
       for (let b = first; b < last; b++) {
         const cls = this.classOf(b)

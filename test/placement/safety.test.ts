@@ -132,6 +132,11 @@ describe('an image changed on the HDD behind the store\'s back while the store h
       fs.writeSync(fd, theirs, 0, 512, 0)
       fs.closeSync(fd)
     }
+    // A mount that would not look in the SSD store refuses to serve stale bytes.
+    const plain = runCli(['-f', '--no-introspect', store, m.mnt], { env: { ...process.env, VMDI_STATE_DIR: path.join(dir, 'state') } })
+    expect(plain.status).toBe(1)
+    expect(plain.stderr).toMatch(/still holds unwritten blocks of .*a\.img \(1\).*mount once without --no-introspect/)
+    expect(isMounted(m.mnt)).toBe(false)
     m = await mount(store, m.mnt, [], NO_BACKGROUND_DESTAGE)
     try {
       let err: NodeJS.ErrnoException | null = null
@@ -313,8 +318,55 @@ describe('introspection stays the user\'s choice', () => {
       expect(m.log()).toMatch(/datapath off \(--no-introspect\)/)
       expect(fs.readFileSync(path.join(m.mnt, 'in.img')).readUInt16LE(1024 + 0x38)).toBe(0xef53)
       const r = runCli(['stats', m.mnt])
-      expect(r.status).toBe(1)
-      expect(r.stderr).toMatch(/--no-introspect: no datapath statistics/)
+      expect(r.status).toBe(0)
+      expect(r.stdout).toMatch(/pass-through \(--no-introspect\)/)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 120_000)
+})
+
+describe('the benchmark rig options', () => {
+  it('--emulate-hdd counts every HDD request; --cache-mode conventional keeps the bytes exact; unknown values are refused', async () => {
+    const dir = path.join(base, 'rig')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(store, { recursive: true })
+    ext4(path.join(store, 'vm.img'), '16M')
+    fs.writeFileSync(path.join(store, 'plain.bin'), crypto.randomBytes(300_000))
+    fs.mkdirSync(path.join(dir, 'mnt'))
+    const bad = runCli(['-f', '--emulate-hdd', 'floppy', store, path.join(dir, 'mnt')])
+    expect(bad.status).toBe(2)
+    expect(bad.stderr).toMatch(/--emulate-hdd floppy is not a known disk profile: use laptop5400/)
+    const badMode = runCli(['-f', '--cache-mode', 'magic', store, path.join(dir, 'mnt')])
+    expect(badMode.status).toBe(2)
+    const m = await mount(store, path.join(dir, 'mnt'), ['--emulate-hdd', 'laptop5400', '--cache-mode', 'conventional', '--ram-cache', '64K'])
+    try {
+      let sh = fs.readFileSync(path.join(store, 'vm.img'))
+      const fh = await fs.promises.open(path.join(m.mnt, 'vm.img'), fs.constants.O_RDWR | fs.constants.O_DIRECT)
+      let seed = 7
+      const r = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+      for (let i = 0; i < 400; i++) {
+        const pos = Math.floor(r() * (sh.length - 70_000))
+        const len = 1 + Math.floor(r() * 65_536)
+        if (r() < 0.5) {
+          const got = Buffer.alloc(len)
+          await fh.read(got, 0, len, pos)
+          if (!got.equals(sh.subarray(pos, pos + len))) throw new Error(`op ${i}: read ${pos}+${len} differs`)
+        } else {
+          const data = crypto.randomBytes(len)
+          await fh.write(data, 0, len, pos)
+          data.copy(sh, pos)
+        }
+      }
+      await fh.close()
+      expect(fs.readFileSync(path.join(m.mnt, 'plain.bin')).equals(fs.readFileSync(path.join(store, 'plain.bin')))).toBe(true)
+      const st = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout)
+      expect(st.mode).toBe('conventional')
+      expect(st.hdd.requests).toBeGreaterThan(100)
+      expect(st.images[0].scan.state).toBe('off')
+      expect(st.images[0].classes.data.ramHits).toBeGreaterThan(0)
+      sh = Buffer.from(sh)
+      expect(fs.readFileSync(path.join(store, 'vm.img')).equals(sh)).toBe(true) // write-through: the HDD file is current
     } finally {
       expect(await m.stop()).toBe(0)
     }
