@@ -131,6 +131,34 @@ for (const type of ['ext4', 'ext3'] as const) {
       } finally {
         execFileSync('losetup', ['-d', loop])
       }
+      // Warm start: a remount knows the image (saved map at once, blocks in the SSD store), so the first du hits.
+      const again = await mount(store, mnt)
+      try {
+        const loop2 = execFileSync('losetup', ['--direct-io=on', '-r', '-f', '--show', path.join(mnt, `${type}.img`)], { encoding: 'utf8' }).trim()
+        try {
+          await waitFor(() => /saved map used at once/.test(again.log()), 10_000, 'the attach line')
+          execFileSync('mount', ['-o', 'ro', '-t', type, loop2, guest])
+          try {
+            execFileSync('du', ['-s', guest])
+          } finally {
+            execFileSync('umount', [guest])
+          }
+        } finally {
+          execFileSync('losetup', ['-d', loop2])
+        }
+        const im = JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0]
+        let metaReads = 0
+        let hits = 0
+        for (const [cls, c] of Object.entries(im.classes as Record<string, { reads: number; ramHits: number; ssdHits: number }>)) {
+          if (cls === 'data' || cls === 'free') continue
+          metaReads += c.reads
+          hits += c.ramHits + c.ssdHits
+        }
+        expect(metaReads).toBeGreaterThan(100)
+        expect(hits / metaReads, `first du after a remount: ${hits} of ${metaReads} meta-data reads hit RAM or the SSD store`).toBeGreaterThanOrEqual(0.99)
+      } finally {
+        expect(await again.stop()).toBe(0)
+      }
     }, 240_000)
   })
 }
