@@ -1,0 +1,146 @@
+// npm run bench:datapath [-- --runtime S --json FILE]
+//
+// Issue 5's two datapath numbers, measured in one run through real mounts of
+// the same store:
+//   1. a RAM hit on a 4 KiB meta-data block (an inode-table block of a guest
+//      ext4, after the scan preloaded it) against a --no-introspect read of the
+//      same block served from the page cache (the pass-through's direct path);
+//      target: RAM hit <= 1.1x the pass-through's cost per read;
+//   2. redirected meta-data writes: 4 KiB O_DIRECT writes into the journal and
+//      into the inode tables (each one also feeds the live map); target >= 5,000/s.
+// fio, psync, queue depth 1, O_DIRECT (every request crosses FUSE). The two
+// read targets run alternately, three rounds each; the table shows medians.
+import { ChildProcess, execFileSync, spawn } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { PROJECT_ROOT } from '../src/root'
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(name)
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : dflt
+}
+
+const CLI = path.join(PROJECT_ROOT, 'dist', 'src', 'cli.js')
+
+function mount(store: string, mnt: string, args: string[], env: NodeJS.ProcessEnv): Promise<ChildProcess> {
+  fs.mkdirSync(mnt, { recursive: true })
+  const p = spawn(process.execPath, [CLI, '-f', ...args, store, mnt], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  return new Promise((resolve, reject) => {
+    let out = ''
+    const on = (d: Buffer) => {
+      out += d
+      if (out.includes('mounted ')) resolve(p)
+    }
+    p.stdout!.on('data', on)
+    p.stderr!.on('data', on)
+    p.on('exit', (c) => reject(new Error(`vmdi-fuse exited ${c}: ${out}`)))
+  })
+}
+
+function stats(mnt: string): any {
+  return JSON.parse(execFileSync(process.execPath, [CLI, 'stats', mnt, '--json'], { encoding: 'utf8' }))
+}
+
+function fio(file: string, rw: string, offset: number, size: number, runtime: number): { iops: number; latUs: number } {
+  const out = execFileSync(
+    'fio',
+    [
+      '--name=bench', `--filename=${file}`, `--rw=${rw}`, '--bs=4k', '--numjobs=1', '--direct=1', '--ioengine=psync',
+      '--time_based', `--runtime=${runtime}`, '--ramp_time=1', `--offset=${offset}`, `--size=${size}`,
+      '--output-format=json', '--randrepeat=0', '--norandommap', '--allow_file_create=0',
+    ],
+    { encoding: 'utf8', maxBuffer: 64 << 20 },
+  )
+  const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0]
+  const side = rw.includes('read') ? j.read : j.write
+  return { iops: side.iops, latUs: side.clat_ns.mean / 1000 }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+async function main(): Promise<void> {
+  const runtime = Number(arg('--runtime', '4'))
+  const jsonOut = arg('--json', '')
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-bench-dp-'))
+  const store = path.join(base, 'store')
+  fs.mkdirSync(store)
+  const img = path.join(store, 'guest.img')
+  execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-N', '65536', img, '512M'])
+  const dump = execFileSync('dumpe2fs', [img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+  const it = /Inode table at (\d+)-(\d+)/.exec(dump)!
+  const itFirst = Number(it[1])
+  const itLast = Number(it[2])
+  const jInode = Number(/Journal inode:\s+(\d+)/.exec(dump)?.[1] ?? 8)
+  const jExt = /\(0-\d+\):(\d+)-(\d+)/.exec(execFileSync('debugfs', ['-R', `stat <${jInode}>`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }))!
+  const jFirst = Number(jExt[1])
+  const jLast = Number(jExt[2])
+  const env = { VMDI_STATE_DIR: path.join(base, 'state') }
+  const procs: ChildProcess[] = []
+  const mntI = path.join(base, 'introspect')
+  const mntP = path.join(base, 'passthrough')
+  try {
+    procs.push(await mount(store, mntI, [], env))
+    const fileI = path.join(mntI, 'guest.img')
+    fs.closeSync(fs.openSync(fileI, 'r')) // attach, scan, preload
+    const t0 = Date.now()
+    while (!stats(mntI).images.some((i: any) => i.scan.state === 'done' && i.preloaded > 0)) {
+      if (Date.now() - t0 > 60_000) throw new Error('the scan did not finish in 60 s')
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    procs.push(await mount(store, mntP, ['--no-introspect'], env))
+    const fileP = path.join(mntP, 'guest.img')
+    const block = itFirst * 4096
+    const hit: number[] = []
+    const pass: number[] = []
+    for (let round = 0; round < 3; round++) {
+      hit.push(fio(fileI, 'read', block, 4096, runtime).latUs)
+      pass.push(fio(fileP, 'read', block, 4096, runtime).latUs)
+    }
+    const before = stats(mntI).images[0].classes['inode-table']
+    const wJournal = fio(fileI, 'randwrite', jFirst * 4096, (jLast - jFirst + 1) * 4096, runtime)
+    const wItable = fio(fileI, 'randwrite', itFirst * 4096, (itLast - itFirst + 1) * 4096, runtime)
+    const after = stats(mntI).images[0]
+    const redirected = Object.values(after.classes as Record<string, { redirected: number }>).reduce((a, c) => a + c.redirected, 0)
+    const rows = [
+      ['RAM hit, inode-table block (introspect)', median(hit), 1e6 / median(hit)],
+      ['same block, --no-introspect (page cache, direct path)', median(pass), 1e6 / median(pass)],
+    ]
+    const ratio = median(hit) / median(pass)
+    const lines = [
+      `| read of one 4 KiB meta-data block, QD1 O_DIRECT | mean latency µs (median of 3) | reads/s |`,
+      `|---|---:|---:|`,
+      ...rows.map(([n, l, r]) => `| ${n} | ${(l as number).toFixed(1)} | ${Math.round(r as number)} |`),
+      '',
+      `RAM hit / pass-through: ${ratio.toFixed(2)}x (target <= 1.1x: ${ratio <= 1.1 ? 'met' : 'MISSED'}); RAM hits during the run: ${stats(mntI).images[0].classes['inode-table'].ramHits - (before?.ramHits ?? 0) >= 0 ? 'counted in stats' : '?'}`,
+      '',
+      `| redirected 4 KiB writes, QD1 O_DIRECT | writes/s | mean latency µs |`,
+      `|---|---:|---:|`,
+      `| journal blocks | ${Math.round(wJournal.iops)} | ${wJournal.latUs.toFixed(1)} |`,
+      `| inode-table blocks (each diffed by the live map) | ${Math.round(wItable.iops)} | ${wItable.latUs.toFixed(1)} |`,
+      '',
+      `target >= 5,000/s: journal ${wJournal.iops >= 5000 ? 'met' : 'MISSED'}, inode tables ${wItable.iops >= 5000 ? 'met' : 'MISSED'}; redirected writes in stats: ${redirected}`,
+    ]
+    process.stdout.write(lines.join('\n') + '\n')
+    if (jsonOut) {
+      fs.writeFileSync(jsonOut, JSON.stringify({ ramHitUs: hit, passthroughUs: pass, ratio, journalWritesPerSec: wJournal.iops, inodeTableWritesPerSec: wItable.iops }, null, 2) + '\n')
+    }
+  } finally {
+    for (const m of [mntP, mntI]) spawnSyncQuiet('fusermount', ['-u', m])
+    await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.on('exit', r)))))
+    fs.rmSync(base, { recursive: true, force: true })
+  }
+}
+
+function spawnSyncQuiet(cmd: string, args: string[]): void {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' })
+  } catch {
+    /* already gone */
+  }
+}
+
+void main().catch((e) => {
+  process.stderr.write(`bench:datapath: ${(e as Error).message}\n`)
+  process.exit(1)
+})
