@@ -398,9 +398,16 @@ export class Datapath {
             const vhi = seg.volumeOffset + (hi - seg.diskOffset)
             const fb0 = Math.floor(vlo / bs)
             const fb1 = Math.ceil(vhi / bs)
-            // Whole fs blocks: the write's bytes over the current ones (read before the write lands).
-            const whole = Buffer.from(await volumeRead(ins, volume, fb0 * bs, (fb1 - fb0) * bs))
-            bytes.copy(whole, vlo - fb0 * bs, at - pos + (lo - loc.guestOffset), at - pos + (hi - loc.guestOffset))
+            // Whole fs blocks: the write's bytes over the current ones (read before the write lands),
+            // or the write itself when it covers whole fs blocks.
+            const from = at - pos + (lo - loc.guestOffset)
+            const to = at - pos + (hi - loc.guestOffset)
+            let whole: Buffer
+            if (vlo === fb0 * bs && vhi === fb1 * bs) whole = bytes.subarray(from, to)
+            else {
+              whole = Buffer.from(await volumeRead(ins, volume, fb0 * bs, (fb1 - fb0) * bs))
+              bytes.copy(whole, vlo - fb0 * bs, from, to)
+            }
             for (const ch of await efs.update(fb0, whole)) {
               for (const s2 of volume.segments) {
                 const clo = Math.max(ch.fsBlock * bs, s2.volumeOffset)

@@ -1,30 +1,16 @@
 // The SSD store's writing connection, in its own thread (FINDINGS.md: one
 // row per transaction and WAL checkpoints stall 17-33 ms; the FUSE thread must
 // never wait for SQLite). Each batch of operations is one transaction,
-// committed with synchronous=FULL, then acknowledged by its sequence number.
+// committed (synchronous=NORMAL, or FULL for a batch a commit() waits on), then acknowledged by its sequence number.
 
 import Database from 'better-sqlite3'
 import { parentPort, workerData } from 'worker_threads'
 
-export type WriteOp =
-  | { op: 'put'; image: number; block: number; cls: number; dirty: number; data: Uint8Array }
-  | { op: 'clean'; image: number; block: number }
-  | { op: 'delete'; image: number; block: number }
-  | { op: 'truncate'; image: number; fromBlock: number }
-  | { op: 'image'; id: number; path: string; dev: number; ino: number; size: number; signature: Uint8Array }
-  | { op: 'map'; id: number; data: Uint8Array | null }
-  | { op: 'forget'; id: number }
-  | { op: 'signature'; id: number; signature: Uint8Array }
-  | { op: 'rename'; id: number; path: string }
-
-export interface Batch {
-  seq: number
-  ops: WriteOp[]
-}
+import { PUT_FIELDS, type Batch, type WriteOp } from './ssd-worker-types'
 
 const db = new Database(workerData.path as string)
 db.pragma('journal_mode = WAL')
-db.pragma('synchronous = FULL')
+db.pragma('synchronous = NORMAL')
 db.pragma('busy_timeout = 5000')
 const put = db.prepare('INSERT INTO blocks(image, block, cls, dirty, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT(image, block) DO UPDATE SET cls = excluded.cls, dirty = excluded.dirty, data = excluded.data')
 const clean = db.prepare('UPDATE blocks SET dirty = 0 WHERE image = ? AND block = ?')
@@ -35,12 +21,16 @@ const saveMap = db.prepare('UPDATE images SET map = ? WHERE id = ?')
 const forgetImage = db.prepare('DELETE FROM images WHERE id = ?')
 const forgetBlocks = db.prepare('DELETE FROM blocks WHERE image = ?')
 const signature = db.prepare('UPDATE images SET prev_signature = signature, signature = ? WHERE id = ?')
+const syncRow = db.prepare("INSERT INTO meta(key, value) VALUES ('sync', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
 const rename = db.prepare('UPDATE images SET path = ? WHERE id = ?')
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
-const apply = db.transaction((ops: WriteOp[]) => {
-  for (const o of ops) {
-    if (o.op === 'put') put.run(o.image, o.block, o.cls, o.dirty, buf(o.data))
+const apply = db.transaction((m: Batch) => {
+  for (const o of m.ops) {
+    if (typeof o === 'number') {
+      const f = m.puts!.subarray(o * PUT_FIELDS, (o + 1) * PUT_FIELDS)
+      put.run(f[0], f[1], f[2], f[3], buf(m.blob!.subarray(f[4], f[4] + f[5])))
+    } else if (o.op === 'put') put.run(o.image, o.block, o.cls, o.dirty, buf(o.data))
     else if (o.op === 'clean') clean.run(o.image, o.block)
     else if (o.op === 'delete') del.run(o.image, o.block)
     else if (o.op === 'truncate') trunc.run(o.image, o.fromBlock)
@@ -48,6 +38,7 @@ const apply = db.transaction((ops: WriteOp[]) => {
     else if (o.op === 'map') saveMap.run(o.data ? buf(o.data) : null, o.id)
     else if (o.op === 'signature') signature.run(buf(o.signature), o.id)
     else if (o.op === 'rename') rename.run(o.path, o.id)
+    else if (o.op === 'sync') syncRow.run(String(Date.now()))
     else {
       forgetBlocks.run(o.id)
       forgetImage.run(o.id)
@@ -62,7 +53,9 @@ parentPort!.on('message', (m: Batch | { close: true }) => {
     return
   }
   try {
-    apply(m.ops)
+    db.pragma(m.durable ? 'synchronous = FULL' : 'synchronous = NORMAL')
+    if (m.durable && !m.ops.some((o) => typeof o === 'number' || o.op !== 'sync')) m.ops.push({ op: 'sync' })
+    apply(m)
     parentPort!.postMessage({ seq: m.seq })
   } catch (e) {
     parentPort!.postMessage({ seq: m.seq, error: (e as Error).message })

@@ -11,9 +11,11 @@ import path from 'path'
 import { Worker } from 'worker_threads'
 import { PROJECT_ROOT } from '../root'
 import { blockKey } from './ram'
-import type { Batch, WriteOp } from './ssd-worker'
+import { PUT_FIELDS, type Batch, type WriteOp } from './ssd-worker-types'
 
 export const SCHEMA_VERSION = 2
+/** How long queued writes gather before they go to the writer thread (a commit() sends them at once). */
+const FLUSH_GATHER_MS = 5
 
 export interface SsdBlock {
   data: Buffer
@@ -61,6 +63,15 @@ export class SsdStore {
   private acked = 0
   private readonly waiters: { seq: number; resolve: () => void; reject: (e: Error) => void }[] = []
   private flushScheduled = false
+  /** Batches sent and not yet acknowledged: at most one, so one transaction (one WAL sync) carries everything queued meanwhile. */
+  private inFlight = 0
+  /** Queue index of the latest put of each block key (a newer put replaces it in place). */
+  private queuedPut = new Map<number, number>()
+  /** Ops were queued since the last durable batch was sent; and that batch's number. */
+  private sinceDurable = false
+  private durableSeq = 0
+  /** The next batch must reach the disk (a commit() waits for it). */
+  private durableWanted = false
   private failure: Error | null = null
   private nextImage = 1
   /** Images registered by this process, by path: the worker may not have written their row yet. */
@@ -82,6 +93,7 @@ export class SsdStore {
     worker.on('message', (m: { seq?: number; error?: string }) => {
       const seq = m.seq
       if (seq === undefined) return
+      this.inFlight = Math.max(0, this.inFlight - 1)
       if (m.error) {
         // The batch was rolled back: its blocks stay in `pending` (readable, and the
         // only copy of what it held) until the owner writes them elsewhere.
@@ -92,6 +104,7 @@ export class SsdStore {
         this.pendingTruncates = this.pendingTruncates.filter((t) => t.seq > seq)
       }
       this.acked = seq
+      if (this.queue.length) this.flush()
       for (let i = this.waiters.length - 1; i >= 0; i--) {
         const w = this.waiters[i]
         if (w.seq > seq) continue
@@ -149,22 +162,64 @@ export class SsdStore {
     // After a failure nothing more is written (the owner was told through onFailure
     // and stops redirecting); callers never have to guard their bookkeeping writes.
     if (this.failure) return
-    this.queue.push(op)
+    this.sinceDurable = true
     if (key !== null) this.pending.set(key, { seq: this.seq + 1, block })
+    if (op.op === 'put' && key !== null) {
+      // A block rewritten before its previous put left: one row write, not two.
+      const at = this.queuedPut.get(key)
+      if (at !== undefined) {
+        this.queue[at] = op
+        return
+      }
+      this.queuedPut.set(key, this.queue.length)
+    } else if (key !== null) this.queuedPut.delete(key)
+    else if (op.op === 'truncate' || op.op === 'forget') this.queuedPut.clear()
+    this.queue.push(op)
     if (this.queue.length >= 512) this.flush()
     else if (!this.flushScheduled) {
+      // A short gather window: at queue depth 1 every write would otherwise be its own
+      // transaction, and the writer thread's CPU is taken from the FUSE threads (2 cores here).
       this.flushScheduled = true
-      setImmediate(() => this.flush())
+      setTimeout(() => this.flush(), FLUSH_GATHER_MS)
     }
   }
 
-  /** Sends what is queued as one transaction. */
+  /** Sends what is queued as one transaction (durable when a commit waits for it). */
   private flush(): void {
     this.flushScheduled = false
-    if (!this.queue.length) return
-    const batch: Batch = { seq: ++this.seq, ops: this.queue }
+    if (!this.queue.length || this.inFlight > 0) return
+    const batch: Batch = { seq: ++this.seq, ops: this.queue, durable: this.durableWanted }
+    if (batch.durable) {
+      this.durableSeq = batch.seq
+      this.sinceDurable = false
+      this.durableWanted = false
+    }
+    // Puts travel as numbers in one transferred Float64Array and their bytes in one
+    // transferred buffer: structured clones of thousands of small objects and 4 KiB
+    // buffers cost more main-thread time than the writes themselves.
+    let bytes = 0
+    let puts = 0
+    const queued = this.queue
+    for (const o of queued) if (o.op === 'put') (bytes += o.data.byteLength), puts++
+    if (puts) {
+      const blob = new Uint8Array(bytes)
+      const nums = new Float64Array(puts * PUT_FIELDS)
+      let at = 0
+      let k = 0
+      batch.ops = queued.map((o) => {
+        if (o.op !== 'put') return o
+        blob.set(o.data, at)
+        nums.set([o.image, o.block, o.cls, o.dirty, at, o.data.byteLength], k * PUT_FIELDS)
+        at += o.data.byteLength
+        return k++
+      })
+      batch.blob = blob
+      batch.puts = nums
+    }
     this.queue = []
-    this.worker.postMessage(batch)
+    this.queuedPut.clear()
+    this.inFlight++
+    this.worker.postMessage(batch, batch.blob && batch.puts ? [batch.blob.buffer as ArrayBuffer, batch.puts.buffer as ArrayBuffer] : [])
   }
 
   put(image: number, block: number, data: Buffer, cls: number, dirty: boolean): void {
@@ -293,12 +348,25 @@ export class SsdStore {
     this.enqueue({ op: 'forget', id }, null, null)
   }
 
-  /** Resolves when every write queued so far is committed (synchronous=FULL). */
+  /**
+   * Resolves when every write queued so far is durable. Batches are committed
+   * with synchronous=NORMAL (in WAL mode: safe against a crash of the daemon,
+   * not of the machine) and the one a commit waits for with synchronous=FULL,
+   * whose WAL sync covers every frame before it.
+   */
   commit(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure)
-    this.flush()
-    if (this.acked >= this.seq) return Promise.resolve()
-    return new Promise((resolve, reject) => this.waiters.push({ seq: this.seq, resolve, reject }))
+    let target: number
+    if (!this.sinceDurable) target = this.durableSeq
+    else {
+      this.durableWanted = true
+      if (!this.queue.length) this.queue.push({ op: 'sync' })
+      this.flush()
+      // Still queued (a batch is in flight): it goes out, durable, when that one is acknowledged.
+      target = this.queue.length ? this.seq + 1 : this.durableSeq
+    }
+    if (this.acked >= target) return Promise.resolve()
+    return new Promise((resolve, reject) => this.waiters.push({ seq: target, resolve, reject }))
   }
 
   /** Dirty blocks of an image, in block order (committed and pending). */
