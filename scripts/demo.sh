@@ -49,6 +49,8 @@ df -h "$GUEST" | tail -1
 umount "$GUEST"
 losetup -d "$loop"
 
+echo "== vmdi-fuse stats $EXPORT (the datapath: what was cached, redirected, destaged)"
+$CLI stats "$EXPORT"
 echo "== vmdi-fuse status $EXPORT"
 $CLI status "$EXPORT"
 echo "== vmdi-fuse umount $EXPORT"
