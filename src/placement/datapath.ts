@@ -80,7 +80,7 @@ export interface ImageEntry {
   router: ImageRouter
   opens: number
   map: ExtentMap
-  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number }
+  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean }
   ins: Inspection | null
   /** Writes feeding the live map, one at a time. */
   updating: Promise<void>
@@ -239,7 +239,7 @@ export class Datapath {
       router: null as unknown as ImageRouter,
       opens: 1,
       map,
-      scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0 },
+      scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0, warm: false },
       ins: null,
       updating: Promise.resolve(),
       scanWrites: null,
@@ -325,6 +325,7 @@ export class Datapath {
       )
       if (!this.ssd.failed) this.ssd.saveMap(entry.id, fileMap.serialize(BLOCK))
       await this.preload(entry)
+      entry.scan.warm = true
       return
     }
   }
