@@ -1,0 +1,477 @@
+// npm run bench — the paper's Figure 2 reproduced on one machine (issue 6).
+//
+//   node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR]
+//        [--workloads du,stat,find,rm,create,webserver,boot | du-ext4,...]
+//        [--configs a,b,c,d,e | passthrough,conventional,...] [--fs ext4,ext3]
+//        [--ram-cache SIZE] [--keep] [--no-hdd-emulation]
+//
+// Images (scripts/bench/images.ts) are built once per scale and cached under
+// .cache/bench/images/. Every (workload, configuration) pair runs on a fresh
+// vmdi-fuse mount of a store holding the images (new SSD store, empty RAM
+// cache), a fresh loop device (losetup --direct-io=on) and guest mount of the
+// image, after `sync; echo 3 > /proc/sys/vm/drop_caches`. The configurations
+// that introspect wait for the scan and the preload of the meta-data before
+// the workload starts (both timed and reported on their own). Workloads that
+// write run on a copy of the image made in the store first (not timed).
+// Output: DIR/bench.md (tables), DIR/bench.svg (chart), DIR/bench.json; and
+// --json FILE. Progress on stderr. Root only (FUSE, loop devices, mounts).
+
+import { spawnSync } from 'child_process'
+import fs from 'fs'
+import os from 'os'
+import path from 'path'
+import { PROJECT_ROOT } from '../src/root'
+import { BuiltImage, ensureImages, FsType, ImageSet } from './bench/images'
+import { CONFIG_IDS, Cell, ConfigDef, ConfigId, jsonDoc, markdown, Meta, PAPER, Row, RouterDelta, ScanRow, speedup, svg } from './bench/report'
+import { attachLoop, Cleanup, CLI, dropCaches, FuseMount, HddCounters, isMounted, MountStats, mountFuse, mountGuest } from './bench/rig'
+import { fmtBytes, progress, run, running, since, sleep } from './bench/util'
+import { runWorkload, Workload, WORKLOAD_BASES, workloads, worker } from './bench/workloads'
+
+const HDD_PROFILE = 'laptop5400'
+const WORKLOAD_TIMEOUT_MS = 60 * 60_000
+
+interface Args {
+  quick: boolean
+  scale: number
+  json: string | null
+  out: string
+  workloads: string[] | null
+  configs: string[] | null
+  fs: FsType[]
+  ramCache: number | null
+  keep: boolean
+  noEmulation: boolean
+}
+
+function usage(msg?: string): never {
+  if (msg) process.stderr.write(`bench: ${msg}\n`)
+  process.stderr.write(
+    'usage: node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR] [--workloads a,b] [--configs a,b] [--fs ext4,ext3] [--ram-cache SIZE] [--keep] [--no-hdd-emulation]\n',
+  )
+  process.exit(msg ? 2 : 0)
+}
+
+function parseSize(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)([kmg]?)i?b?$/i.exec(v.trim())
+  if (!m) usage(`--ram-cache ${v}: not a size (e.g. 64M)`)
+  return Math.floor(Number(m[1]) * { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'])
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = {
+    quick: false,
+    scale: NaN,
+    json: null,
+    out: path.join(PROJECT_ROOT, '.cache', 'bench', 'results'),
+    workloads: null,
+    configs: null,
+    fs: ['ext4', 'ext3'],
+    ramCache: null,
+    keep: false,
+    noEmulation: false,
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]
+    const val = () => {
+      const v = argv[++i]
+      if (v === undefined) usage(`${k} needs a value`)
+      return v
+    }
+    if (k === '--quick') a.quick = true
+    else if (k === '--scale') a.scale = Number(val())
+    else if (k === '--json') a.json = path.resolve(val())
+    else if (k === '--out') a.out = path.resolve(val())
+    else if (k === '--workloads') a.workloads = val().split(',').map((s) => s.trim()).filter(Boolean)
+    else if (k === '--configs') a.configs = val().split(',').map((s) => s.trim()).filter(Boolean)
+    else if (k === '--fs') a.fs = val().split(',').map((s) => s.trim()) as FsType[]
+    else if (k === '--ram-cache') a.ramCache = parseSize(val())
+    else if (k === '--keep') a.keep = true
+    else if (k === '--no-hdd-emulation') a.noEmulation = true
+    else if (k === '-h' || k === '--help') usage()
+    else usage(`unknown argument ${k}`)
+  }
+  if (Number.isNaN(a.scale)) a.scale = a.quick ? 0.025 : 1
+  // --quick: ext3 only (the paper's guest file system; its indirect blocks make rm the
+  // paper's 20× case), to stay under 5 minutes; --fs ext4,ext3 asks for both.
+  if (a.quick && !argv.includes('--fs')) a.fs = ['ext3']
+  if (!(a.scale > 0 && a.scale <= 4)) usage('--scale must be in (0, 4]')
+  for (const f of a.fs) if (f !== 'ext4' && f !== 'ext3') usage(`--fs ${f}: ext4 or ext3`)
+  return a
+}
+
+// --- configurations ----------------------------------------------------------------
+
+function configDefs(emulation: boolean): ConfigDef[] {
+  return [
+    { key: 'a', id: 'passthrough', label: '`--no-introspect`: pure pass-through, no cache — what the disk alone gives', introspect: false, emulated: emulation, color: '#9e9e9e' },
+    { key: 'b', id: 'conventional', label: "`--cache-mode conventional --ram-cache X`: the paper's baseline, a conventional array: the RAM budget as a plain LRU of all blocks with Linux-style sequential read-ahead, no classes, no SSD", introspect: false, emulated: emulation, color: '#5c6bc0' },
+    { key: 'c', id: 'introspect', label: '`--ram-cache X`: introspection; the workload starts once the scan is done and the meta-data preloaded (RAM within budget, the rest in the SSD store)', introspect: true, emulated: emulation, color: '#2e7d32' },
+    { key: 'd', id: 'introspect_small_ram', label: "`--ram-cache` = a tenth of the image's meta-data bytes: introspection, most meta-data served from the SSD store", introspect: true, emulated: emulation, color: '#9ccc65' },
+    { key: 'e', id: 'ram', label: '(c) without `--emulate-hdd`: the upper bound, the image file on the host disk and page cache', introspect: true, emulated: false, color: '#ffb300' },
+  ]
+}
+
+function mountArgs(c: ConfigDef, ram: number | null): string[] {
+  const a: string[] = []
+  if (c.id === 'passthrough') a.push('--no-introspect')
+  if (c.id === 'conventional') a.push('--cache-mode', 'conventional')
+  if (ram !== null) a.push('--ram-cache', String(ram))
+  if (c.emulated) a.push('--emulate-hdd', HDD_PROFILE)
+  return a
+}
+
+// --- state of the run -----------------------------------------------------------------
+
+const cleanup = new Cleanup()
+let aborting = false
+
+function delta(before: HddCounters | null | undefined, after: HddCounters | null | undefined): HddCounters | null {
+  if (!before || !after) return null
+  const out: Record<string, number> = {}
+  for (const [k, v] of Object.entries(after)) if (typeof v === 'number' && typeof (before as unknown as Record<string, unknown>)[k] === 'number') out[k] = v - (before as unknown as Record<string, number>)[k]
+  return out as unknown as HddCounters
+}
+
+function imageIn(st: MountStats, flat: string) {
+  return st.images.find((i) => i.path === flat || path.basename(i.path) === flat) ?? null
+}
+
+function routerDelta(before: MountStats, after: MountStats, flat: string): RouterDelta | null {
+  const b = imageIn(before, flat)
+  const a = imageIn(after, flat)
+  if (!a?.classes) return null
+  const out: RouterDelta = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0 }
+  for (const [cls, v] of Object.entries(a.classes)) {
+    const p = b?.classes?.[cls]
+    for (const k of Object.keys(out) as (keyof RouterDelta)[]) out[k] += (v[k] ?? 0) - (p?.[k] ?? 0)
+  }
+  return out
+}
+
+function metaBlocks(im: { mapClasses?: Record<string, number> }): number {
+  return Object.entries(im.mapClasses ?? {})
+    .filter(([c]) => c !== 'data' && c !== 'free')
+    .reduce((a, [, n]) => a + n, 0)
+}
+
+/** Waits until the image's scan is done and its meta-data preloaded. */
+async function waitScan(fuse: FuseMount, flat: string): Promise<{ scanSeconds: number; preloadSeconds: number; meta: number; mapBytes: number; fileBytes: number | null; preloaded: number }> {
+  const t0 = Date.now()
+  let doneAt = 0
+  let last = -1
+  let lastChange = Date.now()
+  for (;;) {
+    if (aborting) throw new Error('interrupted')
+    const st = await fuse.stats()
+    const im = imageIn(st, flat)
+    if (im) {
+      if (im.scan.state === 'failed') throw new Error(`the scan of ${flat} failed: ${im.scan.error}`)
+      if (im.scan.state === 'done') {
+        if (!doneAt) doneAt = Date.now()
+        const meta = metaBlocks(im)
+        const pre = Number(im.preloaded ?? 0)
+        if (pre !== last) {
+          last = pre
+          lastChange = Date.now()
+        }
+        const res = { scanSeconds: im.scan.ms / 1000, preloadSeconds: (Date.now() - doneAt) / 1000, meta, mapBytes: im.scan.mapBytes ?? 0, fileBytes: (im.fileBytes as number) ?? null, preloaded: pre }
+        if (pre >= meta) return res
+        if (Date.now() - lastChange > 5000) {
+          progress(`  preload of ${flat} stopped at ${pre} of ${meta} meta-data blocks: going on`)
+          return res
+        }
+      }
+    } else if (Date.now() - t0 > 30_000) throw new Error(`${flat} never attached to the datapath (stats lists ${st.images.map((i) => i.path).join(', ') || 'no image'})`)
+    if (Date.now() - t0 > 60 * 60_000) throw new Error(`the scan of ${flat} did not finish within an hour`)
+    await sleep(100)
+  }
+}
+
+interface Ctx {
+  args: Args
+  set: ImageSet
+  work: string
+  store: string
+  mnt: string
+  guest: string
+  logFile: string
+  ramCache: number
+  scans: ScanRow[]
+}
+
+function imageOf(set: ImageSet, w: Workload): BuiltImage {
+  return w.image === 'os' ? set.os : set.data[w.fs]
+}
+
+async function runOne(ctx: Ctx, w: Workload, c: ConfigDef): Promise<Cell> {
+  const image = imageOf(ctx.set, w)
+  const ram = c.id === 'passthrough' ? null : c.id === 'introspect_small_ram' ? Math.max(1 << 20, Math.round(image.metadataBytes / 10 / 4096) * 4096) : ctx.ramCache
+  const cell: Cell = { seconds: null, emulated: c.emulated, ramCache: ram, hdd: null, router: null, mountSeconds: 0 }
+  const tag = `(${c.key}) ${c.id} · ${w.name}`
+  const runDir = path.join(ctx.work, 'runs', `${w.name}.${c.id}`)
+  fs.rmSync(runDir, { recursive: true, force: true })
+  fs.mkdirSync(runDir, { recursive: true })
+  let flat = image.flat
+  try {
+    if (w.rw) {
+      const t = process.hrtime.bigint()
+      flat = `work-${image.flat}`
+      const dst = path.join(ctx.store, flat)
+      const desc = path.join(ctx.store, `work-${image.vmdk}`)
+      fs.rmSync(dst, { force: true })
+      cleanup.add(`image copy ${dst}`, async () => {
+        fs.rmSync(dst, { force: true })
+        fs.rmSync(desc, { force: true })
+      })
+      await run('cp', ['--sparse=always', '--reflink=auto', path.join(ctx.store, image.flat), dst])
+      fs.writeFileSync(desc, fs.readFileSync(path.join(ctx.store, image.vmdk), 'utf8').split(`"${image.flat}"`).join(`"${flat}"`))
+      cell.copySeconds = since(t)
+    }
+    const tm = process.hrtime.bigint()
+    const fuse = await mountFuse(cleanup, ctx.store, ctx.mnt, mountArgs(c, ram), { VMDI_STATE_DIR: path.join(runDir, 'state') }, ctx.logFile)
+    cell.mountSeconds = since(tm)
+    const parts = [...image.parts].sort((x, y) => x.mountAt.length - y.mountAt.length)
+    const loops = []
+    for (const p of parts) loops.push(await attachLoop(cleanup, path.join(ctx.mnt, flat), p.offset, p.size, !w.rw))
+    if (c.introspect) {
+      progress(`${tag}: waiting for the scan and the preload`)
+      const s = await waitScan(fuse, flat)
+      cell.scanSeconds = s.scanSeconds
+      cell.preloadSeconds = s.preloadSeconds
+      const fsName = image.name
+      if ((c.id === 'introspect' || c.id === 'ram') && !ctx.scans.some((x) => x.fs === fsName && x.emulated === c.emulated)) {
+        ctx.scans.push({
+          image: image.flat,
+          fs: fsName,
+          seconds: s.scanSeconds,
+          preloadSeconds: s.preloadSeconds,
+          bytesRead: image.scanBytesRead,
+          metadataBytes: s.meta * 4096,
+          mapBytes: s.mapBytes,
+          imageBytes: s.fileBytes ?? image.bytes,
+          emulated: c.emulated,
+          files: image.name.startsWith('data') ? ctx.set.fileserverFiles + ctx.set.www.length : undefined,
+        })
+      }
+    }
+    const tg = process.hrtime.bigint()
+    const guests: (() => Promise<void>)[] = []
+    for (const [i, p] of parts.entries()) guests.push(await mountGuest(cleanup, loops[i].dev, p.fstype, path.join(ctx.guest, p.mountAt), !w.rw))
+    cell.guestMountSeconds = since(tg)
+    await dropCaches()
+    const before = await fuse.stats()
+    progress(`${tag}: running${cell.copySeconds !== undefined ? ` (copy ${cell.copySeconds.toFixed(1)} s)` : ''}${cell.scanSeconds !== undefined ? ` (scan ${cell.scanSeconds.toFixed(1)} s, preload ${cell.preloadSeconds!.toFixed(1)} s)` : ''}`)
+    const t0 = process.hrtime.bigint()
+    const r = await runWorkload(
+      w,
+      {
+        root: ctx.guest,
+        self: __filename,
+        tmp: runDir,
+        createFiles: Math.max(500, Math.round(10_000 * ctx.args.scale)),
+        webIterations: ctx.set.www.length,
+        www: ctx.set.www,
+        boot: ctx.set.boot,
+      },
+      WORKLOAD_TIMEOUT_MS,
+    )
+    cell.seconds = since(t0)
+    cell.output = r.stdout.trim().slice(0, 300)
+    const after = await fuse.stats()
+    cell.hdd = c.emulated ? delta(before.hdd, after.hdd) : null
+    cell.router = routerDelta(before, after, flat)
+    for (const g of guests.reverse()) await g()
+    for (const l of loops.reverse()) await l.detach()
+    const tu = process.hrtime.bigint()
+    await fuse.umount()
+    cell.umountSeconds = since(tu)
+    const h = cell.hdd
+    progress(
+      `${tag}: ${cell.seconds.toFixed(2)} s` +
+        (h ? ` (HDD ${h.requests} requests, seeks ${fmtBytes(h.seekBytes)}, busy ${(h.busyMs / 1000).toFixed(1)} s)` : c.emulated ? ' (no HDD counters in stats)' : ' (no HDD emulation)') +
+        `; unmount ${cell.umountSeconds.toFixed(1)} s`,
+    )
+  } catch (e) {
+    cell.seconds = null
+    const lines = (e as Error).message.split('\n').map((l) => l.trim()).filter(Boolean)
+    const cause = lines.slice(1).find((l) => /error|vmdi-fuse:/i.test(l))
+    cell.error = (lines[0] + (cause ? ` ${cause}` : '')).slice(0, 400)
+    progress(`${tag}: FAILED: ${(e as Error).message}`)
+  } finally {
+    if (!aborting) await cleanup.unwind()
+    if (!ctx.args.keep && !aborting) fs.rmSync(runDir, { recursive: true, force: true })
+  }
+  return cell
+}
+
+/** Leftovers of an interrupted earlier run: guest mounts, loop devices, the vmdi-fuse mount. */
+async function clearStale(work: string): Promise<void> {
+  const mounts = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m) => m && m.startsWith(work + '/'))
+    .sort((a, b) => b.length - a.length)
+  const loopsJson = await run('losetup', ['-J', '-l'], { allowFail: true })
+  const loops: { name: string; 'back-file': string | null }[] = loopsJson.stdout.trim() ? (JSON.parse(loopsJson.stdout).loopdevices ?? []) : []
+  for (const m of mounts.filter((m) => !m.endsWith('/mnt'))) {
+    progress(`clearing a stale guest mount ${m}`)
+    await run('umount', ['-l', m], { allowFail: true })
+  }
+  for (const l of loops) {
+    if (l['back-file'] && l['back-file'].startsWith(work + '/')) {
+      progress(`clearing a stale loop device ${l.name} (${l['back-file']})`)
+      await run('losetup', ['-d', l.name], { allowFail: true })
+    }
+  }
+  const mnt = path.join(work, 'mnt')
+  if (isMounted(mnt)) {
+    progress(`clearing a stale vmdi-fuse mount ${mnt}`)
+    await run(process.execPath, [CLI, 'umount', mnt], { allowFail: true, timeoutMs: 120_000 })
+    if (isMounted(mnt)) await run('fusermount', ['-u', '-z', mnt], { allowFail: true })
+  }
+}
+
+function gitCommit(): string {
+  const r = spawnSync('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' })
+  const dirty = spawnSync('git', ['-C', PROJECT_ROOT, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).stdout.trim()
+  return (r.stdout || 'unknown').trim() + (dirty ? ' (src/ modified)' : '')
+}
+
+async function main(): Promise<void> {
+  if (process.argv[2] === '--worker') {
+    worker(process.argv.slice(3))
+    return
+  }
+  const args = parseArgs(process.argv.slice(2))
+  const t0 = Date.now()
+  if (process.getuid?.() !== 0) usage('run as root (FUSE mounts, loop devices, guest mounts, drop_caches)')
+  if (!fs.existsSync(CLI)) usage(`${CLI} is missing: build first (npx tsc -p .)`)
+  const help = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout
+  const notes: string[] = []
+  const cliEmulates = help.includes('--emulate-hdd')
+  const cliConventional = help.includes('--cache-mode')
+  const emulation = cliEmulates && !args.noEmulation
+  if (!cliEmulates) notes.push('This build of the CLI has no `--emulate-hdd`: every configuration ran without HDD emulation.')
+  let defs = configDefs(emulation)
+  if (!cliConventional) {
+    defs = defs.filter((d) => d.id !== 'conventional')
+    notes.push('This build of the CLI has no `--cache-mode conventional`: configuration (b) was not run, and no speed-up against it can be given.')
+  }
+  if (args.configs) {
+    const want = new Set(args.configs)
+    for (const w of want) if (!configDefs(true).some((d) => d.key === w || d.id === w)) usage(`--configs: unknown configuration ${w} (a-e or ${CONFIG_IDS.join(', ')})`)
+    defs = defs.filter((d) => want.has(d.key) || want.has(d.id))
+  }
+  let wls = workloads(args.fs)
+  if (args.workloads) {
+    const want = new Set(args.workloads)
+    for (const w of want) if (!WORKLOAD_BASES.includes(w as never) && !wls.some((x) => x.name === w)) usage(`--workloads: unknown workload ${w} (${WORKLOAD_BASES.join(', ')}, or e.g. du-ext3)`)
+    wls = wls.filter((w) => want.has(w.base) || want.has(w.name))
+  }
+  const ramCache = args.ramCache ?? (args.quick || args.scale < 0.5 ? 64 << 20 : 256 << 20)
+
+  const onSignal = (sig: string) => {
+    if (aborting) return
+    aborting = true
+    progress(`${sig}: stopping; unmounting guests, detaching loop devices, unmounting vmdi-fuse`)
+    for (const c of running) c.kill('SIGKILL')
+    void cleanup.unwind().finally(() => {
+      progress('clean: exiting')
+      process.exit(130)
+    })
+  }
+  process.on('SIGINT', () => onSignal('SIGINT'))
+  process.on('SIGTERM', () => onSignal('SIGTERM'))
+  process.on('SIGHUP', () => onSignal('SIGHUP'))
+
+  const set = await ensureImages(args.scale)
+  const work = path.join(PROJECT_ROOT, '.cache', 'bench', 'work')
+  await clearStale(work)
+  fs.rmSync(work, { recursive: true, force: true })
+  const store = path.join(work, 'store')
+  fs.mkdirSync(store, { recursive: true })
+  // The store: the cached images, hard-linked (read-only workloads never write them: loop -r, guest ro).
+  const baseFiles = [set.data.ext4, set.data.ext3, set.os].flatMap((im) => [im.vmdk, im.flat])
+  const stamp = new Map<string, number>()
+  for (const f of baseFiles) {
+    const src = path.join(set.dir, f)
+    try {
+      fs.linkSync(src, path.join(store, f))
+    } catch {
+      await run('cp', ['--sparse=always', '--reflink=auto', src, path.join(store, f)])
+    }
+    stamp.set(f, fs.statSync(src).mtimeMs)
+  }
+  const ctx: Ctx = { args, set, work, store, mnt: path.join(work, 'mnt'), guest: path.join(work, 'guest'), logFile: path.join(work, 'vmdi-fuse.log'), ramCache, scans: [] }
+  fs.mkdirSync(ctx.mnt, { recursive: true })
+  fs.mkdirSync(ctx.guest, { recursive: true })
+  progress(
+    `${wls.length} workloads × ${defs.length} configurations (${defs.map((d) => `(${d.key}) ${d.id}`).join(', ')}); RAM budget ${fmtBytes(ramCache)}; ${emulation ? `emulated HDD ${HDD_PROFILE}` : 'NO HDD EMULATION'}; vmdi-fuse log ${ctx.logFile}`,
+  )
+
+  const rows: Row[] = []
+  let failedInARow = 0
+  for (const w of wls) {
+    const row: Row = { w, cells: {} }
+    rows.push(row)
+    for (const c of defs) {
+      if (aborting || failedInARow >= 5) break
+      const cell = await runOne(ctx, w, c)
+      row.cells[c.id] = cell
+      failedInARow = cell.error ? failedInARow + 1 : 0
+    }
+    if (aborting) break
+    if (failedInARow >= 5) {
+      notes.push(`The run stopped early: five runs in a row failed (the last: ${Object.values(row.cells).reverse().find((x) => x?.error)?.error ?? '?'}).`)
+      progress('five runs in a row failed: stopping; the report has what was measured')
+      break
+    }
+    const s = speedup(row, 'introspect')
+    if (s !== null) progress(`${w.name}: (c) against (b) ${s.toFixed(2)}× (paper ${PAPER[w.base].shown}, target ≥ ${PAPER[w.base].target}×)`)
+  }
+  if (aborting) return
+  for (const [f, m] of stamp) {
+    if (fs.statSync(path.join(set.dir, f)).mtimeMs !== m) notes.push(`WARNING: the cached image ${f} changed during the run (a read-only workload wrote it?): the cache is suspect; delete ${set.dir}`)
+  }
+
+  notes.push(
+    `Data images: ${set.fileserverFiles} fileserver files (${fmtBytes(set.fileserverBytes)}; Gamma(shape ${set.params.gammaShape}, mean ${fmtBytes(set.params.meanFileBytes)}) sizes as filebench's fileserver, leaf directories of ${set.params.dirWidth}) and ${set.www.length} webserver files (mean ${fmtBytes(set.params.wwwMeanBytes)}), made with mke2fs -d; only their meta-data is stored (e2image -r): data blocks are holes that read as zeros, at their real places, so the emulated disk times every request as for the full image.`,
+    `Boot-like, not a real boot: the OS image (MBR: 64 MiB ext4 /boot, ext4 root with this machine's /etc and /usr subsets) is read by a list of ${set.boot.length} files (${fmtBytes(set.bootBytes)}): a kernel-like and an initrd-like file, init (systemd), boot-time programs, their libraries topped up to ${set.params.bootLibs} libraries, and etc/ files, whole, one after the other.`,
+    `Webserver: one thread (filebench uses 100), ${set.www.length} iterations of 10 whole-file reads of uniformly chosen web files plus one 16 KiB append to www.log; the guest's page cache serves repeated reads, as in a VM. Create: ${Math.max(500, Math.round(10_000 * args.scale))} files.`,
+    'Times exclude: the image copy for the write workloads, the vmdi-fuse mount, the scan and preload of (c)-(e), the guest mount, and the unmount (which destages dirty meta-data of (c)/(d) to the HDD; its time is in bench.json as umountSeconds).',
+    'HDD requests, seek distance, drive-cache hits and busy time are the emulated disk\'s counters (stats --json "hdd") over the workload alone; "reads: RAM / SSD / HDD" and "writes: redirected (to the SSD store) / all" the image\'s router counters over all classes, in 4 KiB blocks. n/a: not measured in that configuration.',
+  )
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU'
+  const meta: Meta = {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    commit: gitCommit(),
+    command: `node dist/scripts/bench.js ${process.argv.slice(2).join(' ')}`.trim(),
+    machine: `${os.cpus().length} × ${cpu}, ${fmtBytes(os.totalmem())} RAM, Linux ${os.release()}`,
+    quick: args.quick,
+    scale: args.scale,
+    ramCache,
+    hddProfile: `5400 RPM laptop disk (--emulate-hdd ${HDD_PROFILE})`,
+    emulation,
+    images: `data-ext4 and data-ext3: ${fmtBytes(set.data.ext4.bytes)} flat VMDKs (${fmtBytes(set.data.ext4.metadataBytes)} / ${fmtBytes(set.data.ext3.metadataBytes)} of meta-data), os: ${fmtBytes(set.os.bytes)} (${fmtBytes(set.os.metadataBytes)} of meta-data); cache ${path.relative(PROJECT_ROOT, set.dir)}`,
+    totalSeconds: (Date.now() - t0) / 1000,
+    configs: defs,
+    notes,
+  }
+  fs.mkdirSync(args.out, { recursive: true })
+  const md = markdown(rows, ctx.scans, meta)
+  fs.writeFileSync(path.join(args.out, 'bench.md'), md)
+  fs.writeFileSync(path.join(args.out, 'bench.svg'), svg(rows, meta))
+  const doc = JSON.stringify({ ...(jsonDoc(rows, ctx.scans, meta) as object), cells: rows.map((r) => ({ name: r.w.name, cells: r.cells })) }, null, 2) + '\n'
+  fs.writeFileSync(path.join(args.out, 'bench.json'), doc)
+  if (args.json) fs.writeFileSync(args.json, doc)
+  if (!args.keep) fs.rmSync(work, { recursive: true, force: true })
+  process.stdout.write(md)
+  progress(`done in ${meta.totalSeconds.toFixed(0)} s: ${path.join(args.out, 'bench.md')}, bench.svg, bench.json${args.json ? `, ${args.json}` : ''}`)
+}
+
+main().catch(async (e) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`)
+  await cleanup.unwind()
+  process.exit(1)
+})

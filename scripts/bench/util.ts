@@ -1,0 +1,130 @@
+// Small helpers of the benchmark harness (npm run bench): child processes that
+// can be interrupted, progress lines, a seeded RNG and a gamma sampler.
+
+import { ChildProcess, spawn, SpawnOptions } from 'child_process'
+
+const T0 = Date.now()
+
+/** A progress line on stderr: "[ 123.4 s] message". */
+export function progress(msg: string): void {
+  const s = ((Date.now() - T0) / 1000).toFixed(1).padStart(7)
+  process.stderr.write(`[bench ${s} s] ${msg}\n`)
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+/** Children running now: SIGINT kills them before the rig is torn down. */
+export const running = new Set<ChildProcess>()
+
+export interface RunResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+export class CommandError extends Error {
+  constructor(
+    readonly cmd: string,
+    readonly result: RunResult,
+  ) {
+    super(`${cmd} failed (${result.signal ? `signal ${result.signal}` : `exit status ${result.code}`}): ${(result.stderr || result.stdout).trim().split('\n').slice(-6).join(' | ')}`)
+  }
+}
+
+export interface RunOptions extends SpawnOptions {
+  /** Resolve instead of throwing on a non-zero exit. */
+  allowFail?: boolean
+  /** Discard stdout instead of collecting it (commands with huge output). */
+  discardStdout?: boolean
+  /** Kill the command (SIGKILL) after this many ms. */
+  timeoutMs?: number
+  input?: string
+}
+
+/** Runs a command to completion; throws CommandError on a non-zero exit unless allowFail. */
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const { allowFail, discardStdout, timeoutMs, input, ...spawnOpts } = opts
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: [input !== undefined ? 'pipe' : 'ignore', discardStdout ? 'ignore' : 'pipe', 'pipe'], ...spawnOpts })
+    running.add(child)
+    let stdout = ''
+    let stderr = ''
+    child.stdout?.setEncoding('utf8')
+    child.stderr?.setEncoding('utf8')
+    child.stdout?.on('data', (d: string) => {
+      if (stdout.length < 4 << 20) stdout += d
+    })
+    child.stderr?.on('data', (d: string) => {
+      if (stderr.length < 1 << 20) stderr += d
+    })
+    if (input !== undefined) child.stdin!.end(input)
+    const timer = timeoutMs ? setTimeout(() => child.kill('SIGKILL'), timeoutMs) : null
+    child.on('error', (e) => {
+      running.delete(child)
+      if (timer) clearTimeout(timer)
+      reject(new Error(`${cmd}: ${e.message}`))
+    })
+    child.on('close', (code, signal) => {
+      running.delete(child)
+      if (timer) clearTimeout(timer)
+      const r = { code, signal, stdout, stderr }
+      if (code !== 0 && !allowFail) reject(new CommandError(`${cmd} ${args.join(' ')}`.slice(0, 300), r))
+      else resolve(r)
+    })
+  })
+}
+
+/** Seconds since `t` (a process.hrtime.bigint()). */
+export function since(t: bigint): number {
+  return Number(process.hrtime.bigint() - t) / 1e9
+}
+
+/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0
+    let t = s
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/**
+ * Gamma(shape k ≥ 1) with the given mean, by Marsaglia–Tsang, from `uni`. Filebench's
+ * cvar-gamma takes the same two parameters (mean, gamma = shape).
+ */
+export function gamma(uni: () => number, mean: number, k: number): () => number {
+  const theta = mean / k
+  const d = k - 1 / 3
+  const c = 1 / Math.sqrt(9 * d)
+  const normal = () => Math.sqrt(-2 * Math.log(1 - uni())) * Math.cos(2 * Math.PI * uni())
+  return () => {
+    for (;;) {
+      const z = normal()
+      const v = (1 + c * z) ** 3
+      if (v <= 0) continue
+      if (Math.log(1 - uni()) < 0.5 * z * z + d - d * v + d * Math.log(v)) return d * v * theta
+    }
+  }
+}
+
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`
+  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`
+  return `${n} B`
+}
+
+/** Seeded Fisher–Yates, in place. */
+export function shuffle<T>(a: T[], uni: () => number): T[] {
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = Math.floor(uni() * (i + 1))
+    ;[a[i], a[j]] = [a[j], a[i]]
+  }
+  return a
+}
