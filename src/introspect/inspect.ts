@@ -8,7 +8,7 @@ import { openImage } from './container'
 import type { OpenOptions } from './container/open'
 import type { VirtualDisk } from './container/types'
 import { IntrospectError } from './errors'
-import { scanExt, type ExtFs } from './fs/ext'
+import { ExtFs, scanExt } from './fs/ext'
 import { FileMapBuilder, type FileMap } from './map/fold'
 import { readVolumes, volumeReader, type Volume, type VolumeLayout } from './volume'
 
@@ -19,6 +19,8 @@ export interface InspectOptions {
   scan?: boolean
   /** Scan progress: bytes done and total of the file system being scanned. */
   onProgress?: (what: string, done: number, total: number) => void
+  /** Saved states (ExtFs.exportState) by volume index: those file systems are restored, not scanned (a state that does not fit is scanned). */
+  restore?: Map<number, Buffer>
   /** Opens the image's files (default: from disk); see OpenOptions.openFile. */
   openFile?: OpenOptions['openFile']
 }
@@ -79,6 +81,8 @@ export interface Inspection {
   filesystems: { volume: Volume; fs: ExtFs }[]
   /** One map per backing file, 4 KiB granularity (only when scanned). */
   fileMaps: FileMap[] | null
+  /** Volumes whose file system was restored from a saved state instead of scanned. */
+  restored: number[]
   close(): Promise<void>
 }
 
@@ -90,11 +94,22 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
     const layout = await readVolumes(disk)
     const filesystems: { volume: Volume; fs: ExtFs }[] = []
     const errors: { volume: number; message: string }[] = []
+    const restored: number[] = []
     if (opts.scan !== false) {
       for (const v of layout.volumes) {
         if (!EXT_CONTENT.has(v.content)) continue
         const what = `${v.content} in ${v.scheme === 'none' ? 'the whole disk' : `volume ${v.index}`}`
         try {
+          const saved = opts.restore?.get(v.index)
+          if (saved) {
+            try {
+              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved) })
+              restored.push(v.index)
+              continue
+            } catch (e) {
+              if (!(e instanceof IntrospectError)) throw e
+            }
+          }
           const fs = await scanExt(volumeReader(disk, v), {
             onProgress: opts.onProgress ? (d, t) => opts.onProgress?.(what, d, t) : undefined,
           })
@@ -107,7 +122,7 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
     }
     const fileMaps = opts.scan !== false ? foldMaps(disk, layout, filesystems) : null
     const report = makeReport(image, disk, layout, filesystems, errors, fileMaps)
-    return { report, disk, layout, filesystems, fileMaps, close: () => disk.close() }
+    return { report, disk, layout, filesystems, fileMaps, restored, close: () => disk.close() }
   } catch (e) {
     await disk.close().catch(() => undefined)
     throw e

@@ -80,7 +80,7 @@ export interface ImageEntry {
   router: ImageRouter
   opens: number
   map: ExtentMap
-  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean }
+  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean; restored: boolean }
   ins: Inspection | null
   /** Writes feeding the live map, one at a time. */
   updating: Promise<void>
@@ -88,6 +88,10 @@ export interface ImageEntry {
   scanWrites: Set<number> | null
   unlinked: boolean
   closing: boolean
+  /** Saved file-system states from the last clean unmount, used by the first scan (then dropped). */
+  restore: Map<number, Buffer> | null
+  /** The file's mtime and size when its last handle closed and its destage finished (a reopen checks them). */
+  closedStat: { mtimeNs: bigint; size: number } | null
 }
 
 function globToRegExp(glob: string): RegExp {
@@ -178,8 +182,16 @@ export class Datapath {
     const key = `${st.dev}:${st.ino}`
     const known = this.byKey.get(key)
     if (known && !known.unlinked) {
-      known.opens++
-      return known
+      if (known.opens === 0 && known.closedStat && !sameStat(known.closedStat, abs)) {
+        // Written on the HDD behind the mount while no handle had it open: start afresh.
+        log.warn(`image ${rel}: changed on the HDD while closed (mtime or size): its cached blocks and map are dropped and it is scanned again`)
+        await this.forget(known, false)
+        await this.ssd.commit().catch(() => undefined)
+      } else {
+        known.opens++
+        known.closedStat = null
+        return known
+      }
     }
     if (this.refused.has(abs)) throw new ImageRefused(this.refused.get(abs)!)
     if (this.excluded(rel)) return null
@@ -222,6 +234,20 @@ export class Datapath {
       log.error(msg)
       throw new ImageRefused(msg)
     }
+    // The clean-unmount record: mtime and size after our last write, and the file systems' states.
+    let restore: Map<number, Buffer> | null = null
+    if (reg.clean) {
+      this.ssd.saveCleanRecord(reg.id, null) // a crash from here on leaves no record
+      const rec = unpackClean(reg.clean)
+      const now = fs.statSync(abs, { bigint: true })
+      if (!rec || rec.mtimeNs !== now.mtimeNs || rec.size !== Number(now.size)) {
+        if (reg.dirtyBlocks === 0) {
+          this.ssd.resetImage(reg.id)
+          reg.map = null
+          log.info(`image ${rel}: changed on the HDD since the last clean unmount (mtime or size): store copies dropped`)
+        }
+      } else restore = rec.states
+    }
     let map = new ExtentMap()
     if (reg.map) {
       try {
@@ -239,12 +265,14 @@ export class Datapath {
       router: null as unknown as ImageRouter,
       opens: 1,
       map,
-      scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0, warm: false },
+      scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0, warm: false, restored: false },
       ins: null,
       updating: Promise.resolve(),
       scanWrites: null,
       unlinked: false,
       closing: false,
+      restore,
+      closedStat: null,
     }
     const conventional = this.opts.cacheMode === 'conventional'
     entry.router = new ImageRouter(fd, reg.id, this.ram, this.ssd, (b) => entry.map.classOf(b), {
@@ -286,7 +314,7 @@ export class Datapath {
       entry.scanWrites = new Set()
       let ins: Inspection
       try {
-        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry) })
+        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined })
       } catch (e) {
         entry.scanWrites = null
         entry.scan.state = 'failed'
@@ -300,6 +328,7 @@ export class Datapath {
       const fileMap = ins.fileMaps?.find((m) => m.path === entry.abs)?.map ?? new ExtentMap()
       const writes = entry.scanWrites
       entry.scanWrites = null
+      entry.restore = null // a retry scans
       const raced = writes.size >= MAX_SCAN_WRITES || [...writes].some((b) => isMetadata(fileMap.classOf(b)) || isMetadata(entry.map.classOf(b)))
       if (raced && entry.scan.tries < MAX_SCAN_TRIES && !this.closed) {
         await ins.close().catch(() => undefined)
@@ -314,13 +343,15 @@ export class Datapath {
       entry.map = fileMap
       entry.ins = ins
       entry.scan.state = 'done'
+      entry.scan.restored = ins.restored.length > 0 && ins.restored.length === ins.filesystems.length
+      entry.restore = null
       entry.scan.ms = Date.now() - t0
       entry.scan.format = `${ins.report.format}/${ins.report.subformat}`
       entry.scan.mapBytes = fileMap.memoryBytes()
       if (raced) log.warn(`image ${entry.rel}: the guest kept writing meta-data during ${MAX_SCAN_TRIES} scans: the map may miss some of it until those blocks are written again`)
       const meta = [...fileMap.countByClass().values()].reduce((a, n) => a + n, 0)
       log.info(
-        `image ${entry.rel}: scanned in ${entry.scan.ms} ms (${entry.scan.format}, ${ins.report.partitions.length} volume(s), ` +
+        `image ${entry.rel}: ${entry.scan.restored ? 'restored from its clean-unmount record (no inode walk)' : 'scanned'} in ${entry.scan.ms} ms (${entry.scan.format}, ${ins.report.partitions.length} volume(s), ` +
           `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s) of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
       )
       if (!this.ssd.failed) this.ssd.saveMap(entry.id, fileMap.serialize(BLOCK))
@@ -440,7 +471,14 @@ export class Datapath {
       return
     }
     // No VM has it open: make the HDD file whole in the background.
-    void this.destageAll(entry).catch((e) => log.error(`image ${entry.rel}: destage after the last close failed: ${(e as Error).message}`))
+    void this.destageAll(entry)
+      .then(() => {
+        if (entry.opens === 0 && entry.router.dirty.size === 0) {
+          const st = fs.fstatSync(entry.fd, { bigint: true })
+          entry.closedStat = { mtimeNs: st.mtimeNs, size: Number(st.size) }
+        }
+      })
+      .catch((e) => log.error(`image ${entry.rel}: destage after the last close failed: ${(e as Error).message}`))
   }
 
   entryForPath(abs: string): ImageEntry | null {
@@ -488,14 +526,16 @@ export class Datapath {
     }
   }
 
-  private async forget(e: ImageEntry): Promise<void> {
+  /** Drops an image's entry and RAM blocks; `unlinked`: forgets it in the SSD store too, else only resets its blocks and map there. */
+  private async forget(e: ImageEntry, unlinked = true): Promise<void> {
     this.byKey.delete(e.key)
     await e.updating
     this.ram.dropImage(e.router.image)
-    this.ssd.forgetImage(e.id)
+    if (unlinked) this.ssd.forgetImage(e.id)
+    else this.ssd.resetImage(e.id)
     await e.ins?.close().catch(() => undefined)
     fs.close(e.fd, () => undefined)
-    log.info(`image ${e.rel}: unlinked: its blocks and map are forgotten`)
+    if (unlinked) log.info(`image ${e.rel}: unlinked: its blocks and map are forgotten`)
   }
 
   // --- destage -----------------------------------------------------------------
@@ -605,7 +645,13 @@ export class Datapath {
       try {
         const n = await this.destageAll(e)
         if (n) log.info(`image ${e.rel}: ${n} block(s) destaged at unmount`)
-        if (e.scan.state === 'done' && !this.ssd.failed) this.ssd.saveMap(e.id, e.map.serialize(BLOCK))
+        if (e.scan.state === 'done' && !this.ssd.failed) {
+          this.ssd.saveMap(e.id, e.map.serialize(BLOCK))
+          if (e.ins && e.router.dirty.size === 0) {
+            const st = fs.fstatSync(e.fd, { bigint: true })
+            this.ssd.saveCleanRecord(e.id, packClean(st.mtimeNs, Number(st.size), e.ins))
+          }
+        }
       } catch (x) {
         log.error(`image ${e.rel}: destage at unmount failed: ${(x as Error).message}; the SSD store keeps its blocks for the next mount`)
       }
@@ -630,6 +676,47 @@ export interface DatapathStats {
     mapClasses: Record<string, number>
   } & RouterCounters)[]
   refused: string[]
+}
+
+function sameStat(rec: { mtimeNs: bigint; size: number }, abs: string): boolean {
+  try {
+    const st = fs.statSync(abs, { bigint: true })
+    return st.mtimeNs === rec.mtimeNs && Number(st.size) === rec.size
+  } catch {
+    return false
+  }
+}
+
+/** The clean-unmount record: JSON {mtimeNs, size, volumes}, then each volume's ExtFs state (u32 length + bytes). */
+function packClean(mtimeNs: bigint, size: number, ins: Inspection): Buffer {
+  const states = ins.filesystems.map((f) => ({ volume: f.volume.index, state: f.fs.exportState() }))
+  const head = Buffer.from(JSON.stringify({ mtimeNs: String(mtimeNs), size, volumes: states.map((x) => x.volume) }))
+  const parts: Buffer[] = [u32(head.length), head]
+  for (const x of states) parts.push(u32(x.state.length), x.state)
+  return Buffer.concat(parts)
+}
+
+function unpackClean(b: Buffer): { mtimeNs: bigint; size: number; states: Map<number, Buffer> } | null {
+  try {
+    const n = b.readUInt32LE(0)
+    const head = JSON.parse(b.subarray(4, 4 + n).toString()) as { mtimeNs: string; size: number; volumes: number[] }
+    const states = new Map<number, Buffer>()
+    let at = 4 + n
+    for (const v of head.volumes) {
+      const len = b.readUInt32LE(at)
+      states.set(v, b.subarray(at + 4, at + 4 + len))
+      at += 4 + len
+    }
+    return { mtimeNs: BigInt(head.mtimeNs), size: head.size, states }
+  } catch {
+    return null
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4)
+  b.writeUInt32LE(n)
+  return b
 }
 
 function signatureOf(block0: Buffer): Buffer {

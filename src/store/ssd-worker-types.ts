@@ -15,6 +15,7 @@ export type WriteOp =
   | { op: 'rename'; id: number; path: string }
   /** Nothing to write but a durable commit (a frame, so the FULL commit syncs the WAL). */
   | { op: 'sync' }
+  | { op: 'cleanRecord'; id: number; data: Uint8Array | null }
 
 export interface Batch {
   seq: number

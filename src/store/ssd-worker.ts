@@ -22,6 +22,7 @@ const forgetImage = db.prepare('DELETE FROM images WHERE id = ?')
 const forgetBlocks = db.prepare('DELETE FROM blocks WHERE image = ?')
 const signature = db.prepare('UPDATE images SET prev_signature = signature, signature = ? WHERE id = ?')
 const syncRow = db.prepare("INSERT INTO meta(key, value) VALUES ('sync', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+const cleanRecord = db.prepare('UPDATE images SET clean = ? WHERE id = ?')
 const rename = db.prepare('UPDATE images SET path = ? WHERE id = ?')
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
@@ -39,6 +40,7 @@ const apply = db.transaction((m: Batch) => {
     else if (o.op === 'signature') signature.run(buf(o.signature), o.id)
     else if (o.op === 'rename') rename.run(o.path, o.id)
     else if (o.op === 'sync') syncRow.run(String(Date.now()))
+    else if (o.op === 'cleanRecord') cleanRecord.run(o.data ? buf(o.data) : null, o.id)
     else {
       forgetBlocks.run(o.id)
       forgetImage.run(o.id)

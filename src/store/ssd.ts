@@ -13,7 +13,7 @@ import { PROJECT_ROOT } from '../root'
 import { blockKey } from './ram'
 import { PUT_FIELDS, type Batch, type WriteOp } from './ssd-worker-types'
 
-export const SCHEMA_VERSION = 2
+export const SCHEMA_VERSION = 3
 /** How long queued writes gather before they go to the writer thread (a commit() sends them at once). */
 const FLUSH_GATHER_MS = 5
 
@@ -134,11 +134,15 @@ export class SsdStore {
           cls INTEGER NOT NULL, dirty INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(image, block));
         CREATE INDEX IF NOT EXISTS blocks_dirty ON blocks(image, dirty);
         CREATE TABLE IF NOT EXISTS images(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, dev INTEGER NOT NULL,
-          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB, prev_signature BLOB);
+          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB, prev_signature BLOB, clean BLOB);
       `)
       const v = db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined
       if (!v) db.prepare("INSERT INTO meta(key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION))
-      else if (Number(v.value) !== SCHEMA_VERSION) throw new SsdError(`schema version ${v.value}, this vmdi-fuse reads ${SCHEMA_VERSION}`)
+      else if (Number(v.value) === 2) {
+        // Version 3 added the clean-unmount record.
+        db.exec('ALTER TABLE images ADD COLUMN clean BLOB')
+        db.prepare("UPDATE meta SET value = ? WHERE key = 'schema'").run(String(SCHEMA_VERSION))
+      } else if (Number(v.value) !== SCHEMA_VERSION) throw new SsdError(`schema version ${v.value}, this vmdi-fuse reads ${SCHEMA_VERSION}`)
       // The reader never checkpoints: the writer thread owns that.
       db.pragma('wal_autocheckpoint = 0')
     } catch (e) {
@@ -251,17 +255,17 @@ export class SsdStore {
    * are the only copy of acknowledged writes and must not be dropped or
    * silently applied over a file someone else rewrote.
    */
-  registerImage(who: ImageIdentity): { id: number; status: ImageStatus; map: Buffer | null; dirtyBlocks: number } {
-    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, prev_signature AS prev, map FROM images WHERE path = ?').get(who.path) as
-      | { id: number; dev: number; ino: number; size: number; signature: Buffer; prev: Buffer | null; map: Buffer | null }
+  registerImage(who: ImageIdentity): { id: number; status: ImageStatus; map: Buffer | null; dirtyBlocks: number; clean: Buffer | null } {
+    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, prev_signature AS prev, map, clean FROM images WHERE path = ?').get(who.path) as
+      | { id: number; dev: number; ino: number; size: number; signature: Buffer; prev: Buffer | null; map: Buffer | null; clean: Buffer | null }
       | undefined
     const mine = this.registered.get(who.path)
-    const row = mine ? { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null } : stored
+    const row = mine ? { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null, clean: null } : stored
     this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id: row?.id ?? this.nextImage })
     if (!row) {
       const id = this.nextImage++
       this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-      return { id, status: 'new', map: null, dirtyBlocks: 0 }
+      return { id, status: 'new', map: null, dirtyBlocks: 0, clean: null }
     }
     const dirty = this.dirtyBlocks(row.id).length
     // The size is not compared: writes past the end grow the file between a crash and the
@@ -270,13 +274,14 @@ export class SsdStore {
     const same = row.dev === who.dev && row.ino === who.ino && (row.signature.equals(who.signature) || Boolean(row.prev?.equals(who.signature)))
     if (same) {
       if (row.size !== who.size || !row.signature.equals(who.signature)) this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-      return { id: row.id, status: 'same', map: row.map, dirtyBlocks: dirty }
+      return { id: row.id, status: 'same', map: row.map, dirtyBlocks: dirty, clean: row.clean }
     }
-    if (dirty > 0) return { id: row.id, status: 'conflict', map: null, dirtyBlocks: dirty }
+    if (dirty > 0) return { id: row.id, status: 'conflict', map: null, dirtyBlocks: dirty, clean: null }
     this.truncate(row.id, 0)
     this.enqueue({ op: 'map', id: row.id, data: null }, null, null)
+    this.enqueue({ op: 'cleanRecord', id: row.id, data: null }, null, null)
     this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-    return { id: row.id, status: 'reset', map: null, dirtyBlocks: 0 }
+    return { id: row.id, status: 'reset', map: null, dirtyBlocks: 0, clean: null }
   }
 
   /**
@@ -334,6 +339,21 @@ export class SsdStore {
     for (const [p, r] of this.registered) if (r.id === id) this.registered.delete(p)
     this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
     this.enqueue({ op: 'signature', id, signature: Buffer.from(who.signature) }, null, null)
+  }
+
+  /**
+   * The record a clean unmount leaves (the file's mtime and size after our last write,
+   * and the file systems' saved states); null clears it (done at attach, so a crash leaves none).
+   */
+  saveCleanRecord(id: number, data: Buffer | null): void {
+    this.enqueue({ op: 'cleanRecord', id, data: data ? Buffer.from(data) : null }, null, null)
+  }
+
+  /** Drops an image's blocks, map and clean record (it changed behind our back; it has no dirty blocks). */
+  resetImage(id: number): void {
+    this.truncate(id, 0)
+    this.enqueue({ op: 'map', id, data: null }, null, null)
+    this.enqueue({ op: 'cleanRecord', id, data: null }, null, null)
   }
 
   /** Keeps an image's serialised map (ExtentMap.serialize) for the next mount. */

@@ -372,3 +372,53 @@ describe('the benchmark rig options', () => {
     }
   }, 120_000)
 })
+
+describe('an image written on the HDD behind the mount with no dirty blocks', () => {
+  it('is never served from stale cached copies: after a clean unmount, and while mounted but closed', async () => {
+    const dir = path.join(base, 'behind')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(store, { recursive: true })
+    const img = path.join(store, 'vm.img')
+    ext4(img, '32M')
+    const itable = Number(/Inode table at (\d+)/.exec(execFileSync('dumpe2fs', [img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }))![1])
+    const at = (itable + 3) * 4096 // an inode-table block: preloaded into the SSD store and RAM
+    const behind = (v: number) => {
+      const fd = fs.openSync(img, 'r+')
+      fs.writeSync(fd, Buffer.alloc(4096, v), 0, 4096, at)
+      fs.closeSync(fd)
+    }
+    const readThrough = (mnt: string) => {
+      const fd = fs.openSync(path.join(mnt, 'vm.img'), fs.constants.O_RDONLY | fs.constants.O_DIRECT)
+      try {
+        const b = Buffer.alloc(4096)
+        fs.readSync(fd, b, 0, 4096, at)
+        return b
+      } finally {
+        fs.closeSync(fd)
+      }
+    }
+    let m = await mount(store, path.join(dir, 'mnt'))
+    try {
+      const fd = fs.openSync(path.join(m.mnt, 'vm.img'), 'r')
+      await waitFor(() => stats(m.mnt).images.some((i) => i.scan.state === 'done' && (i as unknown as { scan: { warm: boolean } }).scan.warm), 30_000, 'the preload')
+      expect(stats(m.mnt).images[0].ssdBlocks).toBeGreaterThan(10)
+      fs.closeSync(fd)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    behind(0x5a)
+    m = await mount(store, m.mnt)
+    try {
+      expect(readThrough(m.mnt).equals(Buffer.alloc(4096, 0x5a))).toBe(true)
+      await waitFor(() => /changed on the HDD since the last clean unmount/.test(m.log()), 10_000, 'the log line')
+      // Mounted, closed, destaged: written behind the mount, then opened again.
+      await waitFor(() => stats(m.mnt).images[0]?.scan.state === 'done', 30_000, 'the scan')
+      await new Promise((r) => setTimeout(r, 500))
+      behind(0xa5)
+      expect(readThrough(m.mnt).equals(Buffer.alloc(4096, 0xa5))).toBe(true)
+      await waitFor(() => /changed on the HDD while closed/.test(m.log()), 10_000, 'the log line')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 120_000)
+})

@@ -5,7 +5,7 @@
 // block map is walked level by level (walk.ts).
 
 import { BlockClass } from '../../classes'
-import { NotThisFormatError } from '../../errors'
+import { CorruptError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
 import type { Reader } from '../../reader'
 import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode'
@@ -66,6 +66,7 @@ export const MAX_OBJECTS = 1 << 20
 /** Journal blocks whose descriptor named a home block, waiting for their copy to be written (oldest dropped past this). */
 const MAX_PENDING_JOURNAL = 1 << 16
 const ROOT_INO = 2
+const EXT_STATE_MAGIC = Buffer.from('VMDIEXT1', 'latin1')
 const RESIZE_INO = 7
 
 export async function probeExt(r: Reader): Promise<boolean> {
@@ -112,8 +113,8 @@ export class ExtFs {
     if (this.stats.skipped.reasons.length < MAX_SKIP_REASONS) this.stats.skipped.reasons.push(reason)
   }
 
-  async scan(): Promise<void> {
-    const t0 = process.hrtime.bigint()
+  /** Superblock, info and group descriptors: what both a scan and a restore start from. */
+  private async readStatic(): Promise<void> {
     if (this.r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new NotThisFormatError('too small for an ext superblock', { file: this.r.name, layer: 'ext4' })
     const sbBytes = await this.r.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
     const sb = parseSuperblock(sbBytes, this.r.size, this.r.name)
@@ -138,8 +139,15 @@ export class ExtFs {
       externalJournal: journal && sb.journalInum === 0,
     }) as ExtInfo
     this.itableBlocks = Math.ceil((sb.inodesPerGroup * sb.inodeSize) / bs)
-    const runs: Run[] = []
     await this.readDescriptors()
+  }
+
+  async scan(): Promise<void> {
+    const t0 = process.hrtime.bigint()
+    await this.readStatic()
+    const sb = this.sb
+    const bs = sb.blockSize
+    const runs: Run[] = []
     this.addGroupStructures(runs)
     if (sb.incompat & INCOMPAT.mmp && sb.mmpBlock > 0 && sb.mmpBlock < sb.blocksCount) runs.push([sb.mmpBlock, 1, BlockClass.Mmp])
     const nStatic = runs.length
@@ -203,6 +211,65 @@ export class ExtFs {
     this.stats.reads = this.src.reads + 1
     this.stats.metadataBlocks = [...this.map.countByClass().values()].reduce((a, b) => a + b, 0)
     this.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
+  }
+
+  /**
+   * What update() needs besides the superblock and descriptors, for a later
+   * restore() of the same, unchanged file system without walking its inodes:
+   * the map, which inode owns each mapping block, xattr block references and
+   * the journal's extents. Binary: magic, a JSON header, then typed arrays.
+   */
+  exportState(): Buffer {
+    const head = Buffer.from(JSON.stringify({ uuid: this.info.uuid, blocksCount: this.info.blocksCount, journalExtents: this.journalExtents }))
+    const map = this.map.serialize(this.info.blockSize)
+    const owners = new Float64Array(this.mappingOwner.size * 2)
+    let k = 0
+    for (const [b, ino] of this.mappingOwner) (owners[k++] = b), (owners[k++] = ino)
+    const refs = new Float64Array(this.xattrRefs.size * 2)
+    k = 0
+    for (const [b, n] of this.xattrRefs) (refs[k++] = b), (refs[k++] = n)
+    const parts = [head, map, Buffer.from(owners.buffer), Buffer.from(refs.buffer)]
+    const out = Buffer.alloc(8 + 4 * parts.length + parts.reduce((a, p) => a + p.length, 0))
+    EXT_STATE_MAGIC.copy(out, 0)
+    let at = 8
+    for (const p of parts) {
+      out.writeUInt32LE(p.length, at)
+      p.copy(out, at + 4)
+      at += 4 + p.length
+    }
+    return out
+  }
+
+  /** An ExtFs from exportState() of the same file system: reads the superblock, descriptors and journal superblock only. Throws when the state does not fit. */
+  static async restore(r: Reader, state: Buffer, opts: ExtScanOptions = {}): Promise<ExtFs> {
+    const t0 = process.hrtime.bigint()
+    const fs = new ExtFs(r, opts)
+    await fs.readStatic()
+    const bad = (why: string) => new CorruptError(`saved ext state does not fit: ${why}`, { file: r.name, layer: 'ext4' })
+    if (state.length < 8 || !state.subarray(0, 8).equals(EXT_STATE_MAGIC)) throw bad('bad magic')
+    const parts: Buffer[] = []
+    let at = 8
+    for (let k = 0; k < 4; k++) {
+      if (at + 4 > state.length) throw bad('truncated')
+      const n = state.readUInt32LE(at)
+      if (at + 4 + n > state.length) throw bad('truncated')
+      parts.push(state.subarray(at + 4, at + 4 + n))
+      at += 4 + n
+    }
+    const head = JSON.parse(parts[0].toString()) as { uuid: string; blocksCount: number; journalExtents: JournalLayout['extents'] }
+    if (head.uuid !== fs.info.uuid || head.blocksCount !== fs.info.blocksCount) throw bad(`made for ${head.uuid} with ${head.blocksCount} blocks`)
+    fs.map = ExtentMap.deserialize(Buffer.from(parts[1])).map
+    const owners = new Float64Array(new Uint8Array(parts[2]).buffer)
+    for (let k = 0; k + 1 < owners.length; k += 2) fs.mappingOwner.set(owners[k], owners[k + 1])
+    const refs = new Float64Array(new Uint8Array(parts[3]).buffer)
+    for (let k = 0; k + 1 < refs.length; k += 2) fs.xattrRefs.set(refs[k], refs[k + 1])
+    fs.journalExtents = head.journalExtents
+    await fs.readJournalSuperblock()
+    fs.stats.bytesRead = fs.src.bytesRead + SUPERBLOCK_SIZE
+    fs.stats.reads = fs.src.reads + 1
+    fs.stats.metadataBlocks = [...fs.map.countByClass().values()].reduce((a, b) => a + b, 0)
+    fs.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
+    return fs
   }
 
   /**
