@@ -109,26 +109,32 @@ program
     process.stdout.write(`vmdi-fuse: unmounted ${real}\n`)
   })
 
+/** The control socket of the daemon serving `mountpoint`, or a CliError naming what is wrong. */
+async function askDaemon(mountpoint: string, req: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+  let real: string
+  try {
+    real = fs.realpathSync(mountpoint)
+  } catch {
+    throw new CliError(`${mountpoint} is not reachable: is it a stale mount (vmdi-fuse --force) or a typo?`)
+  }
+  const rec = readRecord(real)
+  if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
+  try {
+    return await requestControl(rec.socket, req, timeoutMs)
+  } catch (e) {
+    const m = (e as Error).message
+    if (/ECONNREFUSED|ENOENT|no answer/.test(m)) throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${m}`)
+    throw new CliError(m)
+  }
+}
+
 program
   .command('status')
   .description('what the daemon serving MOUNTPOINT is doing: store, options, open files, operations, per-thread state')
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--json', 'machine-readable output')
   .action(async (mountpoint: string, o: { json?: boolean }) => {
-    let real: string
-    try {
-      real = fs.realpathSync(mountpoint)
-    } catch {
-      throw new CliError(`${mountpoint} is not reachable: is it a stale mount (vmdi-fuse --force) or a typo?`)
-    }
-    const rec = readRecord(real)
-    if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
-    let st: Record<string, unknown>
-    try {
-      st = (await requestControl(rec.socket, { cmd: 'status' })) as Record<string, unknown>
-    } catch (e) {
-      throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${(e as Error).message}`)
-    }
+    const st = (await askDaemon(mountpoint, { cmd: 'status' })) as Record<string, unknown>
     if (o.json) {
       process.stdout.write(JSON.stringify(st, null, 2) + '\n')
       return
@@ -150,25 +156,6 @@ program
       ].join('\n') + '\n',
     )
   })
-
-/** The control socket of the daemon serving `mountpoint`, or a CliError naming what is wrong. */
-async function askDaemon(mountpoint: string, req: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
-  let real: string
-  try {
-    real = fs.realpathSync(mountpoint)
-  } catch {
-    throw new CliError(`${mountpoint} is not reachable: is it a stale mount (vmdi-fuse --force) or a typo?`)
-  }
-  const rec = readRecord(real)
-  if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
-  try {
-    return await requestControl(rec.socket, req, timeoutMs)
-  } catch (e) {
-    const m = (e as Error).message
-    if (/ECONNREFUSED|ENOENT|no answer/.test(m)) throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${m}`)
-    throw new CliError(m)
-  }
-}
 
 program
   .command('stats')

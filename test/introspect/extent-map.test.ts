@@ -3,16 +3,7 @@
 import { describe, expect, it } from 'vitest'
 import { BlockClass, priorityOf } from '../../src/introspect/classes'
 import { ExtentMap, Run } from '../../src/introspect/map/extent-map'
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1
-  return () => {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    return (x >>> 0) / 0x1_0000_0000
-  }
-}
+import { rng } from '../helpers/rng'
 
 function expand(m: ExtentMap, size: number): number[] {
   const a = new Array<number>(size).fill(BlockClass.Data)

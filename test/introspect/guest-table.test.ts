@@ -2,16 +2,8 @@
 // forward lookups, reverse lookups and the allocated byte count.
 import { describe, expect, it } from 'vitest'
 import { GuestTable, RunKind } from '../../src/introspect/container/guest-table'
+import { rng } from '../helpers/rng'
 
-function rng(seed: number): () => number {
-  let x = seed
-  return () => {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    return (x >>> 0) / 0x1_0000_0000
-  }
-}
 
 type Cell = { file: number; off: number; kind: RunKind } | null
 const U = 512

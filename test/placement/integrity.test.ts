@@ -14,6 +14,7 @@ import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../helpers/cli'
 import { mount, tmpdir, waitFor } from '../helpers/mount'
+import { rng } from '../helpers/rng'
 
 const OPS = Number(process.env.VMDI_INTEGRITY_OPS) || 1500
 let base = ''
@@ -22,15 +23,6 @@ beforeAll(() => {
 })
 afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
 
-function rng(seed: number): () => number {
-  let x = seed
-  return () => {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    return (x >>> 0) / 0x1_0000_0000
-  }
-}
 
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex')
 

@@ -14,6 +14,7 @@ import { ExtentMap } from '../../src/introspect/map/extent-map'
 import { ImageRouter } from '../../src/placement/router'
 import { BLOCK, blockKey, RamCache } from '../../src/store/ram'
 import { SsdStore } from '../../src/store/ssd'
+import { rng } from '../helpers/rng'
 
 let dir = ''
 beforeAll(() => {
@@ -21,15 +22,6 @@ beforeAll(() => {
 })
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
-function rng(seed: number): () => number {
-  let x = seed
-  return () => {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    return (x >>> 0) / 0x1_0000_0000
-  }
-}
 
 describe('RamCache', () => {
   it('evicts the lowest class priority first, then the least recently used, and never holds more than its budget', () => {
