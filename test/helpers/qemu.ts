@@ -11,9 +11,9 @@ import { ROOT } from './cli'
 
 export const FIXTURES = path.join(ROOT, '.cache', 'fixtures', 'containers')
 
-/** Builds (or finds up to date) the container fixtures; returns their directory. */
+/** Builds (or finds up to date) the container fixtures; returns their directory. One builder at a time (test files run in parallel). */
 export function containerFixtures(): string {
-  execFileSync('bash', [path.join(ROOT, 'scripts', 'fixtures', 'containers.sh')], { stdio: 'inherit' })
+  execFileSync('flock', ['/run/lock/vmdi-fuse-container-fixtures.lock', 'bash', path.join(ROOT, 'scripts', 'fixtures', 'containers.sh')], { stdio: 'inherit' })
   return FIXTURES
 }
 
