@@ -140,10 +140,12 @@ function routerDelta(before: MountStats, after: MountStats, flat: string): Route
   const b = imageIn(before, flat)
   const a = imageIn(after, flat)
   if (!a?.classes) return null
-  const out: RouterDelta = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0 }
+  const out: RouterDelta = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0, metaHddReads: {} }
   for (const [cls, v] of Object.entries(a.classes)) {
     const p = b?.classes?.[cls]
-    for (const k of Object.keys(out) as (keyof RouterDelta)[]) out[k] += (v[k] ?? 0) - (p?.[k] ?? 0)
+    for (const k of ['reads', 'ramHits', 'ssdHits', 'hddReads', 'writes', 'redirected'] as const) out[k] += (v[k] ?? 0) - (p?.[k] ?? 0)
+    const h = (v.hddReads ?? 0) - (p?.hddReads ?? 0)
+    if (h > 0 && cls !== 'data' && cls !== 'free') out.metaHddReads[cls] = h
   }
   return out
 }
@@ -175,7 +177,9 @@ async function waitScan(fuse: FuseMount, flat: string): Promise<{ scanSeconds: n
           lastChange = Date.now()
         }
         const res = { scanSeconds: im.scan.ms / 1000, preloadSeconds: (Date.now() - doneAt) / 1000, meta, mapBytes: im.scan.mapBytes ?? 0, fileBytes: (im.fileBytes as number) ?? null, preloaded: pre }
-        if (pre >= meta) return res
+        // scan.warm (when the daemon reports it): the preload after the scan has finished.
+        const warm = (im.scan as { warm?: unknown }).warm
+        if (typeof warm === 'boolean' ? warm : pre >= meta) return res
         if (Date.now() - lastChange > 5000) {
           progress(`  preload of ${flat} stopped at ${pre} of ${meta} meta-data blocks: going on`)
           return res

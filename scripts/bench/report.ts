@@ -25,6 +25,8 @@ export interface RouterDelta {
   hddReads: number
   writes: number
   redirected: number
+  /** HDD reads of blocks the map calls meta-data, by class (what introspection did not serve). */
+  metaHddReads: Record<string, number>
 }
 
 export interface Cell {
@@ -204,6 +206,8 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
       if (c?.copySeconds !== undefined) notes.push(`image copy ${fmtS(c.copySeconds)} s (excluded)`)
       if (c?.scanSeconds !== undefined) notes.push(`scan ${fmtS(c.scanSeconds)} s + preload ${fmtS(c.preloadSeconds ?? 0)} s before (excluded)`)
       if (c?.ramCache) notes.push(`RAM ${fmtBytes(c.ramCache)}`)
+      const mh = Object.entries(rt?.metaHddReads ?? {})
+      if (mh.length && cfg(id)!.introspect) notes.push(`meta-data read from the HDD: ${mh.map(([k, v]) => `${k} ${v}`).join(', ')}`)
       L.push(
         `| (${cfg(id)!.key}) ${id} | ${c?.error ? 'failed' : fmtS(secs(r, id))} | ${id === 'conventional' || s === null ? '' : fmtPct(1 - 1 / s)} | ${id === 'conventional' ? '1×' : fmtX(s)} | ${h ? h.requests : 'n/a'} | ${h ? fmtBytes(h.seekBytes) : 'n/a'} | ${h ? h.cacheHits : 'n/a'} | ${h ? (h.busyMs / 1000).toFixed(1) : 'n/a'} | ${rt ? `${rt.ramHits} / ${rt.ssdHits} / ${rt.hddReads}` : 'n/a'} | ${rt ? `${rt.redirected} / ${rt.writes}` : 'n/a'} | ${notes.join('; ')} |`,
       )
