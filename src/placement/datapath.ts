@@ -58,8 +58,10 @@ export const OPT_OUT_XATTR = 'user.vmdi.introspect'
 const MAX_SCAN_TRIES = 3
 /** Blocks written during a scan remembered for the retry decision (past this: retry). */
 const MAX_SCAN_WRITES = 1 << 16
-/** Largest preload read. */
-const PRELOAD_RUN = 256
+/** Largest preload read, in blocks (4 MiB). */
+const PRELOAD_SPAN = 1024
+/** Preload runs of one priority at most this many blocks apart are read as one request (256 KiB). */
+const PRELOAD_GAP = 64
 
 export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'
 
@@ -361,12 +363,34 @@ export class Datapath {
     }
   }
 
-  /** Warm start: the meta-data blocks go to the SSD store (and RAM within budget) once, in file order. */
+  /**
+   * Warm start: the meta-data blocks go to the SSD store (and RAM within budget)
+   * once, highest class priority first (so RAM, which never evicts a higher
+   * priority for a lower one, ends up holding what every lookup walks), each
+   * priority in file order with runs less than PRELOAD_GAP blocks apart read as
+   * one request (on a disk a seek costs more than the gap's transfer). The
+   * journal is not preloaded: it is written all the time and read only at
+   * recovery, and its blocks are cached as they are written.
+   */
   private async preload(entry: ImageEntry): Promise<void> {
-    for (const [s, c] of entry.map.runs()) {
-      for (let b = s; b < s + c; b += PRELOAD_RUN) {
+    const byPriority = new Map<number, [number, number][]>()
+    for (const [s, c, cls] of entry.map.runs()) {
+      if (cls === BlockClass.Journal) continue
+      const p = priorityOf(cls)
+      if (!byPriority.has(p)) byPriority.set(p, [])
+      byPriority.get(p)!.push([s, c])
+    }
+    for (const p of [...byPriority.keys()].sort((a, b) => b - a)) {
+      const spans: [number, number][] = []
+      for (const [s, c] of byPriority.get(p)!) {
+        const last = spans[spans.length - 1]
+        if (last && s - (last[0] + last[1]) <= PRELOAD_GAP && s + c - last[0] <= PRELOAD_SPAN) last[1] = s + c - last[0]
+        else if (c > PRELOAD_SPAN) for (let b = s; b < s + c; b += PRELOAD_SPAN) spans.push([b, Math.min(PRELOAD_SPAN, s + c - b)])
+        else spans.push([s, c])
+      }
+      for (const [s, c] of spans) {
         if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
-        await entry.router.preload(b, Math.min(PRELOAD_RUN, s + c - b))
+        await entry.router.preload(s, c, (cls) => priorityOf(cls) === p && cls !== BlockClass.Journal)
       }
     }
   }

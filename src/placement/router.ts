@@ -103,6 +103,8 @@ function fdatasync(fd: number): Promise<void> {
   return new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())))
 }
 
+const ZERO_BLOCK = Buffer.alloc(BLOCK)
+
 /** Copies the part of 4 KiB block b (in blk) that falls inside the request [pos, pos+n) into buf. */
 function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): void {
   const lo = Math.max(pos, b * BLOCK)
@@ -123,6 +125,7 @@ export class ImageRouter {
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
+  private readonly hddWrites = new Map<number, number>()
   private readonly recentData = new Set<number>()
   private readonly canRedirect: () => boolean
   private readonly onBlockZero: ((bytes: Buffer) => Promise<void>) | null
@@ -175,7 +178,22 @@ export class ImageRouter {
     let w = this.watched.get(b)
     if (!w) this.watched.set(b, (w = { n: 0, written: false }))
     w.n++
+    // A write of it to the HDD still in flight: what a read returns now may be older.
+    if (this.hddWrites.has(b)) w.written = true
     return w
+  }
+
+  /** HDD writes of block b in flight (a read racing one must not cache what it read). */
+  private beginHddWrite(b: number): void {
+    this.hddWrites.set(b, (this.hddWrites.get(b) ?? 0) + 1)
+    this.touched(b)
+  }
+
+  private endHddWrite(b: number): void {
+    const n = (this.hddWrites.get(b) ?? 1) - 1
+    if (n > 0) this.hddWrites.set(b, n)
+    else this.hddWrites.delete(b)
+    this.touched(b)
   }
 
   private unwatch(b: number, w: { n: number; written: boolean }): void {
@@ -360,14 +378,21 @@ export class ImageRouter {
     }
     let runStart = -1
     let runLen = 0
+    let runBlocks: number[] = []
     const flushRun = async () => {
       if (!runLen) return
       const s = runStart
       const l = runLen
+      const blocks = runBlocks
       runLen = 0
       runStart = -1
-      if (s < BLOCK) await this.beforeBlockZero(buf.subarray(s - pos, s - pos + Math.min(l, BLOCK - s)), s)
-      await pwriteFull(this.dev, buf, s - pos, l, s)
+      runBlocks = []
+      try {
+        if (s < BLOCK) await this.beforeBlockZero(buf.subarray(s - pos, s - pos + Math.min(l, BLOCK - s)), s)
+        await pwriteFull(this.dev, buf, s - pos, l, s)
+      } finally {
+        for (const b of blocks) this.endHddWrite(b)
+      }
     }
     for (let at = pos; at < pos + len; ) {
       const b = Math.floor(at / BLOCK)
@@ -377,7 +402,8 @@ export class ImageRouter {
       st.writes++
       if (!this.routedAsMeta(b, cls)) {
         // Data: straight to the HDD; copies from an earlier class must not outlive it.
-        this.touched(b)
+        this.beginHddWrite(b)
+        runBlocks.push(b)
         this.dropCopies(b)
         this.rememberData(b)
         if (runLen === 0) runStart = at
@@ -418,7 +444,12 @@ export class ImageRouter {
     // Write-through: the whole block to the HDD, which becomes the authority again.
     if (b === 0) await this.beforeBlockZero(blk, 0)
     const len = Math.min(BLOCK, this.size - b * BLOCK)
-    await pwriteFull(this.dev, blk, 0, len, b * BLOCK)
+    this.beginHddWrite(b)
+    try {
+      await pwriteFull(this.dev, blk, 0, len, b * BLOCK)
+    } finally {
+      this.endHddWrite(b)
+    }
     this.ram.set(key, blk, priorityOf(cls))
     if (this.dirty.has(b) || this.present.has(b)) {
       this.dirty.delete(b)
@@ -498,11 +529,12 @@ export class ImageRouter {
   }
 
   /**
-   * Copies meta-data blocks [start, start+count) in from the HDD file (one read)
-   * into the SSD store and RAM, skipping blocks already held or written
-   * meanwhile. Returns how many were copied.
+   * Copies meta-data blocks of [start, start+count) whose class `want`s in from
+   * the HDD file (one read; data blocks in the span are read and dropped) into
+   * the SSD store and RAM, skipping blocks already held or written meanwhile.
+   * Returns how many were copied.
    */
-  async preload(start: number, count: number): Promise<number> {
+  async preload(start: number, count: number, want: (cls: BlockClass) => boolean = isMetadata): Promise<number> {
     const first = start
     const last = Math.min(start + count, Math.ceil(this.size / BLOCK))
     if (last <= first || !this.canRedirect()) return 0
@@ -514,11 +546,13 @@ export class ImageRouter {
       let n = 0
       for (let b = first; b < last; b++) {
         const cls = this.classOf(b)
-        if (!isMetadata(cls) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
+        if (!isMetadata(cls) || !want(cls) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
         const blk = buf.subarray((b - first) * BLOCK, (b - first + 1) * BLOCK)
         this.ssd.put(this.image, b, blk, cls, false)
         this.present.add(b)
-        this.ram.set(blockKey(this.image, b), blk, priorityOf(cls))
+        // All-zero blocks (unused inode-table space, empty bitmaps) go to the SSD store only:
+        // RAM is kept for what lookups read.
+        if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls))
         n++
       }
       this.counters.preloaded += n

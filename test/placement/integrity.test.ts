@@ -63,7 +63,11 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
               const got = Buffer.alloc(len)
               const { bytesRead } = await fh.read(got, 0, len, pos)
               const want = sh.subarray(pos, pos + len)
-              if (bytesRead !== want.length || !got.subarray(0, bytesRead).equals(want)) throw new Error(`${name} op ${i}: read ${pos}+${len} differs from the shadow (${bytesRead} bytes, want ${want.length})`)
+              if (bytesRead !== want.length || !got.subarray(0, bytesRead).equals(want)) {
+                let d = 0
+                while (d < want.length && got[d] === want[d]) d++
+                throw new Error(`${name} op ${i}: read ${pos}+${len} differs from the shadow at byte ${pos + d} (${bytesRead} bytes, want ${want.length})`)
+              }
             } else if (x < 0.93) {
               const data = crypto.randomBytes(len)
               await fh.write(data, 0, len, pos)
