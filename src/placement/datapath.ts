@@ -373,12 +373,45 @@ export class Datapath {
    * recovery, and its blocks are cached as they are written.
    */
   private async preload(entry: ImageEntry): Promise<void> {
+    // Inode-table space no inode uses yet: nothing to read (it is cached when written).
+    const unused = new ExtentMap()
+    const ins = entry.ins
+    if (ins) {
+      for (const { volume, fs: efs } of ins.filesystems) {
+        const bs = efs.info.blockSize
+        for (const [s, c] of efs.unusedInodeTableRuns()) {
+          for (const seg of volume.segments) {
+            const lo = Math.max(s * bs, seg.volumeOffset)
+            const hi = Math.min((s + c) * bs, seg.volumeOffset + seg.length)
+            for (let g = seg.diskOffset + (lo - seg.volumeOffset); g < seg.diskOffset + (hi - seg.volumeOffset); ) {
+              const m = ins.disk.mapGuest(g)
+              const n = Math.min(m.length, seg.diskOffset + (hi - seg.volumeOffset) - g)
+              // Whole file blocks only: a block shared with used space is still read.
+              if (m.kind === 'data' && m.file === 0) {
+                const b0 = Math.ceil(m.fileOffset / BLOCK)
+                const b1 = Math.floor((m.fileOffset + n) / BLOCK)
+                if (b1 > b0) unused.set(b0, b1 - b0, BlockClass.InodeTable)
+              }
+              g += Math.max(1, n)
+            }
+          }
+        }
+      }
+    }
     const byPriority = new Map<number, [number, number][]>()
-    for (const [s, c, cls] of entry.map.runs()) {
+    for (const [s0, c0, cls] of entry.map.runs()) {
       if (cls === BlockClass.Journal) continue
+      // Split around unused inode-table space.
+      const pieces: [number, number][] = []
+      let cur = s0
+      for (const [us, uc] of unused.runsIn(s0, c0)) {
+        if (us > cur) pieces.push([cur, us - cur])
+        cur = us + uc
+      }
+      if (cur < s0 + c0) pieces.push([cur, s0 + c0 - cur])
       const p = priorityOf(cls)
       if (!byPriority.has(p)) byPriority.set(p, [])
-      byPriority.get(p)!.push([s, c])
+      byPriority.get(p)!.push(...pieces)
     }
     for (const p of [...byPriority.keys()].sort((a, b) => b - a)) {
       const spans: [number, number][] = []
@@ -390,7 +423,7 @@ export class Datapath {
       }
       for (const [s, c] of spans) {
         if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
-        await entry.router.preload(s, c, (cls) => priorityOf(cls) === p && cls !== BlockClass.Journal)
+        await entry.router.preload(s, c, (cls, b) => priorityOf(cls) === p && cls !== BlockClass.Journal && unused.classOf(b) === BlockClass.Data)
       }
     }
   }

@@ -534,7 +534,7 @@ export class ImageRouter {
    * the SSD store and RAM, skipping blocks already held or written meanwhile.
    * Returns how many were copied.
    */
-  async preload(start: number, count: number, want: (cls: BlockClass) => boolean = isMetadata): Promise<number> {
+  async preload(start: number, count: number, want: (cls: BlockClass, block: number) => boolean = isMetadata): Promise<number> {
     const first = start
     const last = Math.min(start + count, Math.ceil(this.size / BLOCK))
     if (last <= first || !this.canRedirect()) return 0
@@ -546,7 +546,7 @@ export class ImageRouter {
       let n = 0
       for (let b = first; b < last; b++) {
         const cls = this.classOf(b)
-        if (!isMetadata(cls) || !want(cls) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
+        if (!isMetadata(cls) || !want(cls, b) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
         const blk = buf.subarray((b - first) * BLOCK, (b - first + 1) * BLOCK)
         this.ssd.put(this.image, b, blk, cls, false)
         this.present.add(b)

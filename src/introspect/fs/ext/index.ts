@@ -214,6 +214,23 @@ export class ExtFs {
   }
 
   /**
+   * Inode-table blocks no inode uses yet (past each group's used part, as the
+   * checksummed descriptors say): meta-data space, but nothing to read ahead.
+   * Without uninit_bg/metadata_csum every table counts as used.
+   */
+  unusedInodeTableRuns(): Run[] {
+    const sb = this.sb
+    const out: Run[] = []
+    if (!(sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum))) return out
+    for (let g = 0; g < sb.groupCount; g++) {
+      const used = this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])
+      const usedBlocks = Math.ceil((used * sb.inodeSize) / sb.blockSize)
+      if (usedBlocks < this.itableBlocks && this.inodeTable[g] > 0) out.push([this.inodeTable[g] + usedBlocks, this.itableBlocks - usedBlocks, BlockClass.InodeTable])
+    }
+    return out
+  }
+
+  /**
    * What update() needs besides the superblock and descriptors, for a later
    * restore() of the same, unchanged file system without walking its inodes:
    * the map, which inode owns each mapping block, xattr block references and
