@@ -4,6 +4,7 @@
 import { HddCounters } from './rig'
 import { Workload, WorkloadBase } from './workloads'
 import { fmtBytes } from './util'
+import type { ClassStats } from '../../src/placement/router'
 
 export type ConfigId = 'passthrough' | 'conventional' | 'introspect' | 'introspect_small_ram' | 'ram'
 export const CONFIG_IDS: ConfigId[] = ['passthrough', 'conventional', 'introspect', 'introspect_small_ram', 'ram']
@@ -18,13 +19,7 @@ export interface ConfigDef {
   color: string
 }
 
-export interface RouterDelta {
-  reads: number
-  ramHits: number
-  ssdHits: number
-  hddReads: number
-  writes: number
-  redirected: number
+export interface RouterDelta extends ClassStats {
   /** HDD reads of blocks the map calls meta-data, by class (what introspection did not serve). */
   metaHddReads: Record<string, number>
 }

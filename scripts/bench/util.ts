@@ -82,17 +82,8 @@ export function since(t: bigint): number {
   return Number(process.hrtime.bigint() - t) / 1e9
 }
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** mulberry32: a small seeded PRNG, uniform in [0, 1) (the emulated disk's own). */
+export { mulberry32 as rng } from '../../src/store/hdd-model'
 
 /**
  * Gamma(shape k ≥ 1) with the given mean, by Marsaglia–Tsang, from `uni`. Filebench's
