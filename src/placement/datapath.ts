@@ -249,6 +249,19 @@ export class Datapath {
           log.info(`image ${rel}: changed on the HDD since the last clean unmount (mtime or size): store copies dropped`)
         }
       } else restore = rec.states
+    } else if (reg.status === 'same') {
+      // No clean-unmount record: the last mount ended in a crash (or the image was never
+      // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
+      // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
+      const held = this.ssd.blocks(reg.id)
+      const dirty = new Set(held.dirty)
+      let dropped = 0
+      for (const b of held.present) {
+        if (dirty.has(b)) continue
+        this.ssd.delete(reg.id, b)
+        dropped++
+      }
+      if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${dirty.size} unwritten block(s) kept`)
     }
     let map = new ExtentMap()
     if (reg.map) {
