@@ -45,6 +45,8 @@ export interface RouterCounters {
   writeThrough: number
   /** Meta-data blocks copied in by preload (warm start). */
   preloaded: number
+  /** Data blocks read ahead into RAM for sequential readers. */
+  readAhead: number
 }
 
 export interface RouterOptions {
@@ -121,7 +123,7 @@ export class ImageRouter {
   /** Blocks the SSD store holds a copy of (clean or dirty). */
   readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, readAhead: 0 }
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
@@ -272,32 +274,78 @@ export class ImageRouter {
     const n = Math.max(0, Math.min(len, this.size - pos))
     if (n === 0) return 0
     if (this.conventional) return this.readConventional(buf, n, pos)
+    // Sequential data reads get Linux-style read-ahead into RAM at the lowest priority:
+    // it never displaces meta-data, and uses what the budget has left, as an array would.
+    const firstBlock = Math.floor(pos / BLOCK)
+    const lastBlock = Math.floor((pos + n - 1) / BLOCK)
+    let sequential = false
+    if (guest) {
+      sequential = firstBlock === this.raNext || firstBlock === this.raNext - 1
+      this.raWindow = sequential ? Math.min(RA_MAX, this.raWindow * 2) : RA_MIN
+      this.raNext = lastBlock + 1
+    }
     let runStart = -1 // data run: first byte position
     let runLen = 0
-    const flushRun = async () => {
-      if (runLen) await preadFull(this.dev, buf, runStart - pos, runLen, runStart)
+    const flushRun = async (readAhead: boolean) => {
+      if (!runLen) return
+      const s0 = runStart
+      const l0 = runLen
       runLen = 0
       runStart = -1
+      // The blocks after the request that are data, not cached and wholly inside the file.
+      const from = lastBlock + 1
+      let to = from
+      if (readAhead) {
+        const fileBlocks = Math.floor(this.size / BLOCK)
+        while (to < from + this.raWindow && to < fileBlocks && !this.routedAsMeta(to, this.classOf(to)) && !this.ram.has(blockKey(this.image, to))) to++
+      }
+      if (to === from) {
+        await preadFull(this.dev, buf, s0 - pos, l0, s0)
+        return
+      }
+      const ws = new Map<number, { n: number; written: boolean }>()
+      for (let k = from; k < to; k++) ws.set(k, this.watch(k))
+      try {
+        const chunk = Buffer.allocUnsafe(to * BLOCK - s0)
+        await preadFull(this.dev, chunk, 0, chunk.length, s0)
+        chunk.copy(buf, s0 - pos, 0, l0)
+        for (let k = from; k < to; k++) {
+          if (ws.get(k)!.written || this.routedAsMeta(k, this.classOf(k))) continue
+          const at = k * BLOCK - s0
+          this.ram.set(blockKey(this.image, k), chunk.subarray(at, at + BLOCK), 0)
+          this.counters.readAhead++
+        }
+      } finally {
+        for (const [k, w] of ws) this.unwatch(k, w)
+      }
     }
     let tmp: Buffer | null = null
     for (let at = pos; at < pos + n; ) {
       const b = Math.floor(at / BLOCK)
       const end = Math.min((b + 1) * BLOCK, pos + n)
       const cls = this.classOf(b)
-      this.stat(cls).reads++
+      const st = this.stat(cls)
+      st.reads++
       if (!this.routedAsMeta(b, cls)) {
-        if (runLen === 0) runStart = at
-        runLen += end - at
-        this.stat(cls).hddReads++
+        // A read-ahead copy, if RAM has one (get, not has: the copy can go at any await).
+        tmp ??= Buffer.allocUnsafe(BLOCK)
+        if (runLen === 0 && this.ram.get(blockKey(this.image, b), tmp)) {
+          tmp.copy(buf, at - pos, at - b * BLOCK, end - b * BLOCK)
+          st.ramHits++
+        } else {
+          if (runLen === 0) runStart = at
+          runLen += end - at
+          st.hddReads++
+        }
       } else {
-        await flushRun()
+        await flushRun(false)
         tmp ??= Buffer.allocUnsafe(BLOCK)
         await this.loadBlock(b, cls, tmp)
         tmp.copy(buf, at - pos, at - b * BLOCK, end - b * BLOCK)
       }
       at = end
     }
-    await flushRun()
+    await flushRun(sequential && runStart + runLen === pos + n)
     return n
   }
 
