@@ -89,7 +89,6 @@ export interface ImageEntry {
   /** File blocks written while a scan runs (null: no scan running). */
   scanWrites: Set<number> | null
   unlinked: boolean
-  closing: boolean
   /** Saved file-system states from the last clean unmount, used by the first scan (then dropped). */
   restore: Map<number, Buffer> | null
   /** The file's mtime and size when its last handle closed and its destage finished (a reopen checks them). */
@@ -249,19 +248,6 @@ export class Datapath {
           log.info(`image ${rel}: changed on the HDD since the last clean unmount (mtime or size): store copies dropped`)
         }
       } else restore = rec.states
-    } else if (reg.status === 'same') {
-      // No clean-unmount record: the last mount ended in a crash (or the image was never
-      // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
-      // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
-      const held = this.ssd.blocks(reg.id)
-      const dirty = new Set(held.dirty)
-      let dropped = 0
-      for (const b of held.present) {
-        if (dirty.has(b)) continue
-        this.ssd.delete(reg.id, b)
-        dropped++
-      }
-      if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${dirty.size} unwritten block(s) kept`)
     }
     let map = new ExtentMap()
     if (reg.map) {
@@ -285,7 +271,6 @@ export class Datapath {
       updating: Promise.resolve(),
       scanWrites: null,
       unlinked: false,
-      closing: false,
       restore,
       closedStat: null,
     }
@@ -299,6 +284,20 @@ export class Datapath {
         if (!this.ssd.failed) await this.ssd.commit()
       },
     })
+    if (!reg.clean && reg.status === 'same') {
+      // No clean-unmount record: the last mount ended in a crash (or the image was never
+      // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
+      // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
+      const r = entry.router
+      let dropped = 0
+      for (const b of [...r.present]) {
+        if (r.dirty.has(b)) continue
+        this.ssd.delete(reg.id, b)
+        r.present.delete(b)
+        dropped++
+      }
+      if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${r.dirty.size} unwritten block(s) kept`)
+    }
     this.byKey.set(key, entry)
     log.info(
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
@@ -309,11 +308,6 @@ export class Datapath {
       entry.map = new ExtentMap()
     } else this.scanQueue = this.scanQueue.then(() => this.scan(entry))
     return entry
-  }
-
-  /** The scan queue is idle (tests, stats). */
-  idle(): Promise<void> {
-    return this.scanQueue
   }
 
   private openFor(entry: ImageEntry) {

@@ -157,15 +157,6 @@ export class ImageRouter {
     this.conventional = opts.conventional ?? false
   }
 
-  /** Swaps the class source (a finished scan, a remount). Blocks with dirty copies keep them. */
-  setClassifier(classOf: (block: number) => BlockClass): void {
-    this.classOf = classOf
-  }
-
-  classOfBlock(b: number): BlockClass {
-    return this.classOf(b)
-  }
-
   private stat(cls: BlockClass): ClassStats {
     let s = this.stats.get(cls)
     if (!s) this.stats.set(cls, (s = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0 }))
@@ -633,11 +624,6 @@ export class ImageRouter {
     }
     fs.ftruncateSync(this.fd, size)
     this.size = size
-  }
-
-  /** The file's size changed outside the router (another handle's write): re-read it. */
-  refreshSize(): void {
-    this.size = fs.fstatSync(this.fd).size
   }
 
   get fileSize(): number {

@@ -54,6 +54,8 @@ export class SsdStore {
   private readonly db: Database.Database
   private readonly worker: Worker
   private readonly getStmt: Database.Statement
+  private readonly blocksStmt: Database.Statement
+  private readonly dirtyStmt: Database.Statement
   /** Puts and deletes not yet acknowledged by the worker, by block key (null: deleted). */
   private readonly pending = new Map<number, { seq: number; block: SsdBlock | null }>()
   /** Truncates not yet acknowledged: until then the rows they delete must not be read. */
@@ -88,6 +90,8 @@ export class SsdStore {
     this.db = db
     this.worker = worker
     this.getStmt = db.prepare('SELECT data, cls, dirty FROM blocks WHERE image = ? AND block = ?')
+    this.blocksStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ?')
+    this.dirtyStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ? AND dirty = 1')
     const max = db.prepare('SELECT max(id) AS m FROM images').get() as { m: number | null }
     this.nextImage = (max.m ?? 0) + 1
     worker.on('message', (m: { seq?: number; error?: string }) => {
@@ -321,17 +325,23 @@ export class SsdStore {
 
   /** Blocks of an image the store holds (committed and pending), and which of them are dirty. */
   blocks(image: number): { present: number[]; dirty: number[] } {
-    const rows = this.db.prepare('SELECT block, dirty FROM blocks WHERE image = ?').all(image) as { block: number; dirty: number }[]
-    const present = new Map<number, boolean>()
-    for (const r of rows) if (!this.pendingTruncates.some((t) => t.image === image && r.block >= t.fromBlock)) present.set(r.block, r.dirty !== 0)
+    const held = this.held(image, false)
+    const present = [...held.keys()].sort((a, b) => a - b)
+    return { present, dirty: present.filter((b) => held.get(b)) }
+  }
+
+  /** Block → dirty, from the rows (all, or the dirty ones) with the pending writes and truncates over them. */
+  private held(image: number, dirtyOnly: boolean): Map<number, boolean> {
+    const rows = (dirtyOnly ? this.dirtyStmt : this.blocksStmt).all(image) as { block: number; dirty: number }[]
+    const out = new Map<number, boolean>()
+    for (const r of rows) if (!this.pendingTruncates.some((t) => t.image === image && r.block >= t.fromBlock)) out.set(r.block, r.dirty !== 0)
     for (const [k, p] of this.pending) {
       if (Math.floor(k / 0x1_0000_0000) !== image) continue
       const b = k % 0x1_0000_0000
-      if (p.block) present.set(b, p.block.dirty)
-      else present.delete(b)
+      if (p.block && (p.block.dirty || !dirtyOnly)) out.set(b, p.block.dirty)
+      else out.delete(b)
     }
-    const all = [...present.keys()].sort((a, b) => a - b)
-    return { present: all, dirty: all.filter((b) => present.get(b)) }
+    return out
   }
 
   /** Takes the image's current identity as its own (after `recover --apply` made them agree). */
@@ -391,15 +401,7 @@ export class SsdStore {
 
   /** Dirty blocks of an image, in block order (committed and pending). */
   dirtyBlocks(image: number): number[] {
-    const rows = this.db.prepare('SELECT block FROM blocks WHERE image = ? AND dirty = 1 ORDER BY block').all(image) as { block: number }[]
-    const set = new Set(rows.map((r) => r.block).filter((b) => !this.pendingTruncates.some((t) => t.image === image && b >= t.fromBlock)))
-    for (const [k, p] of this.pending) {
-      if (Math.floor(k / 0x1_0000_0000) !== image) continue
-      const b = k % 0x1_0000_0000
-      if (p.block?.dirty) set.add(b)
-      else set.delete(b)
-    }
-    return [...set].sort((a, b) => a - b)
+    return [...this.held(image, true).keys()].sort((a, b) => a - b)
   }
 
   /** Removes the store's files (after a failure, once what it held is on the HDD): its copies are stale from now on. */

@@ -368,7 +368,6 @@ describe('the benchmark rig options', () => {
       expect(st.hdd.requests).toBeGreaterThan(100)
       expect(st.images[0].scan.state).toBe('off')
       expect(st.images[0].classes.data.ramHits).toBeGreaterThan(0)
-      sh = Buffer.from(sh)
       expect(fs.readFileSync(path.join(store, 'vm.img')).equals(sh)).toBe(true) // write-through: the HDD file is current
     } finally {
       expect(await m.stop()).toBe(0)
