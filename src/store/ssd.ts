@@ -55,6 +55,7 @@ export class SsdStore {
   private readonly worker: Worker
   private readonly getStmt: Database.Statement
   private readonly blocksStmt: Database.Statement
+  private readonly idStmt: Database.Statement
   private readonly dirtyStmt: Database.Statement
   /** Puts and deletes not yet acknowledged by the worker, by block key (null: deleted). */
   private readonly pending = new Map<number, { seq: number; block: SsdBlock | null }>()
@@ -90,6 +91,8 @@ export class SsdStore {
     this.db = db
     this.worker = worker
     this.getStmt = db.prepare('SELECT data, cls, dirty FROM blocks WHERE image = ? AND block = ?')
+    // Asked on every open of a file of the store: prepared once.
+    this.idStmt = db.prepare('SELECT id FROM images WHERE path = ?')
     this.blocksStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ?')
     this.dirtyStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ? AND dirty = 1')
     const max = db.prepare('SELECT max(id) AS m FROM images').get() as { m: number | null }
@@ -313,7 +316,7 @@ export class SsdStore {
   imageId(p: string): number | null {
     const mine = this.registered.get(p)
     if (mine) return mine.id
-    const row = this.db.prepare('SELECT id FROM images WHERE path = ?').get(p) as { id: number } | undefined
+    const row = this.idStmt.get(p) as { id: number } | undefined
     return row?.id ?? null
   }
 
