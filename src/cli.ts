@@ -142,6 +142,7 @@ program
     const ops = st.ops as Record<string, number>
     const threads = st.threads as { created: number; parked: number }
     const direct = st.direct as { reads: number; writes: number; readBytes: number; writeBytes: number }
+    const ramNative = st.ramNative as { hits: number; requests: number; fallbacks: number; lost: number } | undefined
     process.stdout.write(
       [
         `mount point  ${st.mountpoint}`,
@@ -152,6 +153,9 @@ program
         `in flight    ${st.inFlight}`,
         `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
         `direct I/O   ${direct.reads} reads (${(direct.readBytes / 2 ** 20).toFixed(1)} MiB), ${direct.writes} writes (${(direct.writeBytes / 2 ** 20).toFixed(1)} MiB) served on the FUSE threads`,
+        ...(ramNative && ramNative.hits + ramNative.fallbacks > 0
+          ? [`RAM native   ${ramNative.requests} image reads (${ramNative.hits} blocks) answered from the RAM tier on the FUSE threads, ${ramNative.fallbacks} sent to the datapath`]
+          : []),
         `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
       ].join('\n') + '\n',
     )
@@ -185,7 +189,7 @@ program
     for (const r of st.refused) lines.push(`REFUSED    ${r} (see the log for the recover command)`)
     for (const im of st.images) {
       lines.push('', `${im.path}  scan ${im.scan.state}${im.scan.state === 'done' ? ` in ${im.scan.ms} ms (${im.scan.format}, map ${im.scan.mapBytes} B)` : ''}${im.scan.error ? `: ${im.scan.error}` : ''}`)
-      lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded}`)
+      lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded}, read ahead ${im.readAhead}, RAM hits served natively ${im.nativeRamHits}`)
       lines.push(`  ${'class'.padEnd(18)}${['reads', 'RAM hits', 'SSD hits', 'HDD reads', 'writes', 'redirected'].map((h) => h.padStart(11)).join('')}`)
       for (const [c, v] of Object.entries(im.classes)) {
         lines.push(`  ${c.padEnd(18)}${[v.reads, v.ramHits, v.ssdHits, v.hddReads, v.writes, v.redirected].map((n) => String(n).padStart(11)).join('')}`)

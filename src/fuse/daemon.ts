@@ -216,6 +216,16 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     })
   })
 
+  if (datapath && process.env.VMDI_RAM_NATIVE !== 'off' && datapath.ram.capacity > 0 && fuse.ramInit(datapath.ram.capacity)) {
+    // RAM-tier hits answered by the binding on the libfuse thread (no JS round trip).
+    const f = fuse
+    datapath.serveNatively(
+      { slab: (i, b) => void f.ramSlab(i, b), store: (slot, key, src, servable) => f.ramStore(slot, key, src, 0, servable), drop: (slot) => void f.ramDrop(slot) },
+      (out) => f.ramDrain(out),
+    )
+    if (datapath.servesNatively) store.ramServe = (fh, image) => (image ? f.ramFh(fh, image.id, image.fd) : f.ramFh(fh, null, -1))
+  }
+
   const paths = runtimePaths(prep.mountpoint)
   let control: Awaited<ReturnType<typeof serveControl>>
   try {
@@ -285,6 +295,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
       errors: tracker.errors,
       threads: fuse!.threadStats(),
       direct: fuse!.directStats(),
+      ramNative: fuse!.ramStats(),
       datapath: datapath ? { images: datapath.images().length, dirtyBlocks: datapath.stats().ssd.dirtyBlocks } : null,
       memory: process.memoryUsage(),
     }
@@ -321,6 +332,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     if (n) log.info(`waiting for ${n} operation(s) in flight`)
     await tracker.idle()
     if (datapath) {
+      store.stopRamServe()
       try {
         await datapath.close()
       } catch (e) {

@@ -23,6 +23,13 @@ declare module 'fuse-native' {
     setDirect(fh: number, fd: number): boolean
     directSlow(ms: number): { fh: number; op: 'read' | 'write'; started: number }[]
     directStats(): { reads: number; writes: number; readBytes: number; writeBytes: number }
+    ramInit(capacity: number): boolean
+    ramSlab(index: number, slab: Buffer): boolean
+    ramStore(slot: number, key: number, src: Buffer, at: number, servable: boolean): boolean
+    ramDrop(slot: number): boolean
+    ramDrain(out: Float64Array): number
+    ramFh(fh: number, image: number | null, fd: number): boolean
+    ramStats(): { hits: number; requests: number; fallbacks: number; lost: number }
     _fuseOptions(): string
     static unmount(mnt: string, cb: (err: Error | null) => void): void
   }

@@ -43,6 +43,8 @@ export interface OpenFile {
   direct?: boolean
   /** An introspected disk image: read, write, fsync and truncate go through its router. */
   image?: ImageEntry
+  /** Reads of it whose blocks are all in the RAM tier are answered by the binding (no JS round trip). */
+  ram?: boolean
   /** The file behind the emulated disk (--emulate-hdd). */
   dev?: EmulatedHdd
 }
@@ -82,6 +84,12 @@ export class StoreFs {
   direct: ((fh: number, fd: number) => boolean) | null = null
   /** The datapath (null: --no-introspect, pure pass-through). */
   datapath: Datapath | null = null
+  /**
+   * Set by the daemon when the binding serves RAM-tier hits itself: registers an
+   * image handle (its reads of blocks the RAM tier indexes never reach JS) or
+   * drops it (null).
+   */
+  ramServe: ((fh: number, image: ImageEntry | null) => boolean) | null = null
   /** The emulated disk plain files are on (--emulate-hdd; the direct path is off then). */
   hdd: HddModel | null = null
   private readonly hddBase = new Map<string, number>()
@@ -134,6 +142,7 @@ export class StoreFs {
       if (base === undefined) this.hddBase.set(key, (base = this.hdd.reserve(st.size)))
       f.dev = new EmulatedHdd(f.fd, this.hdd, { baseOffset: base })
     } else if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
+    else if (this.ramServe && f.image) f.ram = this.ramServe(fh, f.image)
     return fh
   }
 
@@ -142,10 +151,20 @@ export class StoreFs {
     if (!f) return undefined
     // The direct path stops before the fd closes (release comes after the kernel's last I/O on fh).
     if (f.direct) this.direct?.(fh, -1)
+    if (f.ram) this.ramServe?.(fh, null)
     this.files.delete(fh)
     this.freeFhs.push(fh)
     if (f.image) this.datapath?.release(f.image)
     return f
+  }
+
+  /** The binding stops answering image reads from RAM (shutdown: the datapath is about to close). */
+  stopRamServe(): void {
+    for (const [fh, f] of this.files) {
+      if (f.ram) this.ramServe?.(fh, null)
+      f.ram = false
+    }
+    this.ramServe = null
   }
 
   /** Closes every open store fd (shutdown). */

@@ -25,7 +25,7 @@ import { ExtentMap } from '../introspect/map/extent-map'
 import { FileReader } from '../introspect/reader'
 import { log } from '../log'
 import { sys } from '../native/sys'
-import { BLOCK, RamCache } from '../store/ram'
+import { BLOCK, RamCache, type RamMirror } from '../store/ram'
 import { SsdStore } from '../store/ssd'
 import { ImageRouter, type ClassStats, type RouterCounters } from './router'
 import { EmulatedHdd } from '../store/hdd-device'
@@ -62,6 +62,8 @@ const MAX_SCAN_WRITES = 1 << 16
 const PRELOAD_SPAN = 1024
 /** Preload runs of one priority at most this many blocks apart are read as one request (256 KiB). */
 const PRELOAD_GAP = 64
+/** How often the blocks the binding served from RAM are counted and touched in the LRU. */
+const NATIVE_DRAIN_MS = 25
 
 export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'
 
@@ -128,6 +130,9 @@ export class Datapath {
   private timer: NodeJS.Timeout | null = null
   private closed = false
   private destaging = false
+  private drainNative: ((out: Float64Array) => number) | null = null
+  private drainTimer: NodeJS.Timeout | null = null
+  private readonly drained = new Float64Array(8192)
   /** Images refused at attach (identity conflict), by real path: the message. */
   readonly refused = new Map<string, string>()
 
@@ -534,8 +539,9 @@ export class Datapath {
       void this.forget(entry)
       return
     }
-    // No VM has it open: make the HDD file whole in the background.
-    void this.destageAll(entry)
+    // No VM has it open: make the HDD file whole in the background, until it is opened
+    // again (then the guest's I/O comes first and the rate-limited tick finishes the job).
+    void this.destageAll(entry, () => entry.opens > 0 || this.closed)
       .then(() => {
         if (entry.opens === 0 && entry.router.dirty.size === 0) {
           const st = fs.fstatSync(entry.fd, { bigint: true })
@@ -604,11 +610,11 @@ export class Datapath {
 
   // --- destage -----------------------------------------------------------------
 
-  /** Every dirty block of an image back to the HDD file. Returns how many. */
-  async destageAll(e: ImageEntry): Promise<number> {
+  /** Every dirty block of an image back to the HDD file (or until `stop` says so). Returns how many. */
+  async destageAll(e: ImageEntry, stop: () => boolean = () => false): Promise<number> {
     let n = 0
-    for (;;) {
-      const k = await e.router.destage(4096)
+    while (!stop()) {
+      const k = await e.router.destage(1024)
       if (!k) break
       n += k
     }
@@ -680,7 +686,44 @@ export class Datapath {
     return out
   }
 
+  /**
+   * The binding answers reads whose blocks the RAM tier indexes on the libfuse
+   * thread (RamMirror); `drain` hands back the keys of the blocks it served, which
+   * count as RAM hits of their image and class and as LRU use, as if JS had served them.
+   */
+  serveNatively(mirror: RamMirror, drain: (out: Float64Array) => number): void {
+    if (this.opts.cacheMode === 'conventional' || this.ram.capacity === 0) return
+    this.ram.attachMirror(mirror)
+    this.drainNative = drain
+    this.drainTimer = setInterval(() => this.drainServed(), NATIVE_DRAIN_MS)
+    this.drainTimer.unref()
+  }
+
+  /** Whether reads of this image's handles may be answered by the binding (see serveNatively). */
+  get servesNatively(): boolean {
+    return this.drainNative !== null
+  }
+
+  private drainServed(): void {
+    if (!this.drainNative) return
+    const now = Date.now()
+    let byId: Map<number, ImageEntry> | null = null
+    for (;;) {
+      const n = this.drainNative(this.drained)
+      if (n === 0) return
+      byId ??= new Map(this.images().map((e) => [e.router.image, e]))
+      for (let i = 0; i < n; i++) {
+        const key = this.drained[i]
+        const image = Math.floor(key / 0x1_0000_0000)
+        byId.get(image)?.router.servedFromRam(key - image * 0x1_0000_0000, now)
+        this.ram.touch(key)
+      }
+      if (n < this.drained.length) return
+    }
+  }
+
   stats(): DatapathStats {
+    this.drainServed()
     return {
       mode: this.opts.cacheMode ?? 'introspect',
       ram: { ...this.ram.stats, bytes: this.ram.capacity * BLOCK },
@@ -703,6 +746,8 @@ export class Datapath {
   async close(): Promise<void> {
     this.closed = true
     if (this.timer) clearInterval(this.timer)
+    if (this.drainTimer) clearInterval(this.drainTimer)
+    this.drainServed()
     await this.scanQueue.catch(() => undefined)
     for (const e of this.byKey.values()) {
       await e.updating

@@ -47,6 +47,8 @@ export interface RouterCounters {
   preloaded: number
   /** Data blocks read ahead into RAM for sequential readers. */
   readAhead: number
+  /** Meta-data blocks the binding served from RAM on the libfuse thread (also counted as RAM hits). */
+  nativeRamHits: number
 }
 
 export interface RouterOptions {
@@ -123,7 +125,7 @@ export class ImageRouter {
   /** Blocks the SSD store holds a copy of (clean or dirty). */
   readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, readAhead: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, readAhead: 0, nativeRamHits: 0 }
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
@@ -234,7 +236,7 @@ export class ImageRouter {
       const s = this.ssd.get(this.image, b)
       if (s) {
         s.data.copy(into, 0, 0, BLOCK)
-        this.ram.set(key, into, priorityOf(cls))
+        this.ram.set(key, into, priorityOf(cls), true)
         st.ssdHits++
         return
       }
@@ -249,7 +251,7 @@ export class ImageRouter {
         if (this.dirty.has(b) || this.ram.has(key)) return this.loadBlock(b, cls, into)
         return
       }
-      this.ram.set(key, into, priorityOf(cls))
+      this.ram.set(key, into, priorityOf(cls), true)
       if (isMetadata(cls) && this.canRedirect()) {
         this.ssd.put(this.image, b, into, cls, false)
         this.present.add(b)
@@ -257,6 +259,15 @@ export class ImageRouter {
     } finally {
       this.unwatch(b, w)
     }
+  }
+
+  /** A block of a guest read the binding answered from RAM on its own (counted later, in batches). */
+  servedFromRam(b: number, at: number): void {
+    const st = this.stat(this.classOf(b))
+    st.reads++
+    st.ramHits++
+    this.counters.nativeRamHits++
+    if (at > this.lastGuestIo) this.lastGuestIo = at
   }
 
   /** `guest` false: the mount's own reads (scans), kept out of the guest's stats and idle clock. */
@@ -473,7 +484,7 @@ export class ImageRouter {
     this.touched(b)
     const key = blockKey(this.image, b)
     if (this.canRedirect()) {
-      this.ram.set(key, blk, priorityOf(cls))
+      this.ram.set(key, blk, priorityOf(cls), true)
       this.ssd.put(this.image, b, blk, cls, true)
       this.dirty.add(b)
       this.present.add(b)
@@ -489,7 +500,7 @@ export class ImageRouter {
     } finally {
       this.endHddWrite(b)
     }
-    this.ram.set(key, blk, priorityOf(cls))
+    this.ram.set(key, blk, priorityOf(cls), true)
     if (this.dirty.has(b) || this.present.has(b)) {
       this.dirty.delete(b)
       this.present.delete(b)
@@ -512,30 +523,37 @@ export class ImageRouter {
   async destage(limit = Infinity): Promise<number> {
     const blocks = [...this.dirty].sort((a, b) => a - b).slice(0, limit)
     if (!blocks.length) return 0
-    const done: { b: number; w: { n: number; written: boolean } }[] = []
+    const done: { b: number; w: { n: number; written: boolean }; data: Buffer }[] = []
+    let scratch: Buffer | undefined
     try {
       for (const b of blocks) {
         // Under the block's lock: a write-through or redirected write of it is either before
         // (then it is clean, or its newer copy is what we write) or after (then it stays dirty).
         await this.withLock(b, async () => {
           if (!this.dirty.has(b)) return
-          const s = this.ssd.get(this.image, b)
-          if (!s || !s.dirty) {
-            this.dirty.delete(b)
-            return
+          // The RAM copy of a dirty block is the dirty copy (writes set both); the store's otherwise.
+          let data: Buffer
+          if (this.ram.get(blockKey(this.image, b), (scratch ??= Buffer.allocUnsafe(BLOCK)))) data = scratch
+          else {
+            const s = this.ssd.get(this.image, b)
+            if (!s || !s.dirty) {
+              this.dirty.delete(b)
+              return
+            }
+            data = s.data
           }
           const w = this.watch(b)
-          done.push({ b, w })
+          done.push({ b, w, data: Buffer.from(data.subarray(0, BLOCK)) })
           const len = Math.min(BLOCK, this.size - b * BLOCK)
-          if (b === 0 && len > 0) await this.beforeBlockZero(s.data, 0)
-          if (len > 0) await pwriteFull(this.dev, s.data, 0, len, b * BLOCK)
+          if (b === 0 && len > 0) await this.beforeBlockZero(data, 0)
+          if (len > 0) await pwriteFull(this.dev, data, 0, len, b * BLOCK)
         })
       }
       await fdatasync(this.fd)
       let n = 0
-      for (const { b, w } of done) {
+      for (const { b, w, data } of done) {
         if (w.written || !this.dirty.has(b)) continue
-        if (!this.ssd.failed) this.ssd.markClean(this.image, b)
+        if (!this.ssd.failed) this.ssd.markClean(this.image, b, data, this.classOf(b))
         this.dirty.delete(b)
         n++
       }
@@ -591,7 +609,7 @@ export class ImageRouter {
         this.present.add(b)
         // All-zero blocks (unused inode-table space, empty bitmaps) go to the SSD store only:
         // RAM is kept for what lookups read.
-        if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls))
+        if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
         n++
       }
       this.counters.preloaded += n

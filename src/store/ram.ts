@@ -5,6 +5,11 @@
 // lowest priority present, so one VM's data-heavy scan or `find` over its
 // directories cannot push out another VM's superblocks and inode tables.
 // A copy, never the authority: dropping any block here loses nothing.
+//
+// A mirror (the patched binding, see RamMirror) can serve meta-data blocks on
+// the libfuse thread: every change of a slot's bytes or owner then goes
+// through it under its lock, and the reads it served come back through
+// `touch` (recency) so the LRU sees them.
 
 import { LRUCache } from 'lru-cache'
 
@@ -24,6 +29,21 @@ export interface RamStats {
   capacity: number
 }
 
+/**
+ * The binding's native index of this cache (fuse-native as patched): it reads
+ * the slabs on the libfuse threads, so the slot's bytes and owner change only
+ * through it, under its lock.
+ */
+export interface RamMirror {
+  slab(index: number, slab: Buffer): void
+  /**
+   * The slot's bytes become src[0..4096); it is indexed under key when servable
+   * (else not at all). False: the mirror could not (the slot is then not indexed).
+   */
+  store(slot: number, key: number, src: Buffer, servable: boolean): boolean
+  drop(slot: number): void
+}
+
 export class RamCache {
   readonly capacity: number
   private readonly slabs: Buffer[] = []
@@ -33,11 +53,41 @@ export class RamCache {
   private readonly lrus: LRUCache<number, number>[] = []
   private readonly level = new Map<number, number>()
   readonly stats: RamStats
+  private mirror: RamMirror | null = null
+  /** Per slot: may the mirror answer reads of it (set with a class: meta-data routed). */
+  private readonly servable: Uint8Array
 
   constructor(budgetBytes: number, levels = 5) {
     this.capacity = Math.max(0, Math.floor(budgetBytes / BLOCK))
+    this.servable = new Uint8Array(this.capacity)
     for (let i = 0; i < levels; i++) this.lrus.push(new LRUCache<number, number>({ max: Math.max(1, this.capacity) }))
     this.stats = { hits: 0, misses: 0, evictions: 0, blocks: 0, capacity: this.capacity }
+  }
+
+  /** Hands the slabs and every cached block to a mirror; from now on it sees every change. */
+  attachMirror(m: RamMirror): void {
+    this.mirror = m
+    this.slabs.forEach((slab, i) => m.slab(i, slab))
+    for (const [key, lvl] of this.level) {
+      const slot = this.lrus[lvl].peek(key) as number
+      m.store(slot, key, this.slot(slot), this.servable[slot] === 1)
+    }
+  }
+
+  /** A read the mirror served: the block counts as used now (LRU recency) and as a hit. */
+  touch(key: number): void {
+    const lvl = this.level.get(key)
+    if (lvl === undefined) return
+    this.lrus[lvl].get(key)
+    this.stats.hits++
+  }
+
+  /** Writes a slot's bytes (through the mirror when there is one: it reads them on other threads). */
+  private fill(slot: number, key: number, data: Buffer, servable: boolean): void {
+    this.servable[slot] = servable ? 1 : 0
+    if (this.mirror?.store(slot, key, data.length === BLOCK ? data : data.subarray(0, BLOCK), servable)) return
+    this.servable[slot] = 0
+    data.copy(this.slot(slot), 0, 0, BLOCK)
   }
 
   private slot(n: number): Buffer {
@@ -50,7 +100,10 @@ export class RamCache {
     const f = this.free.pop()
     if (f !== undefined) return f
     if (this.nextSlot >= this.capacity) return null
-    if (this.nextSlot % SLAB_BLOCKS === 0) this.slabs.push(Buffer.allocUnsafe(Math.min(SLAB_BLOCKS, this.capacity - this.nextSlot) * BLOCK))
+    if (this.nextSlot % SLAB_BLOCKS === 0) {
+      this.slabs.push(Buffer.allocUnsafe(Math.min(SLAB_BLOCKS, this.capacity - this.nextSlot) * BLOCK))
+      this.mirror?.slab(this.slabs.length - 1, this.slabs[this.slabs.length - 1])
+    }
     return this.nextSlot++
   }
 
@@ -75,14 +128,17 @@ export class RamCache {
    * Caches a copy of `data` (4 KiB) at `priority`. When full, the least
    * recently used block of the lowest non-empty priority goes, if that
    * priority is not above this block's; otherwise this block is not cached.
+   * `servable`: a mirror may answer reads of it on its own (meta-data-routed
+   * blocks; read-ahead data stays with the router, which watches sequential
+   * readers).
    */
-  set(key: number, data: Buffer, priority: number): void {
+  set(key: number, data: Buffer, priority: number, servable = false): void {
     if (this.capacity === 0) return
     const p = Math.max(0, Math.min(this.lrus.length - 1, priority))
     const old = this.level.get(key)
     if (old !== undefined) {
       const slot = this.lrus[old].get(key) as number
-      data.copy(this.slot(slot), 0, 0, BLOCK)
+      this.fill(slot, key, data, servable)
       if (old !== p) {
         this.lrus[old].delete(key)
         this.lrus[p].set(key, slot)
@@ -99,7 +155,7 @@ export class RamCache {
       this.stats.evictions++
       slot = vslot
     }
-    data.copy(this.slot(slot), 0, 0, BLOCK)
+    this.fill(slot, key, data, servable)
     this.lrus[p].set(key, slot)
     this.level.set(key, p)
     this.stats.blocks = this.level.size
@@ -119,6 +175,7 @@ export class RamCache {
     const slot = this.lrus[lvl].peek(key) as number
     this.lrus[lvl].delete(key)
     this.level.delete(key)
+    this.mirror?.drop(slot)
     this.free.push(slot)
     this.stats.blocks = this.level.size
   }

@@ -239,8 +239,9 @@ export class SsdStore {
   }
 
   /** Marks a block clean after its bytes reached the HDD file (destage). */
-  markClean(image: number, block: number): void {
-    const cur = this.get(image, block)
+  /** The block's copy is on the HDD now; `data` and `cls`: its bytes, when the caller has them (saves a read). */
+  markClean(image: number, block: number, data?: Buffer, cls?: number): void {
+    const cur = data && cls !== undefined ? { data, cls, dirty: false } : this.get(image, block)
     this.enqueue({ op: 'clean', image, block }, blockKey(image, block), cur ? { ...cur, dirty: false } : null)
   }
 
