@@ -22,7 +22,7 @@ declare module 'fuse-native' {
     threadStats(): { created: number; parked: number }
     setDirect(fh: number, fd: number): boolean
     directSlow(ms: number): { fh: number; op: 'read' | 'write'; started: number }[]
-    directStats(): { reads: number; writes: number; readBytes: number; writeBytes: number }
+    directStats(): { reads: number; writes: number; readBytes: number; writeBytes: number; parallelWriteOpens: number; writesTogetherMax: number }
     ramInit(capacity: number): boolean
     ramSlab(index: number, slab: Buffer): boolean
     ramStore(slot: number, key: number, src: Buffer, at: number, servable: boolean): boolean
