@@ -140,6 +140,8 @@ export class ImageRouter {
   /** Conventional read-ahead: where the last read ended, and the current window. */
   private raNext = -1
   private raWindow = RA_MIN
+  /** The destage batch running now (batches run one at a time). */
+  private destaging: Promise<unknown> = Promise.resolve()
 
   constructor(
     private readonly fd: number,
@@ -518,9 +520,19 @@ export class ImageRouter {
   /**
    * Writes dirty blocks back to the HDD file in file order (at most `limit`),
    * syncs, then marks them clean; a block written again meanwhile stays dirty.
-   * Returns how many were written back.
+   * Returns how many were written back. Calls run one at a time (the background
+   * tick, the destage after a last close, `vmdi-fuse destage` and unmount may
+   * overlap): two overlapping batches would pick the same blocks, one of them
+   * would find them cleaned by the other and return 0, and a caller looping
+   * "until a batch returns 0" would stop with dirty blocks left.
    */
-  async destage(limit = Infinity): Promise<number> {
+  destage(limit = Infinity): Promise<number> {
+    const run = this.destaging.then(() => this.destageBatch(limit))
+    this.destaging = run.catch(() => undefined)
+    return run
+  }
+
+  private async destageBatch(limit: number): Promise<number> {
     const blocks = [...this.dirty].sort((a, b) => a - b).slice(0, limit)
     if (!blocks.length) return 0
     const done: { b: number; w: { n: number; written: boolean }; data: Buffer }[] = []

@@ -136,6 +136,40 @@ describe('ImageRouter', () => {
   })
 })
 
+describe('ImageRouter destage', () => {
+  it('two callers destaging "until a batch returns 0" at once leave no dirty block behind', async () => {
+    // The daemon's destage after a last close, `vmdi-fuse destage` and unmount can overlap.
+    const hdd = path.join(dir, 'overlap.img')
+    fs.writeFileSync(hdd, Buffer.alloc(4 << 20))
+    const map = new ExtentMap()
+    map.set(0, 1024, BlockClass.Journal)
+    const ssd = SsdStore.open(path.join(dir, 'overlap.sqlite'))
+    const fd = fs.openSync(hdd, 'r+')
+    const router = new ImageRouter(fd, 1, new RamCache(256 * BLOCK), ssd, (b) => map.classOf(b))
+    const want = crypto.randomBytes(1024 * BLOCK)
+    await router.write(want, want.length, 0)
+    expect(router.dirty.size).toBe(1024)
+    // As Datapath.destageAll does: batches until one returns 0, or until told to stop.
+    const untilZero = async (stop = () => false) => {
+      while (!stop() && (await router.destage(64)) > 0) {
+        /* next batch */
+      }
+    }
+    // The destage after a last close has a batch in flight when the unmount comes: it stops
+    // after that batch, and the unmount's own destage (its first batch picks the same blocks)
+    // must still find every block that is left.
+    let closing = false
+    const afterClose = untilZero(() => closing)
+    closing = true
+    await Promise.all([untilZero(), afterClose])
+    expect(router.dirty.size).toBe(0)
+    expect(fs.readFileSync(hdd).subarray(0, want.length).equals(want)).toBe(true)
+    expect(ssd.dirtyBlocks(1)).toEqual([])
+    fs.closeSync(fd)
+    await ssd.close()
+  })
+})
+
 describe('image identity in the SSD store', () => {
   it('knows an image again by path, inode and header; resets one changed without dirty blocks; refuses one changed with them', async () => {
     const file = path.join(dir, 'ids.sqlite')
