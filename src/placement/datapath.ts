@@ -129,6 +129,8 @@ export class Datapath {
   private scanQueue: Promise<void> = Promise.resolve()
   private timer: NodeJS.Timeout | null = null
   private closed = false
+  /** The SSD store's failover (what it held written to the HDD files), once it has failed. */
+  private failover: Promise<void> | null = null
   private destaging = false
   private drainNative: ((out: Float64Array) => number) | null = null
   private drainTimer: NodeJS.Timeout | null = null
@@ -141,7 +143,10 @@ export class Datapath {
     this.ssd = SsdStore.open(opts.ssdPath)
     this.capBlocks = Math.floor(opts.ssdMaxBytes / BLOCK)
     this.exclude = opts.exclude.map(globToRegExp)
-    this.ssd.onFailure = (e) => void this.ssdFailed(e)
+    // Called for every batch that fails: the failover runs once.
+    this.ssd.onFailure = (e) => {
+      this.failover ??= this.ssdFailed(e)
+    }
     this.timer = setInterval(() => void this.tick(), opts.destageIntervalMs ?? 250)
     this.timer.unref()
   }
@@ -286,8 +291,12 @@ export class Datapath {
       conventional,
       onBlockZero: async (bytes) => {
         this.ssd.setSignature(entry.id, signatureOf(bytes))
-        if (!this.ssd.failed) await this.ssd.commit()
+        // A store failing now is abandoned (its identity record with it): the guest's write goes on.
+        if (!this.ssd.failed) await this.ssd.commit().catch((e: Error) => {
+          if (!this.ssd.failed) throw e
+        })
       },
+      ssdFailover: () => this.failover ?? Promise.resolve(),
     })
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never

@@ -62,6 +62,12 @@ export interface RouterOptions {
   /** The HDD file's device (default: the plain file). */
   device?: HddDevice
   /**
+   * Once the SSD store has failed: resolves when the owner has written what the
+   * store held back to the HDD files (until then its unwritten batches are the
+   * only copy of those blocks). An fsync waits for it.
+   */
+  ssdFailover?: () => Promise<void>
+  /**
    * The conventional array (benchmark configuration (b)): no classes, no SSD; the
    * RAM budget is a plain LRU of every block read or written, filled with
    * Linux-style sequential read-ahead; writes go through to the HDD.
@@ -133,6 +139,7 @@ export class ImageRouter {
   private readonly recentData = new Set<number>()
   private readonly canRedirect: () => boolean
   private readonly onBlockZero: ((bytes: Buffer) => Promise<void>) | null
+  private readonly ssdFailover: () => Promise<void>
   /** Last time a guest request arrived (background work yields to guest I/O). */
   lastGuestIo = 0
   private readonly dev: HddDevice
@@ -157,6 +164,7 @@ export class ImageRouter {
     this.present = new Set(held.present)
     this.canRedirect = opts.canRedirect ?? (() => !ssd.failed)
     this.onBlockZero = opts.onBlockZero ?? null
+    this.ssdFailover = opts.ssdFailover ?? (() => Promise.resolve())
     this.dev = opts.device ?? plainDevice(fd)
     this.conventional = opts.conventional ?? false
   }
@@ -513,7 +521,19 @@ export class ImageRouter {
 
   /** Durability point: the SSD transaction holding every redirected write, and the HDD file, both synced. */
   async fsync(): Promise<void> {
-    if (!this.ssd.failed) await this.ssd.commit()
+    if (!this.ssd.failed) {
+      try {
+        await this.ssd.commit()
+      } catch (e) {
+        if (!this.ssd.failed) throw e
+      }
+    }
+    if (this.ssd.failed) {
+      // The commit failed (a full disk, an I/O error): the guest's redirected writes are durable
+      // once the failover has written them to the HDD file; the cache's failure is not the guest's.
+      await this.ssdFailover()
+      if (this.dirty.size) throw new Error(`the SSD store failed and ${this.dirty.size} block(s) it held could not be written to the HDD file`)
+    }
     await fdatasync(this.fd)
   }
 
@@ -569,7 +589,10 @@ export class ImageRouter {
         this.dirty.delete(b)
         n++
       }
-      if (!this.ssd.failed) await this.ssd.commit()
+      // A store failing meanwhile: the blocks are on the HDD (synced above) all the same.
+      if (!this.ssd.failed) await this.ssd.commit().catch((e: Error) => {
+        if (!this.ssd.failed) throw e
+      })
       this.counters.destaged += n
       return n
     } finally {
