@@ -58,6 +58,8 @@ export const OPT_OUT_XATTR = 'user.vmdi.introspect'
 const MAX_SCAN_TRIES = 3
 /** Blocks written during a scan remembered for the retry decision (past this: retry). */
 const MAX_SCAN_WRITES = 1 << 16
+/** What the scan read and the preload takes instead of reading it again: at most this many bytes (512 MiB). */
+const SCAN_KEEP_MAX = 512 << 20
 /** Largest preload read, in blocks (4 MiB). */
 const PRELOAD_SPAN = 1024
 /** Preload runs of one priority at most this many blocks apart are read as one request (256 KiB). */
@@ -336,10 +338,13 @@ export class Datapath {
       entry.scan.tries++
       entry.scanWrites = new Set()
       let ins: Inspection
+      // What the scan reads is kept for the preload (it is most of the meta-data); writes drop their copies.
+      entry.router.keepScanReads(SCAN_KEEP_MAX)
       try {
         ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined })
       } catch (e) {
         entry.scanWrites = null
+        entry.router.dropScanReads()
         entry.scan.state = 'failed'
         entry.scan.ms = Date.now() - t0
         entry.scan.error = (e as Error).message
@@ -385,16 +390,18 @@ export class Datapath {
   }
 
   /**
-   * Warm start: the meta-data blocks go to the SSD store (and RAM within budget)
-   * once, highest class priority first (so RAM, which never evicts a higher
-   * priority for a lower one, ends up holding what every lookup walks), each
-   * priority in file order with runs less than PRELOAD_GAP blocks apart read as
-   * one request (on a disk a seek costs more than the gap's transfer). The
-   * journal is not preloaded: it is written all the time and read only at
-   * recovery, and its blocks are cached as they are written.
+   * Warm start: the meta-data blocks go to the SSD store (and RAM within
+   * budget) once. First those the scan already read (kept copies, adopted
+   * highest class priority first); then the rest in one sweep in file order,
+   * runs less than PRELOAD_GAP blocks apart read as one request (on a disk a
+   * seek costs more than the gap's transfer). RAM never evicts a higher class
+   * priority for a lower one, so it ends up holding what every lookup walks,
+   * whatever the order. The journal is not preloaded: it is written all the
+   * time and read only at recovery, and its blocks are cached as they are
+   * written. Neither is inode-table space no inode uses yet (nothing to read;
+   * it is cached when written).
    */
   private async preload(entry: ImageEntry): Promise<void> {
-    // Inode-table space no inode uses yet: nothing to read (it is cached when written).
     const unused = new ExtentMap()
     const ins = entry.ins
     if (ins) {
@@ -419,33 +426,40 @@ export class Datapath {
         }
       }
     }
-    const byPriority = new Map<number, [number, number][]>()
+    const want = (cls: BlockClass, b: number) => cls !== BlockClass.Journal && unused.classOf(b) === BlockClass.Data
+    const router = entry.router
+    if (this.closed || entry.unlinked || !this.canRedirect()) {
+      router.dropScanReads()
+      return
+    }
+    const adopted = router.adoptScanReads(want, this.capBlocks - this.heldBlocks())
+    // What is left to read: wanted meta-data blocks the SSD store does not hold yet.
+    const spans: [number, number][] = []
+    const add = (s: number, c: number) => {
+      const last = spans[spans.length - 1]
+      if (last && s - (last[0] + last[1]) <= PRELOAD_GAP && s + c - last[0] <= PRELOAD_SPAN) last[1] = s + c - last[0]
+      else if (c > PRELOAD_SPAN) for (let b = s; b < s + c; b += PRELOAD_SPAN) spans.push([b, Math.min(PRELOAD_SPAN, s + c - b)])
+      else spans.push([s, c])
+    }
+    let missing = 0
     for (const [s0, c0, cls] of entry.map.runs()) {
       if (cls === BlockClass.Journal) continue
-      // Split around unused inode-table space.
-      const pieces: [number, number][] = []
-      let cur = s0
-      for (const [us, uc] of unused.runsIn(s0, c0)) {
-        if (us > cur) pieces.push([cur, us - cur])
-        cur = us + uc
+      let runAt = -1
+      for (let b = s0; b <= s0 + c0; b++) {
+        const need = b < s0 + c0 && !router.holds(b) && unused.classOf(b) === BlockClass.Data
+        if (need) {
+          missing++
+          if (runAt < 0) runAt = b
+        } else if (runAt >= 0) {
+          add(runAt, b - runAt)
+          runAt = -1
+        }
       }
-      if (cur < s0 + c0) pieces.push([cur, s0 + c0 - cur])
-      const p = priorityOf(cls)
-      if (!byPriority.has(p)) byPriority.set(p, [])
-      byPriority.get(p)!.push(...pieces)
     }
-    for (const p of [...byPriority.keys()].sort((a, b) => b - a)) {
-      const spans: [number, number][] = []
-      for (const [s, c] of byPriority.get(p)!) {
-        const last = spans[spans.length - 1]
-        if (last && s - (last[0] + last[1]) <= PRELOAD_GAP && s + c - last[0] <= PRELOAD_SPAN) last[1] = s + c - last[0]
-        else if (c > PRELOAD_SPAN) for (let b = s; b < s + c; b += PRELOAD_SPAN) spans.push([b, Math.min(PRELOAD_SPAN, s + c - b)])
-        else spans.push([s, c])
-      }
-      for (const [s, c] of spans) {
-        if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
-        await entry.router.preload(s, c, (cls, b) => priorityOf(cls) === p && cls !== BlockClass.Journal && unused.classOf(b) === BlockClass.Data)
-      }
+    if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${missing} to read`)
+    for (const [s, c] of spans) {
+      if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
+      await router.preload(s, c, want)
     }
   }
 
@@ -608,6 +622,7 @@ export class Datapath {
   /** Drops an image's entry and RAM blocks; `unlinked`: forgets it in the SSD store too, else only resets its blocks and map there. */
   private async forget(e: ImageEntry, unlinked = true): Promise<void> {
     this.byKey.delete(e.key)
+    e.router.dropScanReads()
     await e.updating
     this.ram.dropImage(e.router.image)
     if (unlinked) this.ssd.forgetImage(e.id)
@@ -907,7 +922,7 @@ class RouterFile implements DiskFile {
       throw new IntrospectIOError(`read of ${length} bytes at ${offset} is outside 0..${this.size}`, { file: this.name, offset })
     }
     const buf = Buffer.alloc(length)
-    const n = await this.entry.router.read(buf, length, offset, false)
+    const n = await this.entry.router.readForScan(buf, length, offset)
     if (n !== length) throw new IntrospectIOError(`short read: wanted ${length} bytes, got ${n}`, { file: this.name, offset })
     this.bytesRead += length
     return buf

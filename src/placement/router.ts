@@ -43,8 +43,10 @@ export interface RouterCounters {
   reclassified: number
   /** Meta-data writes sent to the HDD because the SSD store could not take them (failed or full). */
   writeThrough: number
-  /** Meta-data blocks copied in by preload (warm start). */
+  /** Meta-data blocks copied in by preload (warm start), those the scan had read included. */
   preloaded: number
+  /** Of those, blocks taken from what the scan read (not read again). */
+  scanKept: number
   /** Data blocks read ahead into RAM for sequential readers. */
   readAhead: number
   /** Meta-data blocks the binding served from RAM on the libfuse thread (also counted as RAM hits). */
@@ -131,7 +133,7 @@ export class ImageRouter {
   /** Blocks the SSD store holds a copy of (clean or dirty). */
   readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, readAhead: 0, nativeRamHits: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, readAhead: 0, nativeRamHits: 0 }
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
@@ -149,6 +151,13 @@ export class ImageRouter {
   private raWindow = RA_MIN
   /** The destage batch running now (batches run one at a time). */
   private destaging: Promise<unknown> = Promise.resolve()
+  /**
+   * Copies of the blocks the scan read, kept until the preload adopts the
+   * meta-data among them (warm start without reading them twice); any write
+   * of a block drops its copy (`touched`).
+   */
+  private scanKept: Map<number, Buffer> | null = null
+  private scanKeptMax = 0
 
   constructor(
     private readonly fd: number,
@@ -208,6 +217,7 @@ export class ImageRouter {
   private touched(b: number): void {
     const w = this.watched.get(b)
     if (w) w.written = true
+    this.scanKept?.delete(b)
   }
 
   /** Runs fn with block b's lock held (meta-data writes and write-backs of one block, one at a time). */
@@ -359,6 +369,75 @@ export class ImageRouter {
     }
     await flushRun(sequential && runStart + runLen === pos + n)
     return n
+  }
+
+  /** From now on the scan's reads (readForScan) keep copies of what they read, up to maxBytes. */
+  keepScanReads(maxBytes: number): void {
+    this.scanKept ??= new Map()
+    this.scanKeptMax = Math.floor(maxBytes / BLOCK)
+  }
+
+  /**
+   * A read by the mount's own scan (not the guest's): served like any read,
+   * and with keepScanReads on, a copy of every whole block no write touched
+   * meanwhile is kept for adoptScanReads.
+   */
+  async readForScan(buf: Buffer, len: number, pos: number): Promise<number> {
+    const kept = this.scanKept
+    if (!kept || this.conventional || len === 0) return this.read(buf, len, pos, false)
+    const first = Math.ceil(pos / BLOCK)
+    const end = Math.floor(Math.min(pos + len, this.size) / BLOCK)
+    const ws = new Map<number, { n: number; written: boolean }>()
+    for (let b = first; b < end; b++) ws.set(b, this.watch(b))
+    try {
+      const n = await this.read(buf, len, pos, false)
+      for (let b = first; b < end && (b + 1) * BLOCK <= pos + n; b++) {
+        if (kept.size >= this.scanKeptMax || this.scanKept !== kept) break
+        if (ws.get(b)!.written || this.dirty.has(b) || this.present.has(b) || kept.has(b)) continue
+        kept.set(b, Buffer.from(buf.subarray(b * BLOCK - pos, (b + 1) * BLOCK - pos)))
+      }
+      return n
+    } finally {
+      for (const [b, w] of ws) this.unwatch(b, w)
+    }
+  }
+
+  /**
+   * The scan is done and the map current: the kept copies of meta-data blocks
+   * `want`ed go to the SSD store and RAM (highest class priority first, as the
+   * preload does) up to `limit` blocks (the SSD store's cap), the rest are
+   * dropped, and copies stop being kept. Returns how many were adopted.
+   */
+  adoptScanReads(want: (cls: BlockClass, block: number) => boolean = isMetadata, limit = Infinity): number {
+    const kept = this.scanKept
+    this.scanKept = null
+    if (!kept || !this.canRedirect()) return 0
+    const take: [number, BlockClass][] = []
+    for (const b of kept.keys()) {
+      const cls = this.classOf(b)
+      if (isMetadata(cls) && want(cls, b) && !this.dirty.has(b) && !this.present.has(b)) take.push([b, cls])
+    }
+    take.sort((x, y) => priorityOf(y[1]) - priorityOf(x[1]) || x[0] - y[0])
+    if (take.length > limit) take.length = Math.max(0, limit)
+    for (const [b, cls] of take) {
+      const blk = kept.get(b)!
+      this.ssd.put(this.image, b, blk, cls, false)
+      this.present.add(b)
+      if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
+    }
+    this.counters.preloaded += take.length
+    this.counters.scanKept += take.length
+    return take.length
+  }
+
+  /** Stops keeping the scan's reads and drops the copies (a failed scan, an unlink, the end of the mount). */
+  dropScanReads(): void {
+    this.scanKept = null
+  }
+
+  /** Whether the SSD store holds a copy of block b (clean or dirty). */
+  holds(b: number): boolean {
+    return this.present.has(b)
   }
 
   /** Before bytes of block 0 reach the HDD file: the new first block, for the identity signature. */

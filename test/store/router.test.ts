@@ -9,9 +9,9 @@ import fs from 'fs'
 import os from 'os'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BlockClass } from '../../src/introspect/classes'
+import { BlockClass, isMetadata } from '../../src/introspect/classes'
 import { ExtentMap } from '../../src/introspect/map/extent-map'
-import { ImageRouter } from '../../src/placement/router'
+import { type HddDevice, ImageRouter, plainDevice } from '../../src/placement/router'
 import { BLOCK, blockKey, RamCache } from '../../src/store/ram'
 import { SsdStore } from '../../src/store/ssd'
 import { rng } from '../helpers/rng'
@@ -165,6 +165,92 @@ describe('ImageRouter destage', () => {
     expect(router.dirty.size).toBe(0)
     expect(fs.readFileSync(hdd).subarray(0, want.length).equals(want)).toBe(true)
     expect(ssd.dirtyBlocks(1)).toEqual([])
+    fs.closeSync(fd)
+    await ssd.close()
+  })
+})
+
+describe('ImageRouter: what the scan read', () => {
+  it('keeps copies only of blocks no write touched, adopts the meta-data among them, and honours its caps', async () => {
+    const hdd = path.join(dir, 'kept.img')
+    const orig = crypto.randomBytes(64 * BLOCK)
+    fs.writeFileSync(hdd, orig)
+    const map = new ExtentMap() // empty during the scan: every block is data
+    const ssd = SsdStore.open(path.join(dir, 'kept.sqlite'))
+    const fd = fs.openSync(hdd, 'r+')
+    // A device whose writes and reads can be held, to put writes in flight around a scan read.
+    const plain = plainDevice(fd)
+    let holdWrite: Promise<void> | null = null
+    let holdRead: Promise<void> | null = null
+    const dev: HddDevice = {
+      pread: async (b, o, l, p) => {
+        if (holdRead) await holdRead
+        return plain.pread(b, o, l, p)
+      },
+      pwrite: async (b, o, l, p) => {
+        if (holdWrite) await holdWrite
+        return plain.pwrite(b, o, l, p)
+      },
+    }
+    const ram = new RamCache(256 * BLOCK)
+    const router = new ImageRouter(fd, 1, ram, ssd, (b) => map.classOf(b), { device: dev })
+    router.keepScanReads(1 << 30)
+    const cur = Buffer.from(orig)
+    const put = (b: number, v: number) => {
+      const x = Buffer.alloc(BLOCK, v)
+      x.copy(cur, b * BLOCK)
+      return router.write(x, BLOCK, b * BLOCK)
+    }
+    // A write of block 5 in flight when the scan reads: the scan may see the old bytes: not kept.
+    let release: () => void = () => undefined
+    holdWrite = new Promise((r) => (release = r))
+    const w5 = put(5, 0x55)
+    holdWrite = null
+    const buf = Buffer.alloc(32 * BLOCK)
+    // A write of block 9 that lands while the scan's read is held: not kept either.
+    let releaseRead: () => void = () => undefined
+    holdRead = new Promise((r) => (releaseRead = r))
+    const r1 = router.readForScan(buf, buf.length, 0)
+    holdRead = null
+    await put(9, 0x99)
+    releaseRead()
+    await r1
+    release()
+    await w5
+    // Block 7 written after the read: its copy is dropped.
+    await put(7, 0x77)
+    // A read that is not whole blocks keeps only the whole ones inside it.
+    const part = Buffer.alloc(3 * BLOCK)
+    await router.readForScan(part, part.length, 40 * BLOCK + 100)
+    // The scan is done: blocks 0..31 and 40..43 are meta-data, 20..23 of a class not wanted.
+    map.set(0, 32, BlockClass.InodeTable)
+    map.set(20, 4, BlockClass.Journal)
+    map.set(40, 4, BlockClass.Directory)
+    const adopted = router.adoptScanReads((cls) => cls !== BlockClass.Journal)
+    const want = [...Array(32).keys()].filter((b) => ![5, 7, 9, 20, 21, 22, 23].includes(b)).concat([41, 42])
+    expect(adopted).toBe(want.length)
+    expect(router.counters.scanKept).toBe(want.length)
+    for (let b = 0; b < 64; b++) expect(router.holds(b), `block ${b}`).toBe(want.includes(b))
+    for (const b of want) {
+      expect(ssd.get(1, b)!.data.equals(cur.subarray(b * BLOCK, (b + 1) * BLOCK)), `SSD copy of block ${b}`).toBe(true)
+      const out = Buffer.alloc(BLOCK)
+      expect(ram.get(blockKey(1, b), out) && out.equals(cur.subarray(b * BLOCK, (b + 1) * BLOCK)), `RAM copy of block ${b}`).toBe(true)
+    }
+    // Every read returns the latest bytes, kept or not.
+    const all = Buffer.alloc(64 * BLOCK)
+    await router.read(all, all.length, 0)
+    expect(all.equals(cur)).toBe(true)
+    // Adopted once: later scan reads keep nothing.
+    await router.readForScan(Buffer.alloc(BLOCK), BLOCK, 50 * BLOCK)
+    map.set(50, 1, BlockClass.Directory)
+    expect(router.adoptScanReads()).toBe(0)
+    // The byte cap and the adoption limit (the SSD store's cap).
+    let cls2 = BlockClass.Data
+    const r2 = new ImageRouter(fd, 2, new RamCache(256 * BLOCK), ssd, () => cls2)
+    r2.keepScanReads(4 * BLOCK)
+    await r2.readForScan(Buffer.alloc(16 * BLOCK), 16 * BLOCK, 0)
+    cls2 = BlockClass.Directory
+    expect(r2.adoptScanReads(isMetadata, 3)).toBe(3)
     fs.closeSync(fd)
     await ssd.close()
   })
