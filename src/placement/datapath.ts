@@ -62,7 +62,7 @@ const MAX_SCAN_WRITES = 1 << 16
 const SCAN_KEEP_MAX = 512 << 20
 /** Largest preload read, in blocks (4 MiB). */
 const PRELOAD_SPAN = 1024
-/** Preload runs of one priority at most this many blocks apart are read as one request (256 KiB). */
+/** Preload runs at most this many blocks apart are read as one request (256 KiB). */
 const PRELOAD_GAP = 64
 /** How often the blocks the binding served from RAM are counted and touched in the LRU. */
 const NATIVE_DRAIN_MS = 25
@@ -294,9 +294,7 @@ export class Datapath {
       onBlockZero: async (bytes) => {
         this.ssd.setSignature(entry.id, signatureOf(bytes))
         // A store failing now is abandoned (its identity record with it): the guest's write goes on.
-        if (!this.ssd.failed) await this.ssd.commit().catch((e: Error) => {
-          if (!this.ssd.failed) throw e
-        })
+        await this.ssd.commitUnlessFailed()
       },
       ssdFailover: () => this.failover ?? Promise.resolve(),
     })
@@ -446,7 +444,7 @@ export class Datapath {
       if (cls === BlockClass.Journal) continue
       let runAt = -1
       for (let b = s0; b <= s0 + c0; b++) {
-        const need = b < s0 + c0 && !router.holds(b) && unused.classOf(b) === BlockClass.Data
+        const need = b < s0 + c0 && !router.present.has(b) && unused.classOf(b) === BlockClass.Data
         if (need) {
           missing++
           if (runAt < 0) runAt = b

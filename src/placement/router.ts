@@ -435,11 +435,6 @@ export class ImageRouter {
     this.scanKept = null
   }
 
-  /** Whether the SSD store holds a copy of block b (clean or dirty). */
-  holds(b: number): boolean {
-    return this.present.has(b)
-  }
-
   /** Before bytes of block 0 reach the HDD file: the new first block, for the identity signature. */
   private async beforeBlockZero(patch: Buffer, patchAt: number): Promise<void> {
     if (!this.onBlockZero) return
@@ -600,13 +595,7 @@ export class ImageRouter {
 
   /** Durability point: the SSD transaction holding every redirected write, and the HDD file, both synced. */
   async fsync(): Promise<void> {
-    if (!this.ssd.failed) {
-      try {
-        await this.ssd.commit()
-      } catch (e) {
-        if (!this.ssd.failed) throw e
-      }
-    }
+    await this.ssd.commitUnlessFailed()
     if (this.ssd.failed) {
       // The commit failed (a full disk, an I/O error): the guest's redirected writes are durable
       // once the failover has written them to the HDD file; the cache's failure is not the guest's.
@@ -669,9 +658,7 @@ export class ImageRouter {
         n++
       }
       // A store failing meanwhile: the blocks are on the HDD (synced above) all the same.
-      if (!this.ssd.failed) await this.ssd.commit().catch((e: Error) => {
-        if (!this.ssd.failed) throw e
-      })
+      await this.ssd.commitUnlessFailed()
       this.counters.destaged += n
       return n
     } finally {

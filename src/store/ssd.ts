@@ -403,6 +403,20 @@ export class SsdStore {
     return new Promise((resolve, reject) => this.waiters.push({ seq: target, resolve, reject }))
   }
 
+  /**
+   * commit(), for callers whose data does not depend on the store: a store that
+   * has failed (before or during this commit) resolves instead of rejecting,
+   * since its owner's failover (onFailure) takes over what it held.
+   */
+  async commitUnlessFailed(): Promise<void> {
+    if (this.failure) return
+    try {
+      await this.commit()
+    } catch (e) {
+      if (!this.failure) throw e
+    }
+  }
+
   /** Dirty blocks of an image, in block order (committed and pending). */
   dirtyBlocks(image: number): number[] {
     return [...this.held(image, true).keys()].sort((a, b) => a - b)

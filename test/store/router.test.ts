@@ -230,7 +230,7 @@ describe('ImageRouter: what the scan read', () => {
     const want = [...Array(32).keys()].filter((b) => ![5, 7, 9, 20, 21, 22, 23].includes(b)).concat([41, 42])
     expect(adopted).toBe(want.length)
     expect(router.counters.scanKept).toBe(want.length)
-    for (let b = 0; b < 64; b++) expect(router.holds(b), `block ${b}`).toBe(want.includes(b))
+    for (let b = 0; b < 64; b++) expect(router.present.has(b), `block ${b}`).toBe(want.includes(b))
     for (const b of want) {
       expect(ssd.get(1, b)!.data.equals(cur.subarray(b * BLOCK, (b + 1) * BLOCK)), `SSD copy of block ${b}`).toBe(true)
       const out = Buffer.alloc(BLOCK)
