@@ -390,7 +390,9 @@ export class Datapath {
   /**
    * Warm start: the meta-data blocks go to the SSD store (and RAM within
    * budget) once. First those the scan already read (kept copies, adopted
-   * highest class priority first); then the rest in one sweep in file order,
+   * highest class priority first); then RAM gets the blocks the store already
+   * held (a restart: point reads from the store, highest priority first);
+   * then the rest from the HDD in one sweep in file order,
    * runs less than PRELOAD_GAP blocks apart read as one request (on a disk a
    * seek costs more than the gap's transfer). RAM never evicts a higher class
    * priority for a lower one, so it ends up holding what every lookup walks,
@@ -431,6 +433,10 @@ export class Datapath {
       return
     }
     const adopted = router.adoptScanReads(want, this.capBlocks - this.heldBlocks())
+    // A restart with a warm SSD store: RAM gets what it held, from the store, not the HDD.
+    const t0 = Date.now()
+    const refilled = await router.refillRam(want, () => this.closed || entry.unlinked)
+    if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} meta-data block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms`)
     // What is left to read: wanted meta-data blocks the SSD store does not hold yet.
     const spans: [number, number][] = []
     const add = (s: number, c: number) => {

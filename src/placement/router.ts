@@ -47,6 +47,8 @@ export interface RouterCounters {
   preloaded: number
   /** Of those, blocks taken from what the scan read (not read again). */
   scanKept: number
+  /** Meta-data blocks copied into RAM from the SSD store at attach (a restart with a warm store). */
+  ramRefilled: number
   /** Data blocks read ahead into RAM for sequential readers. */
   readAhead: number
   /** Meta-data blocks the binding served from RAM on the libfuse thread (also counted as RAM hits). */
@@ -124,6 +126,9 @@ function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): 
   blk.copy(buf, lo - pos, lo - b * BLOCK, hi - b * BLOCK)
 }
 
+/** RAM refill from the SSD store: point reads between yields to guest requests. */
+const REFILL_CHUNK = 256
+
 /** Data-routed writes remembered for the deferred count (oldest forgotten past this). */
 const RECENT_DATA_MAX = 65536
 
@@ -133,7 +138,7 @@ export class ImageRouter {
   /** Blocks the SSD store holds a copy of (clean or dirty). */
   readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, readAhead: 0, nativeRamHits: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0 }
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
@@ -428,6 +433,41 @@ export class ImageRouter {
     this.counters.preloaded += take.length
     this.counters.scanKept += take.length
     return take.length
+  }
+
+  /**
+   * A restart with a warm SSD store: copies of the `want`ed meta-data blocks
+   * the store holds go to RAM, highest class priority first (as the preload
+   * leaves it), until RAM is full. Point reads on this thread, a few hundred
+   * at a time between guest requests; nothing awaits between a block's read
+   * and its insertion, so a write of it cannot slip in between. Returns how
+   * many blocks went to RAM.
+   */
+  async refillRam(want: (cls: BlockClass, block: number) => boolean = isMetadata, stop: () => boolean = () => false): Promise<number> {
+    if (this.conventional || this.ram.full) return 0
+    const take: [number, BlockClass][] = []
+    for (const b of this.present) {
+      const cls = this.classOf(b)
+      if (isMetadata(cls) && want(cls, b) && !this.ram.has(blockKey(this.image, b))) take.push([b, cls])
+    }
+    take.sort((x, y) => priorityOf(y[1]) - priorityOf(x[1]) || x[0] - y[0])
+    let n = 0
+    for (let i = 0; i < take.length && !this.ram.full; i++) {
+      if (i % REFILL_CHUNK === 0 && i > 0) {
+        await new Promise((r) => setImmediate(r))
+        if (stop() || this.ssd.failed) break
+      }
+      const [b, cls] = take[i]
+      const key = blockKey(this.image, b)
+      // Written, dropped or reclassified since the list was made: the write path saw to it.
+      if (!this.present.has(b) || this.ram.has(key) || this.classOf(b) !== cls) continue
+      const held = this.ssd.get(this.image, b)
+      if (!held || held.data.equals(ZERO_BLOCK)) continue
+      this.ram.set(key, held.data, priorityOf(cls), true)
+      n++
+    }
+    this.counters.ramRefilled += n
+    return n
   }
 
   /** Stops keeping the scan's reads and drops the copies (a failed scan, an unlink, the end of the mount). */

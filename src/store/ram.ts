@@ -124,6 +124,11 @@ export class RamCache {
     return this.level.has(key)
   }
 
+  /** Every slot holds a block: a new one would evict. */
+  get full(): boolean {
+    return this.level.size >= this.capacity
+  }
+
   /**
    * Caches a copy of `data` (4 KiB) at `priority`. When full, the least
    * recently used block of the lowest non-empty priority goes, if that

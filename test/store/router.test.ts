@@ -256,6 +256,56 @@ describe('ImageRouter: what the scan read', () => {
   })
 })
 
+describe('ImageRouter: a restart with a warm SSD store', () => {
+  it('refills RAM from the store, highest class priority first, until RAM is full; the latest writes, no zero blocks, no unwanted class', async () => {
+    const n = 600 // more than one refill chunk
+    const hdd = path.join(dir, 'refill.img')
+    const cur = crypto.randomBytes(n * BLOCK)
+    cur.fill(0, 3 * BLOCK, 4 * BLOCK) // block 3: all zeros
+    fs.writeFileSync(hdd, cur)
+    const map = new ExtentMap()
+    map.set(0, 10, BlockClass.Superblock) // priority 4
+    map.set(10, 10, BlockClass.Journal) // not wanted
+    map.set(20, 500, BlockClass.InodeTable) // priority 3
+    const ssdFile = path.join(dir, 'refill.sqlite')
+    let ssd = SsdStore.open(ssdFile)
+    const fd = fs.openSync(hdd, 'r+')
+    const cls = (b: number) => map.classOf(b)
+    const first = new ImageRouter(fd, 1, new RamCache(1024 * BLOCK), ssd, cls)
+    for (let b = 0; b < 520; b += 64) await first.preload(b, 64)
+    // A write after the preload: its dirty copy is the one RAM must get after the restart.
+    const w = Buffer.alloc(BLOCK, 0x42)
+    w.copy(cur, 30 * BLOCK)
+    await first.write(w, BLOCK, 30 * BLOCK)
+    await ssd.close()
+    ssd = SsdStore.open(ssdFile)
+    const want = (c: BlockClass) => c !== BlockClass.Journal
+    // RAM for 300 blocks: the 9 non-zero superblock blocks, then the lowest 291 inode-table blocks.
+    const ram = new RamCache(300 * BLOCK)
+    const again = new ImageRouter(fd, 1, ram, ssd, cls)
+    expect(again.present.size).toBe(520)
+    expect(await again.refillRam(want)).toBe(300)
+    expect(again.counters.ramRefilled).toBe(300)
+    expect(ram.full).toBe(true)
+    const out = Buffer.alloc(BLOCK)
+    for (let b = 0; b < n; b++) {
+      const inRam = ram.get(blockKey(1, b), out)
+      const expected = (b < 10 && b !== 3) || (b >= 20 && b < 20 + 291)
+      expect(inRam, `block ${b} in RAM`).toBe(expected)
+      if (inRam) expect(out.equals(cur.subarray(b * BLOCK, (b + 1) * BLOCK)), `RAM copy of block ${b}`).toBe(true)
+    }
+    // Full: nothing more to do. With room, only what is missing is read.
+    expect(await again.refillRam(want)).toBe(0)
+    const big = new RamCache(2048 * BLOCK)
+    const third = new ImageRouter(fd, 1, big, ssd, cls)
+    // Stop asked at the first yield: one chunk of 256 (the zero block among them not copied).
+    expect(await third.refillRam(want, () => true)).toBe(255)
+    expect(await third.refillRam(want)).toBe(509 - 255)
+    fs.closeSync(fd)
+    await ssd.close()
+  })
+})
+
 describe('image identity in the SSD store', () => {
   it('knows an image again by path, inode and header; resets one changed without dirty blocks; refuses one changed with them', async () => {
     const file = path.join(dir, 'ids.sqlite')
