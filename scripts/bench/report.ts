@@ -35,6 +35,8 @@ export interface Cell {
   copySeconds?: number
   scanSeconds?: number
   preloadSeconds?: number
+  /** Introspecting runs: how the mount started from the snapshot's SSD store. */
+  warm?: { restored: boolean; ramRefilled: number; preloadedFromHdd: number }
   guestMountSeconds?: number
   umountSeconds?: number
   output?: string
@@ -140,7 +142,7 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
     L.push('**No HDD emulation in this run** (`--no-hdd-emulation`, or the CLI lacks `--emulate-hdd`): every configuration ran on the host\'s disk; the numbers are not the paper\'s experiment.')
   }
   L.push('')
-  L.push('Configurations, each on a fresh vmdi-fuse mount (its caches empty, its SSD store new) and a fresh guest mount after `drop_caches`:')
+  L.push('Configurations, each on a fresh vmdi-fuse mount (its RAM cache empty; (c)–(e): its SSD store a copy of the one the scan and preload of the image filled, see the notes) and a fresh guest mount after `drop_caches`:')
   L.push('')
   for (const c of meta.configs) L.push(`- **(${c.key}) ${c.id}**: ${c.label}`)
   L.push('')
@@ -163,7 +165,7 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
   L.push('')
   L.push('![speed-up against (b), log scale](bench.svg)')
   L.push('')
-  L.push('## The scan (before the workloads of (c), (d), (e); not in their times)')
+  L.push('## The scan (once per image and disk, into the SSD store the runs of (c), (d), (e) start from; not in their times)')
   L.push('')
   L.push('| image | file system | disk | scan (s) | preload to SSD/RAM (s) | bytes read by the scan | meta-data | map memory | map bytes per 4 KiB block | targets |')
   L.push('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |')
@@ -199,7 +201,12 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
       if (n) notes.push(n)
       if (c && !c.emulated) notes.push('no HDD emulation')
       if (c?.copySeconds !== undefined) notes.push(`image copy ${fmtS(c.copySeconds)} s (excluded)`)
-      if (c?.scanSeconds !== undefined) notes.push(`scan ${fmtS(c.scanSeconds)} s + preload ${fmtS(c.preloadSeconds ?? 0)} s before (excluded)`)
+      if (c?.scanSeconds !== undefined && c.warm)
+        notes.push(
+          `SSD store from the snapshot: ${c.warm.restored ? 're-attach' : 'scan'} ${fmtS(c.scanSeconds)} s + RAM refill ${fmtS(c.preloadSeconds ?? 0)} s (${c.warm.ramRefilled} blocks) before (excluded)` +
+            (c.warm.preloadedFromHdd ? `; ${c.warm.preloadedFromHdd} blocks the snapshot lacked preloaded from the disk` : ''),
+        )
+      else if (c?.scanSeconds !== undefined) notes.push(`scan ${fmtS(c.scanSeconds)} s + preload ${fmtS(c.preloadSeconds ?? 0)} s before (excluded)`)
       if (c?.ramCache) notes.push(`RAM ${fmtBytes(c.ramCache)}`)
       const mh = Object.entries(rt?.metaHddReads ?? {})
       if (mh.length && cfg(id)!.introspect) notes.push(`meta-data read from the HDD: ${mh.map(([k, v]) => `${k} ${v}`).join(', ')}`)

@@ -82,7 +82,8 @@ export interface HddCounters {
 export interface ImageStats {
   path: string
   fileBytes?: number
-  scan: { state: string; ms: number; error: string | null; mapBytes?: number; format?: string | null; warm?: boolean }
+  scan: { state: string; ms: number; error: string | null; mapBytes?: number; format?: string | null; warm?: boolean; restored?: boolean }
+  ramRefilled?: number
   classes?: Record<string, { reads: number; ramHits: number; ssdHits: number; hddReads: number; writes: number; redirected: number }>
   mapClasses?: Record<string, number>
   preloaded?: number

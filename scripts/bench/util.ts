@@ -2,6 +2,8 @@
 // can be interrupted, progress lines, a seeded RNG and a gamma sampler.
 
 import { ChildProcess, spawn, SpawnOptions } from 'child_process'
+import fs from 'fs'
+import { sys } from '../../src/native/sys'
 
 const T0 = Date.now()
 
@@ -118,4 +120,60 @@ export function shuffle<T>(a: T[], uni: () => number): T[] {
     ;[a[i], a[j]] = [a[j], a[i]]
   }
   return a
+}
+
+function rangePairs(r: number[] | number, what: string): [number, number][] {
+  if (typeof r === 'number') throw new Error(`${what}: SEEK_DATA failed (errno ${-r})`)
+  const out: [number, number][] = []
+  for (let i = 0; i < r.length; i += 2) out.push([r[i], r[i + 1]])
+  return out
+}
+
+/**
+ * Makes `dst` hold the bytes of `src` without replacing it (its inode stays):
+ * wherever either file holds data (holes read as zeros), the 4 KiB blocks that
+ * differ are written from `src`. A block dst holds that src has as a hole is
+ * written as zeros (allocated, the same bytes). Returns the bytes written.
+ */
+export function copyInPlace(src: string, dst: string): number {
+  const s = fs.openSync(src, 'r')
+  const d = fs.openSync(dst, 'r+')
+  try {
+    const size = fs.fstatSync(s).size
+    if (fs.fstatSync(d).size !== size) fs.ftruncateSync(d, size)
+    const ranges = [...rangePairs(sys().dataRanges(s, 0, size, 1e9), src), ...rangePairs(sys().dataRanges(d, 0, size, 1e9), dst)].sort((x, y) => x[0] - y[0])
+    const merged: [number, number][] = []
+    for (const [lo, hi] of ranges) {
+      const last = merged[merged.length - 1]
+      if (last && lo <= last[1]) last[1] = Math.max(last[1], hi)
+      else merged.push([lo, hi])
+    }
+    const CHUNK = 1 << 20
+    const a = Buffer.allocUnsafe(CHUNK)
+    const b = Buffer.allocUnsafe(CHUNK)
+    let written = 0
+    for (const [lo0, hi] of merged) {
+      for (let lo = lo0 - (lo0 % 4096); lo < hi; lo += CHUNK) {
+        const n = Math.min(CHUNK, hi - lo, size - lo)
+        if (fs.readSync(s, a, 0, n, lo) !== n || fs.readSync(d, b, 0, n, lo) !== n) throw new Error(`copyInPlace: short read at ${lo}`)
+        let runAt = -1
+        const flush = (end: number) => {
+          fs.writeSync(d, a, runAt, end - runAt, lo + runAt)
+          written += end - runAt
+          runAt = -1
+        }
+        for (let o = 0; o < n; o += 4096) {
+          const e = Math.min(o + 4096, n)
+          if (a.compare(b, o, e, o, e) !== 0) {
+            if (runAt < 0) runAt = o
+          } else if (runAt >= 0) flush(o)
+        }
+        if (runAt >= 0) flush(n)
+      }
+    }
+    return written
+  } finally {
+    fs.closeSync(s)
+    fs.closeSync(d)
+  }
 }
