@@ -7,6 +7,7 @@
 #include <node_api.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -239,6 +240,16 @@ static napi_value sys_data_ranges(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+// punchHole(fd, offset, length) -> 0 | -errno: deallocates [offset, offset+length)
+// (it reads as zeros afterwards), the file size unchanged.
+static napi_value sys_punch_hole(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int r = fallocate((int) get_num(env, argv[0]), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) get_num(env, argv[1]), (off_t) get_num(env, argv[2]));
+  return num(env, r < 0 ? -errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "utimensat", NULL, sys_utimensat, NULL, NULL, NULL, napi_default, NULL },
@@ -251,6 +262,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "preadNowait", NULL, sys_pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "pwriteNowait", NULL, sys_pwrite_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "dataRanges", NULL, sys_data_ranges, NULL, NULL, NULL, napi_default, NULL },
+    { "punchHole", NULL, sys_punch_hole, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

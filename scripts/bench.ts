@@ -30,7 +30,7 @@ import { PROJECT_ROOT } from '../src/root'
 import { BuiltImage, ensureImages, FsType, ImageSet } from './bench/images'
 import { CONFIG_IDS, Cell, ConfigDef, ConfigId, jsonDoc, markdown, Meta, PAPER, Row, RouterDelta, ScanRow, speedup, svg } from './bench/report'
 import { attachLoop, Cleanup, CLI, dropCaches, FuseMount, HddCounters, isMounted, MountStats, mountFuse, mountGuest } from './bench/rig'
-import { copyInPlace, fmtBytes, progress, run, running, since, sleep } from './bench/util'
+import { fmtBytes, progress, readSparse, run, running, since, sleep, SparseImage, writeSparseOver } from './bench/util'
 import { runWorkload, Workload, WORKLOAD_BASES, workloads, worker } from './bench/workloads'
 
 const HDD_PROFILE = 'laptop5400'
@@ -203,6 +203,8 @@ interface WorkCopy {
   flat: string
   /** A workload wrote it: copy it back from the cached image before its next use. */
   dirty: boolean
+  /** The cached image's data, once it has been needed. */
+  pristine?: SparseImage
 }
 
 /** An SSD store after the scan and preload of one image on one disk, and the image's mtime then. */
@@ -232,13 +234,14 @@ function storeFiles(file: string): string[] {
 
 /**
  * Makes the working copy (again) what the cached image is: a sparse copy the
- * first time; then in place, writing only the blocks that differ (the inode
- * stays: it is part of the image's identity in an SSD store).
+ * first time; then in place without reading it (the inode stays: it is part of
+ * the image's identity in an SSD store): holes punched where the cached image
+ * has none, and the cached image's data (read once, kept in memory) written over.
  */
 async function restoreCopy(ctx: Ctx, copy: WorkCopy): Promise<void> {
   const src = path.join(ctx.set.dir, copy.image.flat)
   const dst = path.join(ctx.store, copy.flat)
-  if (fs.existsSync(dst)) copyInPlace(src, dst)
+  if (fs.existsSync(dst)) writeSparseOver(copy.pristine ??= readSparse(src), dst)
   else await run('cp', ['--sparse=always', '--reflink=auto', src, dst])
   copy.dirty = false
 }

@@ -129,51 +129,67 @@ function rangePairs(r: number[] | number, what: string): [number, number][] {
   return out
 }
 
+/** The bytes of a sparse file where it holds data: its ranges, and their bytes back to back. */
+export interface SparseImage {
+  size: number
+  ranges: [number, number][]
+  bytes: Buffer
+}
+
+/** Reads a sparse file's data ranges into memory (the holes are only listed, never read). */
+export function readSparse(file: string): SparseImage {
+  const fd = fs.openSync(file, 'r')
+  try {
+    const size = fs.fstatSync(fd).size
+    const ranges = rangePairs(sys().dataRanges(fd, 0, size, 1e9), file)
+    const bytes = Buffer.allocUnsafe(ranges.reduce((a, [lo, hi]) => a + hi - lo, 0))
+    let at = 0
+    for (const [lo, hi] of ranges) {
+      if (fs.readSync(fd, bytes, at, hi - lo, lo) !== hi - lo) throw new Error(`${file}: short read at ${lo}`)
+      at += hi - lo
+    }
+    return { size, ranges, bytes }
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 /**
- * Makes `dst` hold the bytes of `src` without replacing it (its inode stays):
- * wherever either file holds data (holes read as zeros), the 4 KiB blocks that
- * differ are written from `src`. A block dst holds that src has as a hole is
- * written as zeros (allocated, the same bytes). Returns the bytes written.
+ * Makes `dst` hold the bytes of `src` (read with readSparse) without replacing
+ * it (its inode stays) and without reading it: where dst holds data that src
+ * has as holes, holes are punched; then every data range of
+ * src is written. Returns the number of holes punched.
  */
-export function copyInPlace(src: string, dst: string): number {
-  const s = fs.openSync(src, 'r')
+export function writeSparseOver(src: SparseImage, dst: string): number {
   const d = fs.openSync(dst, 'r+')
   try {
-    const size = fs.fstatSync(s).size
-    if (fs.fstatSync(d).size !== size) fs.ftruncateSync(d, size)
-    const ranges = [...rangePairs(sys().dataRanges(s, 0, size, 1e9), src), ...rangePairs(sys().dataRanges(d, 0, size, 1e9), dst)].sort((x, y) => x[0] - y[0])
-    const merged: [number, number][] = []
-    for (const [lo, hi] of ranges) {
-      const last = merged[merged.length - 1]
-      if (last && lo <= last[1]) last[1] = Math.max(last[1], hi)
-      else merged.push([lo, hi])
-    }
-    const CHUNK = 1 << 20
-    const a = Buffer.allocUnsafe(CHUNK)
-    const b = Buffer.allocUnsafe(CHUNK)
-    let written = 0
-    for (const [lo0, hi] of merged) {
-      for (let lo = lo0 - (lo0 % 4096); lo < hi; lo += CHUNK) {
-        const n = Math.min(CHUNK, hi - lo, size - lo)
-        if (fs.readSync(s, a, 0, n, lo) !== n || fs.readSync(d, b, 0, n, lo) !== n) throw new Error(`copyInPlace: short read at ${lo}`)
-        let runAt = -1
-        const flush = (end: number) => {
-          fs.writeSync(d, a, runAt, end - runAt, lo + runAt)
-          written += end - runAt
-          runAt = -1
+    if (fs.fstatSync(d).size !== src.size) fs.ftruncateSync(d, src.size)
+    const holes: [number, number][] = []
+    let i = 0
+    for (const [lo0, hi] of rangePairs(sys().dataRanges(d, 0, src.size, 1e9), dst)) {
+      let lo = lo0
+      while (i < src.ranges.length && src.ranges[i][1] <= lo) i++
+      for (let j = i; lo < hi; j++) {
+        const r = src.ranges[j]
+        if (!r || r[0] >= hi) {
+          holes.push([lo, hi])
+          break
         }
-        for (let o = 0; o < n; o += 4096) {
-          const e = Math.min(o + 4096, n)
-          if (a.compare(b, o, e, o, e) !== 0) {
-            if (runAt < 0) runAt = o
-          } else if (runAt >= 0) flush(o)
-        }
-        if (runAt >= 0) flush(n)
+        if (r[0] > lo) holes.push([lo, r[0]])
+        lo = Math.max(lo, r[1])
       }
     }
-    return written
+    for (const [lo, hi] of holes) {
+      const r = sys().punchHole(d, lo, hi - lo)
+      if (r < 0) throw new Error(`${dst}: punching a hole at ${lo} (${hi - lo} bytes) failed (errno ${-r})`)
+    }
+    let at = 0
+    for (const [lo, hi] of src.ranges) {
+      fs.writeSync(d, src.bytes, at, hi - lo, lo)
+      at += hi - lo
+    }
+    return holes.length
   } finally {
-    fs.closeSync(s)
     fs.closeSync(d)
   }
 }

@@ -17,6 +17,8 @@ export interface VmdiSys {
   pwriteNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number
   /** [start, end) pairs of [start, end) that hold data (SEEK_DATA/SEEK_HOLE), flattened; at most `max` pairs. */
   dataRanges(fd: number, start: number, end: number, max: number): number[] | number
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): 0, or a negative errno. */
+  punchHole(fd: number, offset: number, length: number): number
 }
 
 /** Kernel special values for utimensat's tv_nsec. */
