@@ -270,7 +270,7 @@ async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snap
   const file = path.join(dir, `${key}.sqlite`)
   for (const f of storeFiles(file)) fs.rmSync(f, { force: true })
   progress(`${copy.image.name} on the ${c.emulated ? 'emulated HDD' : 'host disk'}: scan and preload into a new SSD store (the snapshot its runs start from)`)
-  const fuse = await mountFuse(cleanup, ctx.store, ctx.mnt, [...mountArgs({ ...c, id: 'introspect' }, ctx.ramCache), '--ssd', file], { VMDI_STATE_DIR: path.join(dir, 'state') }, ctx.logFile)
+  const fuse = await mountFuse(cleanup, ctx.store, ctx.mnt, [...mountArgs(c, ctx.ramCache), '--ssd', file], { VMDI_STATE_DIR: path.join(dir, 'state') }, ctx.logFile)
   const fd = fs.openSync(path.join(ctx.mnt, copy.flat), 'r')
   let s: Awaited<ReturnType<typeof waitScan>>
   try {
