@@ -158,7 +158,7 @@ function routerDelta(before: MountStats, after: MountStats, flat: string): Route
 
 function metaBlocks(im: { mapClasses?: Record<string, number> }): number {
   return Object.entries(im.mapClasses ?? {})
-    .filter(([c]) => c !== 'data' && c !== 'free')
+    .filter(([c]) => c !== 'data' && c !== 'free' && c !== 'small-file')
     .reduce((a, [, n]) => a + n, 0)
 }
 

@@ -48,6 +48,7 @@ program
     (v: string, prev: string[]) => prev.concat(v),
     [] as string[],
   )
+  .option('--small-files <size>', "regular files up to SIZE have their data placed with the meta-data: RAM (what meta-data leaves), the SSD store, writes redirected and destaged (default 32K; 0: off, data of every file goes to the HDD)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
   .addHelpText(
@@ -80,6 +81,7 @@ program
       exclude: (o.exclude as string[]) ?? [],
       emulateHdd: o.emulateHdd as string | undefined,
       cacheMode: o.cacheMode as string | undefined,
+      smallFiles: o.smallFiles as string | undefined,
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
@@ -239,6 +241,7 @@ program
   .option('--at <offset>', 'what lives at this byte of the image file: class, inode and path')
   .option('--no-scan', 'container and volumes only, no file-system scan')
   .option('--store <dir>', 'directory extent and parent files must stay inside (default: the image\'s directory)')
+  .option('--small-files <size>', "class the data of regular files up to SIZE small-file, as a mount with --small-files SIZE places it (default: off here; the mount's default is 32K)")
   .addHelpText(
     'after',
     '\nExit status: 0 a disk image, 2 not a disk image, 1 usage, I/O or corrupt-image errors.\n\nExamples:\n' +

@@ -5,14 +5,26 @@
 
 import fs from 'fs'
 import { CliError } from '../errors'
+import { parseSize } from '../placement/datapath'
 import { className } from '../introspect/classes'
 import { IntrospectError } from '../introspect/errors'
 import { inspectImage, whatIsAt, type InspectReport } from '../introspect/inspect'
+
+function smallFileBytes(v: string | undefined): number {
+  if (v === undefined) return 0
+  try {
+    return parseSize(v, '--small-files')
+  } catch (e) {
+    throw new CliError((e as Error).message)
+  }
+}
 
 export interface InspectCliOptions {
   json?: boolean
   map?: boolean
   at?: string
+  /** --small-files SIZE: class small files' data as the mount would (default 0: off). */
+  smallFiles?: string
   scan?: boolean
   store?: string
 }
@@ -69,7 +81,7 @@ export async function runInspect(image: string, o: InspectCliOptions): Promise<v
   const bar = progressBar()
   let ins
   try {
-    ins = await inspectImage(image, { storeRoot: o.store, scan: o.scan !== false, onProgress: bar.update })
+    ins = await inspectImage(image, { storeRoot: o.store, scan: o.scan !== false, onProgress: bar.update, smallFileBytes: smallFileBytes(o.smallFiles) })
   } catch (e) {
     bar.end()
     if (e instanceof IntrospectError) {

@@ -44,6 +44,8 @@ export interface MountConfig {
   /** Benchmark rig: the emulated disk profile (--emulate-hdd), and configuration (b) (--cache-mode conventional). */
   emulateHdd?: string
   cacheMode?: string
+  /** --small-files SIZE: regular files up to SIZE have their data placed with the meta-data. */
+  smallFiles?: string
 }
 
 /** How long a busy unmount waits for open files to close before the daemon exits anyway. */
@@ -55,9 +57,13 @@ interface Prepared {
   store: string
   mountpoint: string
   extra: string[]
-  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional' } | null
+  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional'; smallFileBytes: number } | null
   hddProfile: HddProfile | null
 }
+
+/** --small-files default: regular files up to 32 KiB have their data placed with the meta-data. */
+export const DEFAULT_SMALL_FILE_BYTES = 32 << 10
+const MAX_SMALL_FILE_BYTES = 1 << 20
 
 /** Emulated disk profiles for --emulate-hdd. */
 export const HDD_PROFILES: Record<string, HddProfile> = { laptop5400: LAPTOP_5400 }
@@ -123,7 +129,9 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   if (ssdMaxBytes < 1 << 20) throw new CliError(`--ssd-max ${cfg.ssdMax} is below 1 MiB: give the SSD store room for at least 256 blocks`, 2)
   const cacheMode = cfg.cacheMode === 'conventional' ? 'conventional' : 'introspect'
   if (cacheMode === 'conventional') refuseHeldBack(ssdPath, '--cache-mode conventional')
-  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode }
+  const smallFileBytes = sizeOption(cfg.smallFiles, '--small-files', DEFAULT_SMALL_FILE_BYTES)
+  if (smallFileBytes > MAX_SMALL_FILE_BYTES) throw new CliError(`--small-files ${cfg.smallFiles} is above ${MAX_SMALL_FILE_BYTES >> 20} MiB: small files are what a lookup-sized read fetches whole; use a smaller size, or 0 to turn it off`, 2)
+  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes }
 }
 
 /** Every check that can fail before a mount exists. */
@@ -180,6 +188,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     log.info(
       `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
         `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
+        `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes >> 10} KiB` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}` +
         `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
     )
   } else log.info('datapath off (--no-introspect): every file is a plain pass-through')

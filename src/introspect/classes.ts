@@ -1,5 +1,5 @@
 // The one shared enum of block classes: containers, volumes and file systems
-// classify into it; placement asks only isMetadata() and priorityOf(); stats
+// classify into it; placement asks only isMetadata(), isFastTier() and priorityOf(); stats
 // report per class. Numeric values are part of the serialised map format:
 // append new classes at the end, never renumber.
 
@@ -22,6 +22,8 @@ export enum BlockClass {
   Journal = 15,
   Special = 16,
   Mmp = 17,
+  /** Data of a regular file no larger than the mount's small-file size (`--small-files`): not meta-data, but placed with it. */
+  SmallFile = 18,
 }
 
 export const CLASS_NAMES: Readonly<Record<BlockClass, string>> = Object.freeze({
@@ -43,6 +45,7 @@ export const CLASS_NAMES: Readonly<Record<BlockClass, string>> = Object.freeze({
   [BlockClass.Journal]: 'journal',
   [BlockClass.Special]: 'special',
   [BlockClass.Mmp]: 'mmp',
+  [BlockClass.SmallFile]: 'small-file',
 })
 
 export const ALL_CLASSES: readonly BlockClass[] = Object.freeze(
@@ -61,9 +64,23 @@ export function classFromName(name: string): BlockClass {
   return c
 }
 
-/** Meta-data is everything but guest file data and free space. */
+/** Meta-data is everything but guest file data (small files' included) and free space. */
 export function isMetadata(c: BlockClass): boolean {
-  return c !== BlockClass.Data && c !== BlockClass.Free
+  return c !== BlockClass.Data && c !== BlockClass.Free && c !== BlockClass.SmallFile
+}
+
+/**
+ * What placement keeps on the fast tiers (RAM, the SSD store) and redirects
+ * writes of: meta-data, and small files' data (the paper's "place small and
+ * hot files on fast storage"), which a map only holds when the mount asked.
+ */
+export function isFastTier(c: BlockClass): boolean {
+  return isMetadata(c) || c === BlockClass.SmallFile
+}
+
+/** Which class a 4 KiB block shared by several takes: meta-data by priority, then small-file data, then data. */
+export function placementRank(c: BlockClass): number {
+  return isMetadata(c) ? 2 + priorityOf(c) : c === BlockClass.SmallFile ? 1 : 0
 }
 
 /**

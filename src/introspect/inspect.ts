@@ -23,6 +23,8 @@ export interface InspectOptions {
   restore?: Map<number, Buffer>
   /** Opens the image's files (default: from disk); see OpenOptions.openFile. */
   openFile?: OpenOptions['openFile']
+  /** Data of regular files up to this many bytes is classed small-file (ExtScanOptions.smallFileBytes; default 0: none). */
+  smallFileBytes?: number
 }
 
 export interface FsReport {
@@ -103,7 +105,7 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
           const saved = opts.restore?.get(v.index)
           if (saved) {
             try {
-              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved) })
+              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved, { smallFileBytes: opts.smallFileBytes }) })
               restored.push(v.index)
               continue
             } catch (e) {
@@ -111,6 +113,7 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
             }
           }
           const fs = await scanExt(volumeReader(disk, v), {
+            smallFileBytes: opts.smallFileBytes,
             onProgress: opts.onProgress ? (d, t) => opts.onProgress?.(what, d, t) : undefined,
           })
           filesystems.push({ volume: v, fs })

@@ -16,7 +16,7 @@
 import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
-import { BlockClass, className, isMetadata, priorityOf } from '../introspect/classes'
+import { BlockClass, className, isFastTier, isMetadata, placementRank, priorityOf } from '../introspect/classes'
 import { probeImage } from '../introspect/container'
 import type { DiskFile } from '../introspect/container/disk'
 import { IntrospectError, IntrospectIOError } from '../introspect/errors'
@@ -48,6 +48,8 @@ export interface DatapathOptions {
   cacheMode?: 'introspect' | 'conventional'
   /** The emulated disk every image file is on (--emulate-hdd), or none. */
   hdd?: HddModel | null
+  /** Data of regular files up to this many bytes is placed with the meta-data (--small-files; default 0: off). */
+  smallFileBytes?: number
 }
 
 /** Files smaller than this are never taken for disk images. */
@@ -339,7 +341,7 @@ export class Datapath {
       // What the scan reads is kept for the preload (it is most of the meta-data); writes drop their copies.
       entry.router.keepScanReads(SCAN_KEEP_MAX)
       try {
-        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined })
+        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined, smallFileBytes: this.opts.smallFileBytes ?? 0 })
       } catch (e) {
         entry.scanWrites = null
         entry.router.dropScanReads()
@@ -363,7 +365,7 @@ export class Datapath {
       }
       // Blocks that stopped being meta-data since the saved map lose their clean copies.
       for (const [s, c, cls] of entry.map.runs()) {
-        for (let b = s; b < s + c; b++) if (!isMetadata(fileMap.classOf(b))) entry.router.reclassified(b, 1, cls, BlockClass.Data)
+        for (let b = s; b < s + c; b++) if (!isFastTier(fileMap.classOf(b))) entry.router.reclassified(b, 1, cls, BlockClass.Data)
       }
       await entry.ins?.close().catch(() => undefined)
       entry.map = fileMap
@@ -375,10 +377,15 @@ export class Datapath {
       entry.scan.format = `${ins.report.format}/${ins.report.subformat}`
       entry.scan.mapBytes = fileMap.memoryBytes()
       if (raced) log.warn(`image ${entry.rel}: the guest kept writing meta-data during ${MAX_SCAN_TRIES} scans: the map may miss some of it until those blocks are written again`)
-      const meta = [...fileMap.countByClass().values()].reduce((a, n) => a + n, 0)
+      let meta = 0
+      let small = 0
+      for (const [cls, n] of fileMap.countByClass()) {
+        if (isMetadata(cls)) meta += n
+        else if (cls === BlockClass.SmallFile) small += n
+      }
       log.info(
         `image ${entry.rel}: ${entry.scan.restored ? 'restored from its clean-unmount record (no inode walk)' : 'scanned'} in ${entry.scan.ms} ms (${entry.scan.format}, ${ins.report.partitions.length} volume(s), ` +
-          `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s) of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
+          `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s)${small ? ` and ${small} block(s) of small files' data` : ''} of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
       )
       if (!this.ssd.failed) this.ssd.saveMap(entry.id, fileMap.serialize(BLOCK))
       await this.preload(entry)
@@ -437,34 +444,51 @@ export class Datapath {
     const t0 = Date.now()
     const refilled = await router.refillRam(want, () => this.closed || entry.unlinked)
     if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} meta-data block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms`)
-    // What is left to read: wanted meta-data blocks the SSD store does not hold yet.
-    const spans: [number, number][] = []
-    const add = (s: number, c: number) => {
-      const last = spans[spans.length - 1]
-      if (last && s - (last[0] + last[1]) <= PRELOAD_GAP && s + c - last[0] <= PRELOAD_SPAN) last[1] = s + c - last[0]
-      else if (c > PRELOAD_SPAN) for (let b = s; b < s + c; b += PRELOAD_SPAN) spans.push([b, Math.min(PRELOAD_SPAN, s + c - b)])
-      else spans.push([s, c])
-    }
-    let missing = 0
-    for (const [s0, c0, cls] of entry.map.runs()) {
-      if (cls === BlockClass.Journal) continue
-      let runAt = -1
-      for (let b = s0; b <= s0 + c0; b++) {
-        const need = b < s0 + c0 && !router.present.has(b) && unused.classOf(b) === BlockClass.Data
-        if (need) {
-          missing++
-          if (runAt < 0) runAt = b
-        } else if (runAt >= 0) {
-          add(runAt, b - runAt)
-          runAt = -1
+    // What is left to read: wanted blocks the SSD store does not hold yet; meta-data first (what
+    // lookups need), then small files' data (--small-files), each in one sweep in file order.
+    const plan = (pick: (cls: BlockClass) => boolean) => {
+      const spans: [number, number][] = []
+      const add = (s: number, c: number) => {
+        const last = spans[spans.length - 1]
+        if (last && s - (last[0] + last[1]) <= PRELOAD_GAP && s + c - last[0] <= PRELOAD_SPAN) last[1] = s + c - last[0]
+        else if (c > PRELOAD_SPAN) for (let b = s; b < s + c; b += PRELOAD_SPAN) spans.push([b, Math.min(PRELOAD_SPAN, s + c - b)])
+        else spans.push([s, c])
+      }
+      let missing = 0
+      for (const [s0, c0, cls] of entry.map.runs()) {
+        if (cls === BlockClass.Journal || !pick(cls)) continue
+        let runAt = -1
+        for (let b = s0; b <= s0 + c0; b++) {
+          const need = b < s0 + c0 && !router.present.has(b) && unused.classOf(b) === BlockClass.Data
+          if (need) {
+            missing++
+            if (runAt < 0) runAt = b
+          } else if (runAt >= 0) {
+            add(runAt, b - runAt)
+            runAt = -1
+          }
         }
       }
+      return { spans, missing }
     }
-    if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${missing} to read`)
-    for (const [s, c] of spans) {
-      if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return
-      await router.preload(s, c, want)
+    const isSmall = (cls: BlockClass) => cls === BlockClass.SmallFile
+    const meta = plan(isMetadata)
+    if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
+    const sweep = async (spans: [number, number][], pick: (cls: BlockClass) => boolean): Promise<boolean> => {
+      for (const [s, c] of spans) {
+        if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return false
+        await router.preload(s, c, (cls, b) => pick(cls) && want(cls, b))
+      }
+      return true
     }
+    if (!(await sweep(meta.spans, isMetadata))) return
+    const small = plan(isSmall)
+    if (small.missing === 0) return
+    const t1 = Date.now()
+    const before = router.counters.preloaded
+    const done = await sweep(small.spans, isSmall)
+    const n = router.counters.preloaded - before
+    log.info(`image ${entry.rel}: small files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
   }
 
   // --- the request path ------------------------------------------------------
@@ -879,11 +903,11 @@ async function volumeRead(ins: Inspection, volume: Inspection['layout']['volumes
   return out
 }
 
-/** The class of 4 KiB block b of the image file: the highest-priority meta-data class of any byte in it, else data. */
+/** The class of 4 KiB block b of the image file: the highest-priority meta-data class of any byte in it, else small-file data if any byte is, else data. */
 export function fileBlockClass(ins: Inspection, b: number): BlockClass {
   let best = BlockClass.Data
   const better = (c: BlockClass) => {
-    if (isMetadata(c) && (!isMetadata(best) || priorityOf(c) > priorityOf(best))) best = c
+    if (placementRank(c) > placementRank(best)) best = c
   }
   const end = (b + 1) * BLOCK
   for (let at = b * BLOCK; at < end; ) {

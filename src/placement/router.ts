@@ -3,7 +3,9 @@
 // meta-data from RAM, then the SSD store, then the HDD file (keeping what it
 // read on both), while data goes straight to the HDD file in coalesced
 // pread/pwrite. Meta-data writes are redirected: RAM and the SSD store, marked
-// dirty, never the HDD until destage.
+// dirty, never the HDD until destage. Small files' data, when the mount
+// places it with the meta-data (--small-files), is routed exactly like
+// meta-data: "meta-data" below means every fast-tier class (isFastTier).
 //
 // The one invariant everything here keeps (read-your-writes): a block has
 // exactly one authoritative copy, the SSD store's when it holds a dirty copy
@@ -19,7 +21,7 @@
 // cleans what it read (`watch`).
 
 import fs from 'fs'
-import { BlockClass, isMetadata, priorityOf } from '../introspect/classes'
+import { BlockClass, isFastTier, priorityOf } from '../introspect/classes'
 import { BLOCK, blockKey, type RamCache } from '../store/ram'
 import type { SsdStore } from '../store/ssd'
 
@@ -190,7 +192,7 @@ export class ImageRouter {
   }
 
   private routedAsMeta(b: number, cls: BlockClass): boolean {
-    return isMetadata(cls) || this.dirty.has(b)
+    return isFastTier(cls) || this.dirty.has(b)
   }
 
   private watch(b: number): { n: number; written: boolean } {
@@ -277,7 +279,7 @@ export class ImageRouter {
         return
       }
       this.ram.set(key, into, priorityOf(cls), true)
-      if (isMetadata(cls) && this.canRedirect()) {
+      if (isFastTier(cls) && this.canRedirect()) {
         this.ssd.put(this.image, b, into, cls, false)
         this.present.add(b)
       }
@@ -413,14 +415,14 @@ export class ImageRouter {
    * preload does) up to `limit` blocks (the SSD store's cap), the rest are
    * dropped, and copies stop being kept. Returns how many were adopted.
    */
-  adoptScanReads(want: (cls: BlockClass, block: number) => boolean = isMetadata, limit = Infinity): number {
+  adoptScanReads(want: (cls: BlockClass, block: number) => boolean = isFastTier, limit = Infinity): number {
     const kept = this.scanKept
     this.scanKept = null
     if (!kept || !this.canRedirect()) return 0
     const take: [number, BlockClass][] = []
     for (const b of kept.keys()) {
       const cls = this.classOf(b)
-      if (isMetadata(cls) && want(cls, b) && !this.dirty.has(b) && !this.present.has(b)) take.push([b, cls])
+      if (isFastTier(cls) && want(cls, b) && !this.dirty.has(b) && !this.present.has(b)) take.push([b, cls])
     }
     take.sort((x, y) => priorityOf(y[1]) - priorityOf(x[1]) || x[0] - y[0])
     if (take.length > limit) take.length = Math.max(0, limit)
@@ -443,12 +445,12 @@ export class ImageRouter {
    * and its insertion, so a write of it cannot slip in between. Returns how
    * many blocks went to RAM.
    */
-  async refillRam(want: (cls: BlockClass, block: number) => boolean = isMetadata, stop: () => boolean = () => false): Promise<number> {
+  async refillRam(want: (cls: BlockClass, block: number) => boolean = isFastTier, stop: () => boolean = () => false): Promise<number> {
     if (this.conventional || this.ram.full) return 0
     const take: [number, BlockClass][] = []
     for (const b of this.present) {
       const cls = this.classOf(b)
-      if (isMetadata(cls) && want(cls, b) && !this.ram.has(blockKey(this.image, b))) take.push([b, cls])
+      if (isFastTier(cls) && want(cls, b) && !this.ram.has(blockKey(this.image, b))) take.push([b, cls])
     }
     take.sort((x, y) => priorityOf(y[1]) - priorityOf(x[1]) || x[0] - y[0])
     let n = 0
@@ -714,8 +716,8 @@ export class ImageRouter {
    */
   reclassified(start: number, count: number, from: BlockClass, to: BlockClass): void {
     this.counters.reclassified += count
-    const wasMeta = isMetadata(from)
-    const nowMeta = isMetadata(to)
+    const wasMeta = isFastTier(from)
+    const nowMeta = isFastTier(to)
     for (let b = start; b < start + count; b++) {
       if (!wasMeta && nowMeta) {
         this.counters.promoted++
@@ -732,7 +734,7 @@ export class ImageRouter {
    * the SSD store and RAM, skipping blocks already held or written meanwhile.
    * Returns how many were copied.
    */
-  async preload(start: number, count: number, want: (cls: BlockClass, block: number) => boolean = isMetadata): Promise<number> {
+  async preload(start: number, count: number, want: (cls: BlockClass, block: number) => boolean = isFastTier): Promise<number> {
     const first = start
     const last = Math.min(start + count, Math.ceil(this.size / BLOCK))
     if (last <= first || !this.canRedirect()) return 0
@@ -744,7 +746,7 @@ export class ImageRouter {
       let n = 0
       for (let b = first; b < last; b++) {
         const cls = this.classOf(b)
-        if (!isMetadata(cls) || !want(cls, b) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
+        if (!isFastTier(cls) || !want(cls, b) || ws.get(b)!.written || this.dirty.has(b) || this.present.has(b)) continue
         const blk = buf.subarray((b - first) * BLOCK, (b - first + 1) * BLOCK)
         this.ssd.put(this.image, b, blk, cls, false)
         this.present.add(b)

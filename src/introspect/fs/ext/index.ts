@@ -4,11 +4,11 @@
 // how much is used) as coalesced large reads; then every in-use inode's
 // block map is walked level by level (walk.ts).
 
-import { BlockClass } from '../../classes'
+import { BlockClass, isMetadata } from '../../classes'
 import { CorruptError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
 import type { Reader } from '../../reader'
-import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode'
+import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode'
 import { jbd2HomeBlocks, parseJournalSuperblock, sniffClass, type JournalLayout } from './journal'
 import { COMPAT, featureNames, gdtBlocks, groupHasSuper, INCOMPAT, parseSuperblock, RO_COMPAT, staticLayout, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, type Superblock } from './superblock'
 import { CoalescingReader, walkInodes, type WalkTarget } from './walk'
@@ -19,6 +19,12 @@ export interface ExtScanOptions {
   concurrency?: number
   /** Largest single read (default 4 MiB). */
   maxReadBytes?: number
+  /**
+   * Regular files of at most this many bytes (i_size) have their data blocks
+   * classed SmallFile instead of Data (default 0: none). Part of a saved
+   * state: a restore with another value does not fit (the map would differ).
+   */
+  smallFileBytes?: number
 }
 
 export interface ExtInfo {
@@ -69,6 +75,13 @@ const ROOT_INO = 2
 const EXT_STATE_MAGIC = Buffer.from('VMDIEXT1', 'latin1')
 const RESIZE_INO = 7
 
+/** Blocks of meta-data classes in a map (small files' data is not meta-data). */
+function metadataBlocks(map: ExtentMap): number {
+  let n = 0
+  for (const [cls, c] of map.countByClass()) if (isMetadata(cls)) n += c
+  return n
+}
+
 export async function probeExt(r: Reader): Promise<boolean> {
   if (r.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) return false
   const b = await r.read(SUPERBLOCK_OFFSET + 0x38, 2)
@@ -106,7 +119,11 @@ export class ExtFs {
   private journal: JournalLayout | null = null
   private journalExtents: JournalLayout['extents'] = []
 
-  constructor(private readonly r: Reader, private readonly opts: ExtScanOptions = {}) {}
+  private readonly smallFileBytes: number
+
+  constructor(private readonly r: Reader, private readonly opts: ExtScanOptions = {}) {
+    this.smallFileBytes = Math.max(0, Math.floor(opts.smallFileBytes ?? 0))
+  }
 
   private skip(reason: string): void {
     this.stats.skipped.count++
@@ -209,7 +226,7 @@ export class ExtFs {
     await this.readJournalSuperblock()
     this.stats.bytesRead = this.src.bytesRead + SUPERBLOCK_SIZE
     this.stats.reads = this.src.reads + 1
-    this.stats.metadataBlocks = [...this.map.countByClass().values()].reduce((a, b) => a + b, 0)
+    this.stats.metadataBlocks = metadataBlocks(this.map)
     this.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
   }
 
@@ -237,7 +254,7 @@ export class ExtFs {
    * the journal's extents. Binary: magic, a JSON header, then typed arrays.
    */
   exportState(): Buffer {
-    const head = Buffer.from(JSON.stringify({ uuid: this.info.uuid, blocksCount: this.info.blocksCount, journalExtents: this.journalExtents }))
+    const head = Buffer.from(JSON.stringify({ uuid: this.info.uuid, blocksCount: this.info.blocksCount, journalExtents: this.journalExtents, smallFileBytes: this.smallFileBytes }))
     const map = this.map.serialize(this.info.blockSize)
     const owners = new Float64Array(this.mappingOwner.size * 2)
     let k = 0
@@ -273,8 +290,9 @@ export class ExtFs {
       parts.push(state.subarray(at + 4, at + 4 + n))
       at += 4 + n
     }
-    const head = JSON.parse(parts[0].toString()) as { uuid: string; blocksCount: number; journalExtents: JournalLayout['extents'] }
+    const head = JSON.parse(parts[0].toString()) as { uuid: string; blocksCount: number; journalExtents: JournalLayout['extents']; smallFileBytes?: number }
     if (head.uuid !== fs.info.uuid || head.blocksCount !== fs.info.blocksCount) throw bad(`made for ${head.uuid} with ${head.blocksCount} blocks`)
+    if ((head.smallFileBytes ?? 0) !== fs.smallFileBytes) throw bad(`made with small files up to ${head.smallFileBytes ?? 0} bytes, not ${fs.smallFileBytes}`)
     fs.map = ExtentMap.deserialize(Buffer.from(parts[1])).map
     const owners = new Float64Array(new Uint8Array(parts[2]).buffer)
     for (let k = 0; k + 1 < owners.length; k += 2) fs.mappingOwner.set(owners[k], owners[k + 1])
@@ -284,7 +302,7 @@ export class ExtFs {
     await fs.readJournalSuperblock()
     fs.stats.bytesRead = fs.src.bytesRead + SUPERBLOCK_SIZE
     fs.stats.reads = fs.src.reads + 1
-    fs.stats.metadataBlocks = [...fs.map.countByClass().values()].reduce((a, b) => a + b, 0)
+    fs.stats.metadataBlocks = metadataBlocks(fs.map)
     fs.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
     return fs
   }
@@ -400,6 +418,7 @@ export class ExtFs {
     else if (type === S_IFDIR) dataClass = BlockClass.Directory
     else if (type === S_IFLNK) dataClass = BlockClass.Symlink
     else if (inode.flags & EXT4_EA_INODE_FL) dataClass = BlockClass.Xattr
+    else if (type === S_IFREG && inode.size > 0 && inode.size <= this.smallFileBytes) dataClass = BlockClass.SmallFile
     return { inode, dataClass }
   }
 
