@@ -188,7 +188,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     log.info(
       `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
         `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
-        `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes >> 10} KiB` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}` +
+        (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes >> 10} KiB` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}`) +
         `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
     )
   } else log.info('datapath off (--no-introspect): every file is a plain pass-through')

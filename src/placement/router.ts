@@ -128,6 +128,16 @@ function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): 
   blk.copy(buf, lo - pos, lo - b * BLOCK, hi - b * BLOCK)
 }
 
+/**
+ * Whether a copy goes to RAM when the store takes it (preload, refill): all-zero
+ * meta-data blocks (unused inode-table space, empty bitmaps) stay on the SSD
+ * store only, RAM is kept for what lookups read; small files' data goes in
+ * whatever its bytes (a zero block of a file is read like any other).
+ */
+function ramWorthy(cls: BlockClass, blk: Buffer): boolean {
+  return cls === BlockClass.SmallFile || !blk.equals(ZERO_BLOCK)
+}
+
 /** RAM refill from the SSD store: point reads between yields to guest requests. */
 const REFILL_CHUNK = 256
 
@@ -430,7 +440,7 @@ export class ImageRouter {
       const blk = kept.get(b)!
       this.ssd.put(this.image, b, blk, cls, false)
       this.present.add(b)
-      if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
+      if (ramWorthy(cls, blk)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
     }
     this.counters.preloaded += take.length
     this.counters.scanKept += take.length
@@ -464,7 +474,7 @@ export class ImageRouter {
       // Written, dropped or reclassified since the list was made: the write path saw to it.
       if (!this.present.has(b) || this.ram.has(key) || this.classOf(b) !== cls) continue
       const held = this.ssd.get(this.image, b)
-      if (!held || held.data.equals(ZERO_BLOCK)) continue
+      if (!held || !ramWorthy(cls, held.data)) continue
       this.ram.set(key, held.data, priorityOf(cls), true)
       n++
     }
@@ -752,7 +762,7 @@ export class ImageRouter {
         this.present.add(b)
         // All-zero blocks (unused inode-table space, empty bitmaps) go to the SSD store only:
         // RAM is kept for what lookups read.
-        if (!blk.equals(ZERO_BLOCK)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
+        if (ramWorthy(cls, blk)) this.ram.set(blockKey(this.image, b), blk, priorityOf(cls), true)
         n++
       }
       this.counters.preloaded += n
