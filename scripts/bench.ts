@@ -111,7 +111,7 @@ function configDefs(emulation: boolean): ConfigDef[] {
   return [
     { key: 'a', id: 'passthrough', label: '`--no-introspect`: pure pass-through, no cache — what the disk alone gives', introspect: false, emulated: emulation, color: '#9e9e9e' },
     { key: 'b', id: 'conventional', label: "`--cache-mode conventional --ram-cache X`: the paper's baseline, a conventional array: the RAM budget as a plain LRU of all blocks with Linux-style sequential read-ahead, no classes, no SSD", introspect: false, emulated: emulation, color: '#5c6bc0' },
-    { key: 'c', id: 'introspect', label: '`--ram-cache X`: introspection; the workload starts once the scan is done and the meta-data preloaded (RAM within budget, the rest in the SSD store)', introspect: true, emulated: emulation, color: '#2e7d32' },
+    { key: 'c', id: 'introspect', label: "`--ram-cache X`: introspection with the product's defaults (meta-data, and the data of files up to 32 KiB: `--small-files 32K`); the workload starts once the scan is done and both are preloaded (RAM within budget, meta-data first; the rest in the SSD store)", introspect: true, emulated: emulation, color: '#2e7d32' },
     { key: 'd', id: 'introspect_small_ram', label: "`--ram-cache` = a tenth of the image's meta-data bytes: introspection, most meta-data served from the SSD store", introspect: true, emulated: emulation, color: '#9ccc65' },
     { key: 'e', id: 'ram', label: '(c) without `--emulate-hdd`: the upper bound, the image file on the host disk and page cache', introspect: true, emulated: false, color: '#ffb300' },
   ]
@@ -162,7 +162,7 @@ function metaBlocks(im: { mapClasses?: Record<string, number> }): number {
     .reduce((a, [, n]) => a + n, 0)
 }
 
-/** Waits until the image's scan is done and its meta-data preloaded. */
+/** Waits until the image's scan is done and its meta-data (and small files' data) preloaded. */
 async function waitScan(fuse: FuseMount, flat: string): Promise<{ scanSeconds: number; preloadSeconds: number; meta: number; mapBytes: number; fileBytes: number | null; preloaded: number }> {
   const t0 = Date.now()
   let doneAt = 0
@@ -279,7 +279,7 @@ async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snap
     fs.closeSync(fd)
   }
   await fuse.umount()
-  progress(`${copy.image.name}: scan ${s.scanSeconds.toFixed(1)} s, preload ${s.preloadSeconds.toFixed(1)} s (${s.preloaded} of ${s.meta} meta-data blocks)`)
+  progress(`${copy.image.name}: scan ${s.scanSeconds.toFixed(1)} s, preload ${s.preloadSeconds.toFixed(1)} s (${s.preloaded} blocks: meta-data, of ${s.meta}, and small files' data)`)
   ctx.scans.push({
     image: copy.image.flat,
     fs: copy.image.name,
@@ -527,7 +527,7 @@ async function main(): Promise<void> {
     `Data images: ${set.fileserverFiles} fileserver files (${fmtBytes(set.fileserverBytes)}; Gamma(shape ${set.params.gammaShape}, mean ${fmtBytes(set.params.meanFileBytes)}) sizes as filebench's fileserver, leaf directories of ${set.params.dirWidth}) and ${set.www.length} webserver files (mean ${fmtBytes(set.params.wwwMeanBytes)}), made with mke2fs -d; only their meta-data is stored (e2image -r): data blocks are holes that read as zeros, at their real places, so the emulated disk times every request as for the full image.`,
     `Boot-like, not a real boot: the OS image (MBR: 64 MiB ext4 /boot, ext4 root with this machine's /etc and /usr subsets) is read by a list of ${set.boot.length} files (${fmtBytes(set.bootBytes)}): a kernel-like and an initrd-like file, init (systemd), boot-time programs, their libraries topped up to ${set.params.bootLibs} libraries, and etc/ files, whole, one after the other.`,
     `Webserver: one thread (filebench uses 100), ${set.www.length} iterations of 10 whole-file reads of uniformly chosen web files plus one 16 KiB append to www.log; the guest's page cache serves repeated reads, as in a VM. Create: ${Math.max(500, Math.round(10_000 * args.scale))} files.`,
-    'Introspecting configurations start warm: once per image and disk, a mount scans the image and preloads its meta-data from that disk into a new SSD store (the scan table) and is unmounted cleanly; each run of (c), (d) or (e) starts from a copy of that store, on the same working copy of the image, copied back to the same bytes and mtime after any workload that wrote it. Its mount re-attaches the image from the clean-unmount record (no inode walk) and refills RAM from the store, highest class priority first: the state a preload leaves, without reading the HDD again for every run.',
+    'Introspecting configurations start warm: once per image and disk, a mount scans the image and preloads its meta-data, then its small files\' data, from that disk into a new SSD store (the scan table; its preload column is the meta-data\'s and the small files\' sweeps together) and is unmounted cleanly; each run of (c), (d) or (e) starts from a copy of that store, on the same working copy of the image, copied back to the same bytes and mtime after any workload that wrote it. Its mount re-attaches the image from the clean-unmount record (no inode walk) and refills RAM from the store, highest class priority first: the state a preload leaves, without reading the HDD again for every run.',
     'Times exclude: copying the image back after a workload that wrote it, the vmdi-fuse mount, the scan and preload (or the re-attach and RAM refill) of (c)-(e), the guest mount, and the unmount (which destages dirty meta-data of (c)/(d) to the HDD; its time is in bench.json as umountSeconds).',
     'HDD requests, seek distance, drive-cache hits and busy time are the emulated disk\'s counters (stats --json "hdd") over the workload alone; "reads: RAM / SSD / HDD" and "writes: redirected (to the SSD store) / all" the image\'s router counters over all classes, in 4 KiB blocks. n/a: not measured in that configuration.',
   )
