@@ -406,7 +406,10 @@ export class Datapath {
    * whatever the order. The journal is not preloaded: it is written all the
    * time and read only at recovery, and its blocks are cached as they are
    * written. Neither is inode-table space no inode uses yet (nothing to read;
-   * it is cached when written).
+   * it is cached when written). Then, in a second sweep, small files' data
+   * (--small-files), which only reads while the guest pauses (as the
+   * background destage does): it can be long, and is worth less than the
+   * guest's own I/O.
    */
   private async preload(entry: ImageEntry): Promise<void> {
     const unused = new ExtentMap()
@@ -443,7 +446,7 @@ export class Datapath {
     // A restart with a warm SSD store: RAM gets what it held, from the store, not the HDD.
     const t0 = Date.now()
     const refilled = await router.refillRam(want, () => this.closed || entry.unlinked)
-    if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} meta-data block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms`)
+    if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms (meta-data first, then small files' data)`)
     // What is left to read: wanted blocks the SSD store does not hold yet; meta-data first (what
     // lookups need), then small files' data (--small-files), each in one sweep in file order.
     const plan = (pick: (cls: BlockClass) => boolean) => {
@@ -474,19 +477,21 @@ export class Datapath {
     const isSmall = (cls: BlockClass) => cls === BlockClass.SmallFile
     const meta = plan(isMetadata)
     if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
-    const sweep = async (spans: [number, number][], pick: (cls: BlockClass) => boolean): Promise<boolean> => {
+    const idleMs = this.opts.destageIdleMs ?? 200
+    const sweep = async (spans: [number, number][], pick: (cls: BlockClass) => boolean, whenIdle: boolean): Promise<boolean> => {
       for (const [s, c] of spans) {
+        while (whenIdle && !this.closed && Date.now() - router.lastGuestIo < idleMs) await new Promise((r) => setTimeout(r, idleMs))
         if (this.closed || entry.unlinked || !this.canRedirect() || this.heldBlocks() >= this.capBlocks) return false
         await router.preload(s, c, (cls, b) => pick(cls) && want(cls, b))
       }
       return true
     }
-    if (!(await sweep(meta.spans, isMetadata))) return
+    if (!(await sweep(meta.spans, isMetadata, false))) return
     const small = plan(isSmall)
     if (small.missing === 0) return
     const t1 = Date.now()
     const before = router.counters.preloaded
-    const done = await sweep(small.spans, isSmall)
+    const done = await sweep(small.spans, isSmall, true)
     const n = router.counters.preloaded - before
     log.info(`image ${entry.rel}: small files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
   }

@@ -141,7 +141,7 @@ for (const type of ['ext4', 'ext3'] as const) {
           await waitFor(() => /saved map used at once/.test(again.log()), 10_000, 'the attach line')
           await waitFor(() => JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0].scan.warm === true, 30_000, 'the warm start')
           // The log line reaches us through the daemon's output pipe, maybe after stats says warm.
-          await waitFor(() => /warm start: \d+ meta-data block\(s\) copied to RAM from the SSD store/.test(again.log()), 10_000, 'the RAM refill log line')
+          await waitFor(() => /warm start: \d+ block\(s\) copied to RAM from the SSD store/.test(again.log()), 10_000, 'the RAM refill log line')
           expect(JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0].ramRefilled).toBeGreaterThan(100)
           execFileSync('mount', ['-o', 'ro', '-t', type, loop2, guest])
           try {
