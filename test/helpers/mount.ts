@@ -1,5 +1,5 @@
 // Real mounts for tests: `vmdi-fuse -f STORE MNT` as a child process.
-import { ChildProcess, spawn } from 'child_process'
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process'
 import fs from 'fs'
 import os from 'os'
 import path from 'path'
@@ -61,5 +61,25 @@ export async function mount(store: string, mnt: string, args: string[] = [], env
       }
       return exited
     },
+  }
+}
+
+/**
+ * The HDD file alone, after the mount is gone: `e2fsck -fn` must find it clean (throws with its
+ * output otherwise), then `check` runs with the image's file system mounted read-only at `dir`.
+ */
+export function checkImageAlone(img: string, dir: string, check: () => void): void {
+  const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
+  if (fsck.status !== 0) throw new Error(`e2fsck -fn ${img} exited ${fsck.status}:\n${fsck.stdout}${fsck.stderr}`)
+  const loop = execFileSync('losetup', ['-r', '-f', '--show', img], { encoding: 'utf8' }).trim()
+  try {
+    execFileSync('mount', ['-o', 'ro', loop, dir])
+    try {
+      check()
+    } finally {
+      execFileSync('umount', [dir])
+    }
+  } finally {
+    execFileSync('losetup', ['-d', loop])
   }
 }

@@ -13,7 +13,7 @@ import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../helpers/cli'
 import { e2oracle } from '../helpers/e2oracle'
-import { mount, tmpdir, waitFor } from '../helpers/mount'
+import { checkImageAlone, mount, tmpdir, waitFor } from '../helpers/mount'
 
 let base = ''
 let tarball = ''
@@ -114,23 +114,13 @@ for (const type of ['ext4', 'ext3'] as const) {
       } finally {
         if (!stopped) await m.stop().catch(() => undefined)
       }
-      const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
-      expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0)
-      // Every file's bytes, read from the HDD file alone.
-      const loop = execFileSync('losetup', ['-r', '-f', '--show', img], { encoding: 'utf8' }).trim()
-      try {
-        execFileSync('mount', ['-o', 'ro', loop, guest])
-        try {
-          const got = hashTree(guest)
-          const want = hashTree(ref)
-          expect(got.size).toBe(want.size)
-          for (const [k, v] of want) if (got.get(k) !== v) throw new Error(`${k} differs from the reference tree`)
-        } finally {
-          execFileSync('umount', [guest])
-        }
-      } finally {
-        execFileSync('losetup', ['-d', loop])
-      }
+      // A clean file system and every file's bytes, read from the HDD file alone.
+      checkImageAlone(img, guest, () => {
+        const got = hashTree(guest)
+        const want = hashTree(ref)
+        expect(got.size).toBe(want.size)
+        for (const [k, v] of want) if (got.get(k) !== v) throw new Error(`${k} differs from the reference tree`)
+      })
       // Warm start: a remount knows the image (saved map at once, blocks in the SSD store, the file
       // systems restored from the clean-unmount record without an inode walk) and refills RAM from
       // the SSD store, so the first du hits RAM.

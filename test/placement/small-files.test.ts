@@ -7,7 +7,7 @@
 // preloaded into the SSD store, a guest reads it from there and not from the
 // HDD, its writes to them are redirected and destaged, and the HDD file is a
 // clean file system with every byte after unmount.
-import { execFileSync, spawnSync } from 'child_process'
+import { execFileSync } from 'child_process'
 import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
@@ -18,7 +18,7 @@ import { ExtFs, scanExt } from '../../src/introspect/fs/ext'
 import { BufferReader, FileReader } from '../../src/introspect/reader'
 import { runCli } from '../helpers/cli'
 import { e2oracle } from '../helpers/e2oracle'
-import { mount, tmpdir, waitFor } from '../helpers/mount'
+import { checkImageAlone, mount, tmpdir, waitFor } from '../helpers/mount'
 import { mulberry32 } from '../../src/store/hdd-model'
 
 const LIMIT = 32 * 1024
@@ -222,19 +222,9 @@ describe('a mount with small files on the fast tiers', () => {
       if (!stopped) await m.stop().catch(() => undefined)
     }
     // The HDD file alone: clean, and every file's bytes (the overwritten ones destaged at unmount).
-    const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
-    expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0)
-    const loop = execFileSync('losetup', ['-r', '-f', '--show', img], { encoding: 'utf8' }).trim()
-    try {
-      execFileSync('mount', ['-o', 'ro', loop, guest])
-      try {
-        for (const f of sizes.keys()) expect(sha(path.join(guest, f)), f).toBe(sha(path.join(tree, f)))
-      } finally {
-        execFileSync('umount', [guest])
-      }
-    } finally {
-      execFileSync('losetup', ['-d', loop])
-    }
+    checkImageAlone(img, guest, () => {
+      for (const f of sizes.keys()) expect(sha(path.join(guest, f)), f).toBe(sha(path.join(tree, f)))
+    })
     // --small-files 0: the clean-unmount record (made with 32 KiB) does not fit, the image is scanned, nothing is small-file.
     const off = await mount(store, path.join(dir, 'mnt'), ['--small-files', '0'])
     try {
