@@ -5,7 +5,7 @@
 
 import fs from 'fs'
 import { CliError } from '../errors'
-import { parseSize } from '../placement/datapath'
+import { parseSize } from '../size'
 import { className } from '../introspect/classes'
 import { IntrospectError } from '../introspect/errors'
 import { inspectImage, whatIsAt, type InspectReport } from '../introspect/inspect'
