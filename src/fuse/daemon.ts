@@ -131,7 +131,7 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   const cacheMode = cfg.cacheMode === 'conventional' ? 'conventional' : 'introspect'
   if (cacheMode === 'conventional') refuseHeldBack(ssdPath, '--cache-mode conventional')
   const smallFileBytes = sizeOption(cfg.smallFiles, '--small-files', DEFAULT_SMALL_FILE_BYTES)
-  if (smallFileBytes > MAX_SMALL_FILE_BYTES) throw new CliError(`--small-files ${cfg.smallFiles} is above ${MAX_SMALL_FILE_BYTES >> 20} MiB: small files are what a lookup-sized read fetches whole; use a smaller size, or 0 to turn it off`, 2)
+  if (smallFileBytes > MAX_SMALL_FILE_BYTES) throw new CliError(`--small-files ${cfg.smallFiles} is above ${MAX_SMALL_FILE_BYTES >> 20} MiB: larger files stream well from the HDD and would crowd the SSD store; use a smaller size, or 0 to turn it off`, 2)
   return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes }
 }
 
@@ -189,7 +189,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     log.info(
       `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
         `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
-        (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes >> 10} KiB` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}`) +
+        (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes % 1024 ? `${d.smallFileBytes} bytes` : `${d.smallFileBytes >> 10} KiB`}` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}`) +
         `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
     )
   } else log.info('datapath off (--no-introspect): every file is a plain pass-through')
