@@ -63,7 +63,7 @@ interface Prepared {
 }
 
 /** --small-files default: regular files up to 32 KiB have their data placed with the meta-data. */
-export const DEFAULT_SMALL_FILE_BYTES = 32 << 10
+const DEFAULT_SMALL_FILE_BYTES = 32 << 10
 const MAX_SMALL_FILE_BYTES = 1 << 20
 
 /** Emulated disk profiles for --emulate-hdd. */
