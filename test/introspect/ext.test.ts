@@ -70,6 +70,57 @@ describe.each(FIXTURES)('%s', (name) => {
   })
 })
 
+describe.each(['ext2-1024', 'ext3', 'ext4', 'ext4-meta_bg', 'ext4-nocsum'])('free space of %s', (name) => {
+  it('says which data blocks are free exactly as debugfs testb does, a block and a range at a time', async () => {
+    const file = path.join(DIR, `${name}.img`)
+    const r = await FileReader.open(file)
+    try {
+      const efs = await scanExt(r)
+      const n = efs.info.blocksCount
+      const first = efs.info.blockSize === 1024 ? 1 : 0
+      // debugfs takes blocks from 1 (block 0 of a 4 KiB file system holds the superblock: in use).
+      const out = execFileSync('debugfs', ['-R', `testb 1 ${n - 1}`, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 64 << 20 })
+      const used = new Set<number>([0])
+      let lines = 0
+      for (const m of out.matchAll(/^Block (\d+) (marked in use|not in use)$/gm)) {
+        lines++
+        if (m[2] === 'marked in use') used.add(Number(m[1]))
+      }
+      expect(lines).toBe(n - 1)
+      let free = 0
+      let inUse = 0
+      const wrong: string[] = []
+      // Every data-class block one at a time (meta-data is never asked: uninitialised groups say free).
+      for (let b = first; b < n; b++) {
+        if (efs.classOf(b) !== BlockClass.Data) continue
+        const got = await efs.unallocated(b, 1)
+        if (got) free++
+        else inUse++
+        if (got === used.has(b) && wrong.length < 5) wrong.push(`block ${b}: debugfs ${used.has(b) ? 'in use' : 'free'}, ours ${got ? 'free' : 'in use'}`)
+      }
+      expect(wrong).toEqual([])
+      expect(free).toBeGreaterThan(100)
+      expect(inUse).toBeGreaterThan(100)
+      // Ranges of data blocks, across group boundaries: free only when every block is.
+      const ranges = [0, 0]
+      for (let b = first; b + 40 < n; b += 97) {
+        if ([...Array(40).keys()].some((i) => efs.classOf(b + i) !== BlockClass.Data)) continue
+        const want = [...Array(40).keys()].every((i) => !used.has(b + i))
+        ranges[want ? 1 : 0]++
+        expect(await efs.unallocated(b, 40), `${b}+40`).toBe(want)
+      }
+      expect(ranges[1]).toBeGreaterThan(0)
+      // (the small fixtures have no 40 data blocks in a row with some in use)
+      if (!['ext4-meta_bg', 'ext4-nocsum'].includes(name)) expect(ranges[0]).toBeGreaterThan(0)
+      // Outside the file system, or before its first block: never free.
+      expect(await efs.unallocated(n - 1, 2)).toBe(false)
+      if (first) expect(await efs.unallocated(0, 1)).toBe(false)
+    } finally {
+      await r.close()
+    }
+  })
+})
+
 describe('objectsAt', () => {
   it('names the inode, file block and path of a data block and of a directory block, like debugfs icheck/ncheck', async () => {
     const file = path.join(DIR, 'ext2-4096.img')

@@ -56,6 +56,7 @@ export interface ExtChange {
 }
 
 const INODE_UNINIT = 0x1
+const BLOCK_UNINIT = 0x2
 const MAX_SKIP_REASONS = 20
 /** Classes of the file system's own structures: placed by the superblock and descriptors, never by an inode. */
 const STATIC_CLASSES: ReadonlySet<BlockClass> = new Set([
@@ -446,6 +447,36 @@ export class ExtFs {
 
   classOf(fsBlock: number): BlockClass {
     return this.map.classOf(fsBlock)
+  }
+
+  /**
+   * Whether every fs block of [start, start+count) is free in the block
+   * bitmaps as they are now at their home locations (read through the reader:
+   * for a mount, its own cached copies). The guest's allocator marks blocks
+   * used in its journal first and checkpoints the bitmaps later, so a write
+   * to such a block is new data: allocated since the last checkpoint. Groups
+   * whose bitmap the descriptors say is uninitialised (BLOCK_UNINIT) are
+   * free; the group's own structures are classed meta-data and never asked.
+   */
+  async unallocated(start: number, count: number): Promise<boolean> {
+    const sb = this.sb
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || count <= 0 || start < sb.firstDataBlock || start + count > sb.blocksCount) return false
+    const bs = sb.blockSize
+    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
+    for (let b = start; b < start + count; ) {
+      const rel = b - sb.firstDataBlock
+      const g = Math.floor(rel / sb.blocksPerGroup)
+      const bit0 = rel % sb.blocksPerGroup
+      const n = Math.min(start + count - b, sb.blocksPerGroup - bit0)
+      if (!(csum && this.gdFlags[g] & BLOCK_UNINIT)) {
+        const at = this.blockBitmap[g]
+        if (at < sb.firstDataBlock || at >= sb.blocksCount) return false
+        const bm = await this.r.read(at * bs, bs)
+        for (let i = bit0; i < bit0 + n; i++) if (bm[i >> 3] & (1 << (i & 7))) return false
+      }
+      b += n
+    }
+    return true
   }
 
   /**
