@@ -49,6 +49,7 @@ program
     [] as string[],
   )
   .option('--small-files <size>', "regular files up to SIZE have their data placed with the meta-data: RAM (what meta-data leaves), the SSD store, writes redirected and destaged (default 32K; 0: off, data of every file goes to the HDD)")
+  .option('--new-data <size>', "writes to blocks the guest has just allocated (free in its file system's on-disk bitmaps: new files, appends) are held on the SSD store, like meta-data writes, while it holds less than SIZE of unwritten blocks, and written to the HDD in long runs while the guests pause (default 1G, at most half of --ssd-max; 0: off, new data goes straight to the HDD)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
   .addHelpText(
@@ -82,6 +83,7 @@ program
       emulateHdd: o.emulateHdd as string | undefined,
       cacheMode: o.cacheMode as string | undefined,
       smallFiles: o.smallFiles as string | undefined,
+      newData: o.newData as string | undefined,
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
@@ -191,7 +193,7 @@ program
     for (const r of st.refused) lines.push(`REFUSED    ${r} (see the log for the recover command)`)
     for (const im of st.images) {
       lines.push('', `${im.path}  scan ${im.scan.state}${im.scan.state === 'done' ? ` in ${im.scan.ms} ms (${im.scan.format}, map ${im.scan.mapBytes} B)` : ''}${im.scan.error ? `: ${im.scan.error}` : ''}`)
-      lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded} (${im.scanKept} of them kept from the scan's reads), copied to RAM from the SSD store at attach ${im.ramRefilled}, read ahead ${im.readAhead}, RAM hits served natively ${im.nativeRamHits}`)
+      lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded} (${im.scanKept} of them kept from the scan's reads), copied to RAM from the SSD store at attach ${im.ramRefilled}, read ahead ${im.readAhead}, RAM hits served natively ${im.nativeRamHits}, new data held on the SSD ${im.absorbed}`)
       lines.push(`  ${'class'.padEnd(18)}${['reads', 'RAM hits', 'SSD hits', 'HDD reads', 'writes', 'redirected'].map((h) => h.padStart(11)).join('')}`)
       for (const [c, v] of Object.entries(im.classes)) {
         lines.push(`  ${c.padEnd(18)}${[v.reads, v.ramHits, v.ssdHits, v.hddReads, v.writes, v.redirected].map((n) => String(n).padStart(11)).join('')}`)

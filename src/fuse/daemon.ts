@@ -47,6 +47,8 @@ export interface MountConfig {
   cacheMode?: string
   /** --small-files SIZE: regular files up to SIZE have their data placed with the meta-data. */
   smallFiles?: string
+  /** --new-data SIZE: writes to newly allocated blocks held on the SSD store up to SIZE. */
+  newData?: string
 }
 
 /** How long a busy unmount waits for open files to close before the daemon exits anyway. */
@@ -58,13 +60,19 @@ interface Prepared {
   store: string
   mountpoint: string
   extra: string[]
-  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional'; smallFileBytes: number } | null
+  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional'; smallFileBytes: number; newDataBytes: number } | null
   hddProfile: HddProfile | null
 }
 
 /** --small-files default: regular files up to 32 KiB have their data placed with the meta-data. */
 const DEFAULT_SMALL_FILE_BYTES = 32 << 10
 const MAX_SMALL_FILE_BYTES = 1 << 20
+/** --new-data default (and at most half the SSD store's cap). */
+const DEFAULT_NEW_DATA_BYTES = 1 << 30
+
+function mibText(n: number): string {
+  return n % 2 ** 20 ? `${n} bytes` : `${n / 2 ** 20} MiB`
+}
 
 /** Emulated disk profiles for --emulate-hdd. */
 export const HDD_PROFILES: Record<string, HddProfile> = { laptop5400: LAPTOP_5400 }
@@ -132,7 +140,8 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   if (cacheMode === 'conventional') refuseHeldBack(ssdPath, '--cache-mode conventional')
   const smallFileBytes = sizeOption(cfg.smallFiles, '--small-files', DEFAULT_SMALL_FILE_BYTES)
   if (smallFileBytes > MAX_SMALL_FILE_BYTES) throw new CliError(`--small-files ${cfg.smallFiles} is above ${MAX_SMALL_FILE_BYTES >> 20} MiB: larger files stream well from the HDD and would crowd the SSD store; use a smaller size, or 0 to turn it off`, 2)
-  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes }
+  const newDataBytes = Math.min(Math.floor(ssdMaxBytes / 2), sizeOption(cfg.newData, '--new-data', DEFAULT_NEW_DATA_BYTES))
+  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes, newDataBytes }
 }
 
 /** Every check that can fail before a mount exists. */
@@ -189,7 +198,8 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
     log.info(
       `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
         `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
-        (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes % 1024 ? `${d.smallFileBytes} bytes` : `${d.smallFileBytes >> 10} KiB`}` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}`) +
+        (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes % 1024 ? `${d.smallFileBytes} bytes` : `${d.smallFileBytes >> 10} KiB`}` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}` +
+            `, new data held on the SSD store: ${d.newDataBytes ? `up to ${mibText(d.newDataBytes)}` : 'off'}${cfg.newData ? '' : ' (default: 1 GiB, at most half the cap; --new-data)'}`) +
         `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
     )
   } else log.info('datapath off (--no-introspect): every file is a plain pass-through')

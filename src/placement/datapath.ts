@@ -50,6 +50,11 @@ export interface DatapathOptions {
   hdd?: HddModel | null
   /** Data of regular files up to this many bytes is placed with the meta-data (--small-files; default 0: off). */
   smallFileBytes?: number
+  /**
+   * Writes to blocks the guest has newly allocated are held on the SSD store
+   * while it holds fewer unwritten bytes than this (--new-data; default 0: off).
+   */
+  newDataBytes?: number
 }
 
 /** Files smaller than this are never taken for disk images. */
@@ -123,6 +128,8 @@ export class Datapath {
   private readonly byKey = new Map<string, ImageEntry>()
   private readonly exclude: RegExp[]
   private readonly capBlocks: number
+  /** New data is held on the SSD store while its dirty blocks are fewer than this (at most half the cap). */
+  private readonly newDataBlocks: number
   private scanQueue: Promise<void> = Promise.resolve()
   private timer: NodeJS.Timeout | null = null
   private closed = false
@@ -139,6 +146,7 @@ export class Datapath {
     this.ram = new RamCache(opts.ramBytes)
     this.ssd = SsdStore.open(opts.ssdPath)
     this.capBlocks = Math.floor(opts.ssdMaxBytes / BLOCK)
+    this.newDataBlocks = Math.min(Math.floor(this.capBlocks / 2), Math.floor((opts.newDataBytes ?? 0) / BLOCK))
     this.exclude = opts.exclude.map(globToRegExp)
     // Called for every batch that fails: the failover runs once.
     this.ssd.onFailure = (e) => {
@@ -499,8 +507,8 @@ export class Datapath {
     const first = Math.floor(pos / BLOCK)
     const last = Math.floor((pos + len - 1) / BLOCK)
     if (entry.scanWrites) for (let b = first; b <= last && entry.scanWrites.size < MAX_SCAN_WRITES; b++) entry.scanWrites.add(b)
+    let touchesMeta = false
     if (entry.ins && len > 0) {
-      let touchesMeta = false
       for (let b = first; b <= last && !touchesMeta; b++) touchesMeta = isMetadata(entry.map.classOf(b))
       if (touchesMeta) {
         // The live map learns from the write before it lands (it diffs against the current bytes).
@@ -510,7 +518,32 @@ export class Datapath {
         await run.catch((e) => log.warn(`image ${entry.rel}: live map update at byte ${pos} failed: ${(e as Error).message}`))
       }
     }
-    return entry.router.write(buf, len, pos)
+    const absorb = !touchesMeta && entry.ins !== null && len > 0 && this.dirtyTotal() < this.newDataBlocks && (await this.newAllocation(entry, pos, len))
+    return entry.router.write(buf, len, pos, absorb)
+  }
+
+  /**
+   * Whether every byte of image bytes [pos, pos+len) lies in a scanned file
+   * system, in blocks its on-disk bitmaps show free: data the guest has just
+   * allocated (its bitmaps reach their home blocks only at a checkpoint). A
+   * bitmap that cannot be read answers no: the write goes to the HDD.
+   */
+  private async newAllocation(entry: ImageEntry, pos: number, len: number): Promise<boolean> {
+    const ins = entry.ins
+    if (!ins) return false
+    let covered = 0
+    try {
+      for (const p of fsPieces(ins, pos, len, false)) {
+        const bs = p.efs.info.blockSize
+        const f0 = Math.floor(p.vlo / bs)
+        if (!(await p.efs.unallocated(f0, Math.ceil(p.vhi / bs) - f0))) return false
+        covered += p.vhi - p.vlo
+      }
+    } catch (e) {
+      log.debug(`image ${entry.rel}: free-space check at byte ${pos} failed: ${(e as Error).message}`)
+      return false
+    }
+    return covered === len
   }
 
   /** The map changes a write implies: container tables, then each ext file system it touches. */
@@ -533,42 +566,28 @@ export class Datapath {
     } catch (e) {
       log.warn(`image ${entry.rel}: container table write at byte ${pos} not understood (${(e as Error).message}): map left as it was`)
     }
-    // Guest ranges this write covers, and the file systems that hold them.
-    for (let at = pos; at < pos + bytes.length; ) {
-      const loc = ins.disk.locate(0, at)
-      const n = Math.max(1, Math.min(loc.length, pos + bytes.length - at))
-      if (loc.kind === 'guest') {
-        for (const { volume, fs: efs } of ins.filesystems) {
-          const bs = efs.info.blockSize
-          for (const seg of volume.segments) {
-            const lo = Math.max(loc.guestOffset, seg.diskOffset)
-            const hi = Math.min(loc.guestOffset + n, seg.diskOffset + seg.length)
-            if (hi <= lo) continue
-            const vlo = seg.volumeOffset + (lo - seg.diskOffset)
-            const vhi = seg.volumeOffset + (hi - seg.diskOffset)
-            const fb0 = Math.floor(vlo / bs)
-            const fb1 = Math.ceil(vhi / bs)
-            // Whole fs blocks: the write's bytes over the current ones (read before the write lands),
-            // or the write itself when it covers whole fs blocks.
-            const from = at - pos + (lo - loc.guestOffset)
-            const to = at - pos + (hi - loc.guestOffset)
-            let whole: Buffer
-            if (vlo === fb0 * bs && vhi === fb1 * bs) whole = bytes.subarray(from, to)
-            else {
-              whole = Buffer.from(await volumeRead(ins, volume, fb0 * bs, (fb1 - fb0) * bs))
-              bytes.copy(whole, vlo - fb0 * bs, from, to)
-            }
-            for (const ch of await efs.update(fb0, whole)) {
-              for (const s2 of volume.segments) {
-                const clo = Math.max(ch.fsBlock * bs, s2.volumeOffset)
-                const chi = Math.min((ch.fsBlock + ch.count) * bs, s2.volumeOffset + s2.length)
-                if (chi > clo) fileBlocksOfGuest(s2.diskOffset + (clo - s2.volumeOffset), chi - clo)
-              }
-            }
-          }
+    // The file systems this write covers: whole fs blocks of the write's bytes over the current ones
+    // (read before the write lands), or the write itself when it covers whole fs blocks.
+    for (const p of fsPieces(ins, pos, bytes.length, false)) {
+      const { volume, efs } = p
+      const bs = efs.info.blockSize
+      const fb0 = Math.floor(p.vlo / bs)
+      const fb1 = Math.ceil(p.vhi / bs)
+      const from = p.at - pos
+      const to = from + (p.vhi - p.vlo)
+      let whole: Buffer
+      if (p.vlo === fb0 * bs && p.vhi === fb1 * bs) whole = bytes.subarray(from, to)
+      else {
+        whole = Buffer.from(await volumeRead(ins, volume, fb0 * bs, (fb1 - fb0) * bs))
+        bytes.copy(whole, p.vlo - fb0 * bs, from, to)
+      }
+      for (const ch of await efs.update(fb0, whole)) {
+        for (const s2 of volume.segments) {
+          const clo = Math.max(ch.fsBlock * bs, s2.volumeOffset)
+          const chi = Math.min((ch.fsBlock + ch.count) * bs, s2.volumeOffset + s2.length)
+          if (chi > clo) fileBlocksOfGuest(s2.diskOffset + (clo - s2.volumeOffset), chi - clo)
         }
       }
-      at += n
     }
     for (const b of touched) {
       const from = entry.map.classOf(b)
@@ -915,21 +934,44 @@ export function fileBlockClass(ins: Inspection, b: number): BlockClass {
     else if (loc.kind === 'guest' || loc.kind === 'compressed') {
       const g = loc.guestOffset
       for (const r of ins.layout.regions) if (r.offset < g + n && g < r.offset + r.length) better(BlockClass.PartitionTable)
+    }
+    at += n
+  }
+  for (const p of fsPieces(ins, b * BLOCK, BLOCK, true)) {
+    const bs = p.efs.info.blockSize
+    const f0 = Math.floor(p.vlo / bs)
+    for (const [, , cls] of p.efs.map.runsIn(f0, Math.ceil(p.vhi / bs) - f0)) better(cls)
+  }
+  return best
+}
+
+/** A piece of image bytes that one scanned file system holds: where it starts in the image file, and its byte range in the volume. */
+interface FsPiece {
+  volume: Inspection['layout']['volumes'][number]
+  efs: Inspection['filesystems'][number]['fs']
+  /** Image file offset of the piece's first byte. */
+  at: number
+  vlo: number
+  vhi: number
+}
+
+/** The pieces of image bytes [pos, pos+len) that scanned file systems hold (compressed grains too when `compressed`). */
+function* fsPieces(ins: Inspection, pos: number, len: number, compressed: boolean): Generator<FsPiece> {
+  for (let at = pos; at < pos + len; ) {
+    const loc = ins.disk.locate(0, at)
+    const n = Math.max(1, Math.min(loc.length, pos + len - at))
+    if (loc.kind === 'guest' || (compressed && loc.kind === 'compressed')) {
       for (const { volume, fs: efs } of ins.filesystems) {
-        const bs = efs.info.blockSize
-        for (const s of volume.segments) {
-          const lo = Math.max(g, s.diskOffset)
-          const hi = Math.min(g + n, s.diskOffset + s.length)
+        for (const seg of volume.segments) {
+          const lo = Math.max(loc.guestOffset, seg.diskOffset)
+          const hi = Math.min(loc.guestOffset + n, seg.diskOffset + seg.length)
           if (hi <= lo) continue
-          const f0 = Math.floor((s.volumeOffset + lo - s.diskOffset) / bs)
-          const f1 = Math.ceil((s.volumeOffset + hi - s.diskOffset) / bs)
-          for (const [, , cls] of efs.map.runsIn(f0, f1 - f0)) better(cls)
+          yield { volume, efs, at: at + (lo - loc.guestOffset), vlo: seg.volumeOffset + (lo - seg.diskOffset), vhi: seg.volumeOffset + (hi - seg.diskOffset) }
         }
       }
     }
     at += n
   }
-  return best
 }
 
 /** A DiskFile over the image's router: parsers see the current bytes, redirected writes included. */

@@ -55,6 +55,8 @@ export interface RouterCounters {
   readAhead: number
   /** Meta-data blocks the binding served from RAM on the libfuse thread (also counted as RAM hits). */
   nativeRamHits: number
+  /** Data blocks of new allocations written to the SSD store instead of the HDD (held back until destaged). */
+  absorbed: number
 }
 
 export interface RouterOptions {
@@ -138,6 +140,9 @@ function ramWorthy(cls: BlockClass, blk: Buffer): boolean {
   return cls === BlockClass.SmallFile || !blk.equals(ZERO_BLOCK)
 }
 
+/** Longest destage write, in blocks (1 MiB). */
+const DESTAGE_RUN = 256
+
 /** RAM refill from the SSD store: point reads between yields to guest requests. */
 const REFILL_CHUNK = 256
 
@@ -150,7 +155,7 @@ export class ImageRouter {
   /** Blocks the SSD store holds a copy of (clean or dirty). */
   readonly present: Set<number>
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0 }
   private size: number
   private readonly locks = new Map<number, Promise<void>>()
   private readonly watched = new Map<number, { n: number; written: boolean }>()
@@ -539,7 +544,13 @@ export class ImageRouter {
     return n
   }
 
-  async write(buf: Buffer, len: number, pos: number): Promise<number> {
+  /**
+   * A guest write. `absorb`: the caller found the write's blocks newly
+   * allocated by the guest (free in its on-disk bitmaps): data blocks among
+   * them are held back on the SSD store like meta-data, to be destaged later
+   * in long runs, when the store can take them.
+   */
+  async write(buf: Buffer, len: number, pos: number, absorb = false): Promise<number> {
     this.lastGuestIo = Date.now()
     if (len === 0) return 0
     if (this.conventional) {
@@ -586,7 +597,7 @@ export class ImageRouter {
       const cls = this.classOf(b)
       const st = this.stat(cls)
       st.writes++
-      if (!this.routedAsMeta(b, cls)) {
+      if (!this.routedAsMeta(b, cls) && !(absorb && this.canRedirect())) {
         // Data: straight to the HDD; copies from an earlier class must not outlive it.
         this.beginHddWrite(b)
         runBlocks.push(b)
@@ -620,6 +631,7 @@ export class ImageRouter {
     this.touched(b)
     const key = blockKey(this.image, b)
     if (this.canRedirect()) {
+      if (!isFastTier(cls) && !this.dirty.has(b)) this.counters.absorbed++
       this.ram.set(key, blk, priorityOf(cls), true)
       this.ssd.put(this.image, b, blk, cls, true)
       this.dirty.add(b)
@@ -675,37 +687,33 @@ export class ImageRouter {
   private async destageBatch(limit: number): Promise<number> {
     const blocks = [...this.dirty].sort((a, b) => a - b).slice(0, limit)
     if (!blocks.length) return 0
+    // Consecutive blocks go to the HDD in one write: one at a time, each would wait
+    // most of a revolution on a disk for the sector it has just missed.
+    const runs: number[][] = []
+    for (const b of blocks) {
+      const run = runs[runs.length - 1]
+      if (run && b === run[run.length - 1] + 1 && run.length < DESTAGE_RUN) run.push(b)
+      else runs.push([b])
+    }
     const done: { b: number; w: { n: number; written: boolean }; data: Buffer }[] = []
-    let scratch: Buffer | undefined
     try {
-      for (const b of blocks) {
-        // Under the block's lock: a write-through or redirected write of it is either before
-        // (then it is clean, or its newer copy is what we write) or after (then it stays dirty).
-        await this.withLock(b, async () => {
-          if (!this.dirty.has(b)) return
-          // The RAM copy of a dirty block is the dirty copy (writes set both); the store's otherwise.
-          let data: Buffer
-          if (this.ram.get(blockKey(this.image, b), (scratch ??= Buffer.allocUnsafe(BLOCK)))) data = scratch
-          else {
-            const s = this.ssd.get(this.image, b)
-            if (!s || !s.dirty) {
-              this.dirty.delete(b)
-              return
-            }
-            data = s.data
-          }
-          const w = this.watch(b)
-          done.push({ b, w, data: Buffer.from(data.subarray(0, BLOCK)) })
-          const len = Math.min(BLOCK, this.size - b * BLOCK)
-          if (b === 0 && len > 0) await this.beforeBlockZero(data, 0)
-          if (len > 0) await pwriteFull(this.dev, data, 0, len, b * BLOCK)
-        })
-      }
+      // Under the blocks' locks: a write-through or redirected write of one is either before
+      // (then it is clean, or its newer copy is what we write) or after (then it stays dirty).
+      for (const run of runs) await this.withLocks(run, () => this.destageRun(run, done))
       await fdatasync(this.fd)
       let n = 0
       for (const { b, w, data } of done) {
         if (w.written || !this.dirty.has(b)) continue
-        if (!this.ssd.failed) this.ssd.markClean(this.image, b, data, this.classOf(b))
+        const cls = this.classOf(b)
+        if (this.ssd.failed) {
+          /* the HDD has it (synced above); the store is going */
+        } else if (isFastTier(cls)) this.ssd.markClean(this.image, b, data, cls)
+        else {
+          // Data held back (new allocations, or a block reclassified while dirty): the HDD is
+          // its place now; the store keeps the fast tiers' blocks.
+          this.present.delete(b)
+          this.ssd.delete(this.image, b)
+        }
         this.dirty.delete(b)
         n++
       }
@@ -716,6 +724,53 @@ export class ImageRouter {
     } finally {
       for (const { b, w } of done) this.unwatch(b, w)
     }
+  }
+
+  /** Runs fn with the locks of `blocks` held (taken in the given order: callers pass ascending runs). */
+  private withLocks<T>(blocks: number[], fn: () => Promise<T>, i = 0): Promise<T> {
+    if (i >= blocks.length) return fn()
+    return this.withLock(blocks[i], () => this.withLocks(blocks, fn, i + 1))
+  }
+
+  /** One run of consecutive blocks (their locks held): the still-dirty ones written to the HDD, contiguous ones in one write. */
+  private async destageRun(run: number[], done: { b: number; w: { n: number; written: boolean }; data: Buffer }[]): Promise<void> {
+    let seg: Buffer[] = []
+    let segStart = -1
+    const flush = async () => {
+      if (!seg.length) return
+      const first = segStart
+      const out = seg.length === 1 ? seg[0] : Buffer.concat(seg)
+      seg = []
+      const len = Math.min(out.length, this.size - first * BLOCK)
+      if (len <= 0) return
+      if (first === 0) await this.beforeBlockZero(out, 0)
+      await pwriteFull(this.dev, out, 0, len, first * BLOCK)
+    }
+    for (const b of run) {
+      const data = this.dirtyCopy(b)
+      if (!data) {
+        await flush()
+        continue
+      }
+      if (!seg.length) segStart = b
+      done.push({ b, w: this.watch(b), data })
+      seg.push(data)
+    }
+    await flush()
+  }
+
+  /** A copy of dirty block b's current bytes (RAM holds the dirty copy when it has one: writes set both), or null if it is not dirty. */
+  private dirtyCopy(b: number): Buffer | null {
+    if (!this.dirty.has(b)) return null
+    const out = Buffer.allocUnsafe(BLOCK)
+    if (this.ram.get(blockKey(this.image, b), out)) return out
+    const s = this.ssd.get(this.image, b)
+    if (!s || !s.dirty) {
+      this.dirty.delete(b)
+      return null
+    }
+    s.data.copy(out, 0, 0, BLOCK)
+    return out
   }
 
   /**

@@ -83,6 +83,8 @@ describe('ImageRouter', () => {
     let fd = fs.openSync(hdd, 'r+')
     let router = new ImageRouter(fd, 1, ram, ssd, (b) => map.classOf(b))
     const ops = 20000
+    let dirtyMax = 0
+    let heldData = false
     for (let i = 0; i < ops; i++) {
       const x = r()
       const limit = sh.length + 3 * BLOCK
@@ -95,8 +97,11 @@ describe('ImageRouter', () => {
         expect(n, `op ${i} read ${pos}+${len}`).toBe(want.length)
         if (!got.subarray(0, n).equals(want)) throw new Error(`op ${i}: read ${pos}+${len} differs from the shadow`)
       } else if (x < 0.9) {
+        // A third of the writes come as new allocations (the datapath found their blocks free): data held back too.
         const data = crypto.randomBytes(len)
-        await router.write(data, len, pos)
+        await router.write(data, len, pos, r() < 0.33)
+        dirtyMax = Math.max(dirtyMax, router.dirty.size)
+        heldData ||= [...router.dirty].some((b) => !isMetadata(map.classOf(b)))
         if (pos + len > sh.length) sh = Buffer.concat([sh, Buffer.alloc(pos + len - sh.length)])
         data.copy(sh, pos)
       } else if (x < 0.93) {
@@ -110,7 +115,9 @@ describe('ImageRouter', () => {
       }
       expect(router.fileSize).toBe(sh.length)
     }
-    expect(router.dirty.size).toBeGreaterThan(0)
+    expect(dirtyMax).toBeGreaterThan(10)
+    expect(router.counters.absorbed).toBeGreaterThan(0)
+    expect(heldData).toBe(true)
     // Every tier served (RAM is far smaller than the meta-data, so the SSD store answers too).
     const s = [...router.stats.values()].reduce((a, x) => ({ redirected: a.redirected + x.redirected, ramHits: a.ramHits + x.ramHits, ssdHits: a.ssdHits + x.ssdHits }), { redirected: 0, ramHits: 0, ssdHits: 0 })
     expect(s.redirected).toBeGreaterThan(0)
@@ -165,6 +172,63 @@ describe('ImageRouter destage', () => {
     expect(router.dirty.size).toBe(0)
     expect(fs.readFileSync(hdd).subarray(0, want.length).equals(want)).toBe(true)
     expect(ssd.dirtyBlocks(1)).toEqual([])
+    fs.closeSync(fd)
+    await ssd.close()
+  })
+})
+
+describe('ImageRouter: new data held back', () => {
+  it('holds new allocations on the SSD store, serves them from there, and destages consecutive blocks in one write each', async () => {
+    const hdd = path.join(dir, 'newdata.img')
+    const orig = crypto.randomBytes(2048 * BLOCK)
+    fs.writeFileSync(hdd, orig)
+    const map = new ExtentMap()
+    map.set(0, 16, BlockClass.InodeTable)
+    const ssd = SsdStore.open(path.join(dir, 'newdata.sqlite'))
+    const fd = fs.openSync(hdd, 'r+')
+    const plain = plainDevice(fd)
+    const writes: [number, number][] = []
+    const dev: HddDevice = {
+      pread: (b, o, l, p) => plain.pread(b, o, l, p),
+      pwrite: (b, o, l, p) => {
+        writes.push([p, l])
+        return plain.pwrite(b, o, l, p)
+      },
+    }
+    const router = new ImageRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b), { device: dev })
+    const cur = Buffer.from(orig)
+    const put = async (pos: number, len: number, absorb: boolean) => {
+      const x = crypto.randomBytes(len)
+      x.copy(cur, pos)
+      await router.write(x, len, pos, absorb)
+    }
+    // 600 new blocks in 128 KiB writes from block 100, one partial new block, one plain data write.
+    for (let b = 100; b < 700; b += 32) await put(b * BLOCK, Math.min(32, 700 - b) * BLOCK, true)
+    await put(1000 * BLOCK + 512, 1000, true)
+    await put(1500 * BLOCK, BLOCK, false)
+    expect(writes.map(([p]) => p / BLOCK)).toEqual([1500]) // only the plain write reached the HDD
+    expect(router.counters.absorbed).toBe(601)
+    expect(router.dirty.size).toBe(601)
+    const all = Buffer.alloc(cur.length)
+    await router.read(all, all.length, 0)
+    expect(all.equals(cur)).toBe(true)
+    // Destage: runs of at most 256 blocks, one write each; the store keeps no copy of data blocks.
+    writes.length = 0
+    while (await router.destage(1024)) {
+      /* until clean */
+    }
+    expect(writes).toEqual([
+      [100 * BLOCK, 256 * BLOCK],
+      [356 * BLOCK, 256 * BLOCK],
+      [612 * BLOCK, 88 * BLOCK],
+      [1000 * BLOCK, BLOCK],
+    ])
+    expect(router.dirty.size).toBe(0)
+    // What the store holds now: the meta-data blocks the full read loaded, nothing else.
+    expect([...router.present].sort((a, b) => a - b)).toEqual([...Array(16).keys()])
+    await ssd.commit()
+    expect(ssd.blocks(1).present.length).toBe(16)
+    expect(fs.readFileSync(hdd).equals(cur)).toBe(true)
     fs.closeSync(fd)
     await ssd.close()
   })
