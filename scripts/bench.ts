@@ -153,6 +153,7 @@ function routerDelta(before: MountStats, after: MountStats, flat: string): Route
     const h = (v.hddReads ?? 0) - (p?.hddReads ?? 0)
     if (h > 0 && cls !== 'data' && cls !== 'free') out.metaHddReads[cls] = h
   }
+  out.newData = Number(a.absorbed ?? 0) - Number(b?.absorbed ?? 0)
   return out
 }
 
@@ -528,7 +529,7 @@ async function main(): Promise<void> {
     `Boot-like, not a real boot: the OS image (MBR: 64 MiB ext4 /boot, ext4 root with this machine's /etc and /usr subsets) is read by a list of ${set.boot.length} files (${fmtBytes(set.bootBytes)}): a kernel-like and an initrd-like file, init (systemd), boot-time programs, their libraries topped up to ${set.params.bootLibs} libraries, and etc/ files, whole, one after the other.`,
     `Webserver: one thread (filebench uses 100), ${set.www.length} iterations of 10 whole-file reads of uniformly chosen web files plus one 16 KiB append to www.log; the guest's page cache serves repeated reads, as in a VM. Create: ${Math.max(500, Math.round(10_000 * args.scale))} files.`,
     'Introspecting configurations start warm: once per image and disk, a mount scans the image and preloads its meta-data, then its small files\' data, from that disk into a new SSD store (the scan table; its preload column is the meta-data\'s and the small files\' sweeps together) and is unmounted cleanly; each run of (c), (d) or (e) starts from a copy of that store, on the same working copy of the image, copied back to the same bytes and mtime after any workload that wrote it. Its mount re-attaches the image from the clean-unmount record (no inode walk) and refills RAM from the store, highest class priority first: the state a preload leaves, without reading the HDD again for every run.',
-    'Times exclude: copying the image back after a workload that wrote it, the vmdi-fuse mount, the scan and preload (or the re-attach and RAM refill) of (c)-(e), the guest mount, and the unmount (which destages dirty meta-data of (c)/(d) to the HDD; its time is in bench.json as umountSeconds).',
+    'Times exclude: copying the image back after a workload that wrote it, the vmdi-fuse mount, the scan and preload (or the re-attach and RAM refill) of (c)-(e), the guest mount, and the unmount (which destages what (c)/(d) held back on the SSD store to the HDD: dirty meta-data, and new data (--new-data) when the workload wrote some; its time is in bench.json as umountSeconds, and in the note where new data was held).',
     'HDD requests, seek distance, drive-cache hits and busy time are the emulated disk\'s counters (stats --json "hdd") over the workload alone; "reads: RAM / SSD / HDD" and "writes: redirected (to the SSD store) / all" the image\'s router counters over all classes, in 4 KiB blocks. n/a: not measured in that configuration.',
   )
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU'

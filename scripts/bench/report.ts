@@ -22,6 +22,8 @@ export interface ConfigDef {
 export interface RouterDelta extends ClassStats {
   /** HDD reads of blocks the map calls meta-data, by class (what introspection did not serve). */
   metaHddReads: Record<string, number>
+  /** Data blocks of new allocations held back on the SSD store (--new-data), written to the HDD later. */
+  newData?: number
 }
 
 export interface Cell {
@@ -210,6 +212,7 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
       if (c?.ramCache) notes.push(`RAM ${fmtBytes(c.ramCache)}`)
       const mh = Object.entries(rt?.metaHddReads ?? {})
       if (mh.length && cfg(id)!.introspect) notes.push(`meta-data read from the HDD: ${mh.map(([k, v]) => `${k} ${v}`).join(', ')}`)
+      if (rt?.newData) notes.push(`new data held on the SSD store: ${rt.newData} blocks, written to the HDD by the unmount's destage (${fmtS(c?.umountSeconds ?? 0)} s, excluded)`)
       L.push(
         `| (${cfg(id)!.key}) ${id} | ${c?.error ? 'failed' : fmtS(secs(r, id))} | ${id === 'conventional' || s === null ? '' : fmtPct(1 - 1 / s)} | ${id === 'conventional' ? '1×' : fmtX(s)} | ${h ? h.requests : 'n/a'} | ${h ? fmtBytes(h.seekBytes) : 'n/a'} | ${h ? h.cacheHits : 'n/a'} | ${h ? (h.busyMs / 1000).toFixed(1) : 'n/a'} | ${rt ? `${rt.ramHits} / ${rt.ssdHits} / ${rt.hddReads}` : 'n/a'} | ${rt ? `${rt.redirected} / ${rt.writes}` : 'n/a'} | ${notes.join('; ')} |`,
       )
