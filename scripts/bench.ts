@@ -111,7 +111,7 @@ function configDefs(emulation: boolean): ConfigDef[] {
   return [
     { key: 'a', id: 'passthrough', label: '`--no-introspect`: pure pass-through, no cache — what the disk alone gives', introspect: false, emulated: emulation, color: '#9e9e9e' },
     { key: 'b', id: 'conventional', label: "`--cache-mode conventional --ram-cache X`: the paper's baseline, a conventional array: the RAM budget as a plain LRU of all blocks with Linux-style sequential read-ahead, no classes, no SSD", introspect: false, emulated: emulation, color: '#5c6bc0' },
-    { key: 'c', id: 'introspect', label: "`--ram-cache X`: introspection with the product's defaults (meta-data, and the data of files up to 32 KiB: `--small-files 32K`); the workload starts once the scan is done and both are preloaded (RAM within budget, meta-data first; the rest in the SSD store)", introspect: true, emulated: emulation, color: '#2e7d32' },
+    { key: 'c', id: 'introspect', label: "`--ram-cache X`: introspection with the product's defaults: meta-data, the data of files up to 32 KiB (`--small-files 32K`) and of the boot files (kernel, initrd, init: `--boot-files`) placed on RAM and the SSD store, new data held on the SSD store (`--new-data 1G`); the workload starts once the scan is done and all of it is preloaded (RAM within budget, meta-data first; the rest in the SSD store)", introspect: true, emulated: emulation, color: '#2e7d32' },
     { key: 'd', id: 'introspect_small_ram', label: "`--ram-cache` = a tenth of the image's meta-data bytes: introspection, most meta-data served from the SSD store", introspect: true, emulated: emulation, color: '#9ccc65' },
     { key: 'e', id: 'ram', label: '(c) without `--emulate-hdd`: the upper bound, the image file on the host disk and page cache', introspect: true, emulated: false, color: '#ffb300' },
   ]
@@ -159,7 +159,7 @@ function routerDelta(before: MountStats, after: MountStats, flat: string): Route
 
 function metaBlocks(im: { mapClasses?: Record<string, number> }): number {
   return Object.entries(im.mapClasses ?? {})
-    .filter(([c]) => c !== 'data' && c !== 'free' && c !== 'small-file')
+    .filter(([c]) => c !== 'data' && c !== 'free' && c !== 'small-file' && c !== 'boot-file')
     .reduce((a, [, n]) => a + n, 0)
 }
 

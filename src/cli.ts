@@ -49,6 +49,7 @@ program
     [] as string[],
   )
   .option('--small-files <size>', "regular files up to SIZE have their data placed with the meta-data: RAM (what meta-data leaves), the SSD store, writes redirected and destaged (default 32K; 0: off, data of every file goes to the HDD)")
+  .option('--no-boot-files', "do not look for the guests' boot files: by default the data of kernels and initial RAM disks in / and /boot, and of /sbin/init (symlinks followed), is placed with the meta-data, so a VM's boot reads them from RAM or the SSD store")
   .option('--new-data <size>', "writes to blocks the guest has just allocated (free in its file system's on-disk bitmaps: new files, appends) are held on the SSD store, like meta-data writes, while it holds less than SIZE of unwritten blocks, and written to the HDD in long runs while the guests pause (default 1G, at most half of --ssd-max; 0: off, new data goes straight to the HDD)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
@@ -84,6 +85,7 @@ program
       cacheMode: o.cacheMode as string | undefined,
       smallFiles: o.smallFiles as string | undefined,
       newData: o.newData as string | undefined,
+      bootFiles: o.bootFiles !== false,
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'
@@ -244,6 +246,7 @@ program
   .option('--no-scan', 'container and volumes only, no file-system scan')
   .option('--store <dir>', 'directory extent and parent files must stay inside (default: the image\'s directory)')
   .option('--small-files <size>', "class the data of regular files up to SIZE small-file, as a mount with --small-files SIZE places it (default: off here; the mount's default is 32K)")
+  .option('--boot-files', "class the data of the guest's boot files boot-file, as the mount does by default (kernels and initial RAM disks in / and /boot, and /sbin/init)")
   .addHelpText(
     'after',
     '\nExit status: 0 a disk image, 2 not a disk image, 1 usage, I/O or corrupt-image errors.\n\nExamples:\n' +

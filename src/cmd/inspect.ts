@@ -25,6 +25,8 @@ export interface InspectCliOptions {
   at?: string
   /** --small-files SIZE: class small files' data as the mount would (default 0: off). */
   smallFiles?: string
+  /** --boot-files: class boot files' data as the mount does (default off here). */
+  bootFiles?: boolean
   scan?: boolean
   store?: string
 }
@@ -81,7 +83,7 @@ export async function runInspect(image: string, o: InspectCliOptions): Promise<v
   const bar = progressBar()
   let ins
   try {
-    ins = await inspectImage(image, { storeRoot: o.store, scan: o.scan !== false, onProgress: bar.update, smallFileBytes: smallFileBytes(o.smallFiles) })
+    ins = await inspectImage(image, { storeRoot: o.store, scan: o.scan !== false, onProgress: bar.update, smallFileBytes: smallFileBytes(o.smallFiles), bootFiles: o.bootFiles === true })
   } catch (e) {
     bar.end()
     if (e instanceof IntrospectError) {

@@ -49,6 +49,8 @@ export interface MountConfig {
   smallFiles?: string
   /** --new-data SIZE: writes to newly allocated blocks held on the SSD store up to SIZE. */
   newData?: string
+  /** --no-boot-files: false; the guests' boot files are placed with the meta-data otherwise. */
+  bootFiles?: boolean
 }
 
 /** How long a busy unmount waits for open files to close before the daemon exits anyway. */
@@ -60,7 +62,7 @@ interface Prepared {
   store: string
   mountpoint: string
   extra: string[]
-  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional'; smallFileBytes: number; newDataBytes: number } | null
+  datapath: { ramBytes: number; ssdPath: string; ssdMaxBytes: number; exclude: string[]; cacheMode: 'introspect' | 'conventional'; smallFileBytes: number; newDataBytes: number; bootFiles: boolean } | null
   hddProfile: HddProfile | null
 }
 
@@ -141,7 +143,7 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   const smallFileBytes = sizeOption(cfg.smallFiles, '--small-files', DEFAULT_SMALL_FILE_BYTES)
   if (smallFileBytes > MAX_SMALL_FILE_BYTES) throw new CliError(`--small-files ${cfg.smallFiles} is above ${MAX_SMALL_FILE_BYTES >> 20} MiB: larger files stream well from the HDD and would crowd the SSD store; use a smaller size, or 0 to turn it off`, 2)
   const newDataBytes = Math.min(Math.floor(ssdMaxBytes / 2), sizeOption(cfg.newData, '--new-data', DEFAULT_NEW_DATA_BYTES))
-  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes, newDataBytes }
+  return { ramBytes, ssdPath, ssdMaxBytes, exclude: cfg.exclude ?? [], cacheMode, smallFileBytes, newDataBytes, bootFiles: cfg.bootFiles !== false }
 }
 
 /** Every check that can fail before a mount exists. */
@@ -199,6 +201,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
       `datapath: RAM cache ${(d.ramBytes / 2 ** 20).toFixed(0)} MiB${cfg.ramCache ? '' : ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)'}, ` +
         `SSD store ${d.ssdPath}${cfg.ssd ? '' : ' (default; --ssd)'} capped at ${(d.ssdMaxBytes / 2 ** 30).toFixed(2)} GiB${cfg.ssdMax ? '' : ' (default: half its free space, at most 16 GiB; --ssd-max)'}` +
         (d.cacheMode === 'conventional' ? ', conventional cache mode (no classes)' : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${d.smallFileBytes % 1024 ? `${d.smallFileBytes} bytes` : `${d.smallFileBytes >> 10} KiB`}` : 'off'}${cfg.smallFiles ? '' : ' (default; --small-files)'}` +
+            `, boot files' data with the meta-data: ${d.bootFiles ? 'on (default; --no-boot-files)' : 'off'}` +
             `, new data held on the SSD store: ${d.newDataBytes ? `up to ${mibText(d.newDataBytes)}` : 'off'}${cfg.newData ? '' : ' (default: 1 GiB, at most half the cap; --new-data)'}`) +
         `${d.exclude.length ? `, excluded: ${d.exclude.join(' ')}` : ''}`,
     )

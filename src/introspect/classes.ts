@@ -24,6 +24,8 @@ export enum BlockClass {
   Mmp = 17,
   /** Data of a regular file no larger than the mount's small-file size (`--small-files`): not meta-data, but placed with it. */
   SmallFile = 18,
+  /** Data of a guest's boot files found by name (kernels, initial RAM disks, init: `--boot-files`): placed with the meta-data. */
+  BootFile = 19,
 }
 
 export const CLASS_NAMES: Readonly<Record<BlockClass, string>> = Object.freeze({
@@ -46,6 +48,7 @@ export const CLASS_NAMES: Readonly<Record<BlockClass, string>> = Object.freeze({
   [BlockClass.Special]: 'special',
   [BlockClass.Mmp]: 'mmp',
   [BlockClass.SmallFile]: 'small-file',
+  [BlockClass.BootFile]: 'boot-file',
 })
 
 export const ALL_CLASSES: readonly BlockClass[] = Object.freeze(
@@ -64,23 +67,30 @@ export function classFromName(name: string): BlockClass {
   return c
 }
 
-/** Meta-data is everything but guest file data (small files' included) and free space. */
+/** Meta-data is everything but guest file data (small files' and boot files' included) and free space. */
 export function isMetadata(c: BlockClass): boolean {
-  return c !== BlockClass.Data && c !== BlockClass.Free && c !== BlockClass.SmallFile
+  return c !== BlockClass.Data && c !== BlockClass.Free && !isFastData(c)
+}
+
+/** File data placed with the meta-data: small files' (`--small-files`) and boot files' (`--boot-files`). */
+export function isFastData(c: BlockClass): boolean {
+  return c === BlockClass.SmallFile || c === BlockClass.BootFile
 }
 
 /**
  * What placement keeps on the fast tiers (RAM, the SSD store) and redirects
- * writes of: meta-data, and small files' data (the paper's "place small and
- * hot files on fast storage"), which a map only holds when the mount asked.
+ * writes of: meta-data, small files' data (the paper's "place small and hot
+ * files on fast storage") and boot files' data (its "kernel image, initial
+ * RAM disk image, and init ... can be prefetched"), which a map only holds
+ * when the mount asked.
  */
 export function isFastTier(c: BlockClass): boolean {
-  return isMetadata(c) || c === BlockClass.SmallFile
+  return isMetadata(c) || isFastData(c)
 }
 
-/** Which class a 4 KiB block shared by several takes: meta-data by priority, then small-file data, then data. */
+/** Which class a 4 KiB block shared by several takes: meta-data by priority, then small-file or boot-file data, then data. */
 export function placementRank(c: BlockClass): number {
-  return isMetadata(c) ? 2 + priorityOf(c) : c === BlockClass.SmallFile ? 1 : 0
+  return isMetadata(c) ? 2 + priorityOf(c) : isFastData(c) ? 1 : 0
 }
 
 /**

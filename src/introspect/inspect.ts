@@ -25,6 +25,8 @@ export interface InspectOptions {
   openFile?: OpenOptions['openFile']
   /** Data of regular files up to this many bytes is classed small-file (ExtScanOptions.smallFileBytes; default 0: none). */
   smallFileBytes?: number
+  /** Class the data of the guest's boot files (by name) boot-file (ExtScanOptions.bootFiles; default false). */
+  bootFiles?: boolean
 }
 
 export interface FsReport {
@@ -105,7 +107,7 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
           const saved = opts.restore?.get(v.index)
           if (saved) {
             try {
-              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved, { smallFileBytes: opts.smallFileBytes }) })
+              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved, { smallFileBytes: opts.smallFileBytes, bootFiles: opts.bootFiles }) })
               restored.push(v.index)
               continue
             } catch (e) {
@@ -114,6 +116,7 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
           }
           const fs = await scanExt(volumeReader(disk, v), {
             smallFileBytes: opts.smallFileBytes,
+            bootFiles: opts.bootFiles,
             onProgress: opts.onProgress ? (d, t) => opts.onProgress?.(what, d, t) : undefined,
           })
           filesystems.push({ volume: v, fs })

@@ -16,7 +16,7 @@
 import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
-import { BlockClass, className, isFastTier, isMetadata, placementRank, priorityOf } from '../introspect/classes'
+import { BlockClass, className, isFastData, isFastTier, isMetadata, placementRank, priorityOf } from '../introspect/classes'
 import { probeImage } from '../introspect/container'
 import type { DiskFile } from '../introspect/container/disk'
 import { IntrospectError, IntrospectIOError } from '../introspect/errors'
@@ -50,6 +50,8 @@ export interface DatapathOptions {
   hdd?: HddModel | null
   /** Data of regular files up to this many bytes is placed with the meta-data (--small-files; default 0: off). */
   smallFileBytes?: number
+  /** The data of the guests' boot files (kernels, initial RAM disks, init; found by name) is placed with the meta-data (--boot-files; default false). */
+  bootFiles?: boolean
   /**
    * Writes to blocks the guest has newly allocated are held on the SSD store
    * while it holds fewer unwritten bytes than this (--new-data; default 0: off).
@@ -342,7 +344,7 @@ export class Datapath {
       // What the scan reads is kept for the preload (it is most of the meta-data); writes drop their copies.
       entry.router.keepScanReads(SCAN_KEEP_MAX)
       try {
-        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined, smallFileBytes: this.opts.smallFileBytes ?? 0 })
+        ins = await inspectImage(entry.abs, { storeRoot: this.opts.storeRoot, openFile: this.openFor(entry), restore: entry.restore ?? undefined, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false })
       } catch (e) {
         entry.scanWrites = null
         entry.router.dropScanReads()
@@ -380,13 +382,15 @@ export class Datapath {
       if (raced) log.warn(`image ${entry.rel}: the guest kept writing meta-data during ${MAX_SCAN_TRIES} scans: the map may miss some of it until those blocks are written again`)
       let meta = 0
       let small = 0
+      let boot = 0
       for (const [cls, n] of fileMap.countByClass()) {
         if (isMetadata(cls)) meta += n
         else if (cls === BlockClass.SmallFile) small += n
+        else if (cls === BlockClass.BootFile) boot += n
       }
       log.info(
         `image ${entry.rel}: ${entry.scan.restored ? 'restored from its clean-unmount record (no inode walk)' : 'scanned'} in ${entry.scan.ms} ms (${entry.scan.format}, ${ins.report.partitions.length} volume(s), ` +
-          `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s)${small ? ` and ${small} block(s) of small files' data` : ''} of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
+          `${ins.filesystems.map((f) => f.fs.info.type).join('+') || 'no ext file system'}): ${meta} meta-data block(s)${small ? `, ${small} block(s) of small files' data` : ''}${boot ? `, ${boot} block(s) of boot files' data (${ins.filesystems.reduce((a, f) => a + f.fs.bootFileInodes.length, 0)} file(s))` : ''} of ${Math.ceil(entry.router.fileSize / BLOCK)}`,
       )
       if (!this.ssd.failed) this.ssd.saveMap(entry.id, fileMap.serialize(BLOCK))
       await this.preload(entry)
@@ -447,7 +451,7 @@ export class Datapath {
     // A restart with a warm SSD store: RAM gets what it held, from the store, not the HDD.
     const t0 = Date.now()
     const refilled = await router.refillRam(want, () => this.closed || entry.unlinked)
-    if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms (meta-data first, then small files' data)`)
+    if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms (meta-data first, then small and boot files' data)`)
     // What is left to read: wanted blocks the SSD store does not hold yet; meta-data first (what
     // lookups need), then small files' data (--small-files), each in one sweep in file order.
     const plan = (pick: (cls: BlockClass) => boolean) => {
@@ -475,7 +479,7 @@ export class Datapath {
       }
       return { spans, missing }
     }
-    const isSmall = (cls: BlockClass) => cls === BlockClass.SmallFile
+    const isSmall = isFastData
     const meta = plan(isMetadata)
     if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
     const idleMs = this.opts.destageIdleMs ?? 200
@@ -494,7 +498,7 @@ export class Datapath {
     const before = router.counters.preloaded
     const done = await sweep(small.spans, isSmall, true)
     const n = router.counters.preloaded - before
-    log.info(`image ${entry.rel}: small files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
+    log.info(`image ${entry.rel}: small and boot files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
   }
 
   // --- the request path ------------------------------------------------------

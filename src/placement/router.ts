@@ -21,7 +21,7 @@
 // cleans what it read (`watch`).
 
 import fs from 'fs'
-import { BlockClass, isFastTier, priorityOf } from '../introspect/classes'
+import { BlockClass, isFastData, isFastTier, priorityOf } from '../introspect/classes'
 import { BLOCK, blockKey, type RamCache } from '../store/ram'
 import type { SsdStore } from '../store/ssd'
 
@@ -137,7 +137,7 @@ function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): 
  * whatever its bytes (a zero block of a file is read like any other).
  */
 function ramWorthy(cls: BlockClass, blk: Buffer): boolean {
-  return cls === BlockClass.SmallFile || !blk.equals(ZERO_BLOCK)
+  return isFastData(cls) || !blk.equals(ZERO_BLOCK)
 }
 
 /** Longest destage write, in blocks (1 MiB). */

@@ -186,7 +186,7 @@ describe('a mount with small files on the fast tiers', () => {
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
       try {
         await waitFor(() => JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]?.scan.warm === true, 30_000, 'the scan and preload')
-        await waitFor(() => /small files: \d+ data block\(s\)/.test(m.log()), 10_000, 'the small-file preload log line')
+        await waitFor(() => /small and boot files: \d+ data block\(s\)/.test(m.log()), 10_000, 'the small-file preload log line')
         const st0 = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]
         // The image is one ext4 at offset 0 with 4 KiB blocks: file blocks are fs blocks.
         expect(st0.mapClasses['small-file']).toBe(small.size)

@@ -5,7 +5,7 @@
 // block map is walked level by level (walk.ts).
 
 import { BlockClass, isMetadata } from '../../classes'
-import { CorruptError, NotThisFormatError } from '../../errors'
+import { CorruptError, IntrospectError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
 import type { Reader } from '../../reader'
 import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode'
@@ -25,6 +25,12 @@ export interface ExtScanOptions {
    * state: a restore with another value does not fit (the map would differ).
    */
   smallFileBytes?: number
+  /**
+   * Find the guest's boot files by name (kernels and initial RAM disks in /
+   * and /boot, and /sbin/init, symlinks followed) and class their data
+   * blocks BootFile (default false). Part of a saved state too.
+   */
+  bootFiles?: boolean
 }
 
 export interface ExtInfo {
@@ -73,6 +79,14 @@ export const MAX_OBJECTS = 1 << 20
 /** Journal blocks whose descriptor named a home block, waiting for their copy to be written (oldest dropped past this). */
 const MAX_PENDING_JOURNAL = 1 << 16
 const ROOT_INO = 2
+/** Names of kernels and initial RAM disks (Debian's vmlinuz-*, initrd.img-*; Red Hat's initramfs-*.img; bare vmlinuz, bzImage). */
+const BOOT_NAME = /^(vmlinuz|vmlinux|bzImage|initrd|initramfs|kernel)([-._].*)?$/
+/** At most this many boot files, each at most this large (a hostile image cannot fill the SSD store by naming files). */
+const MAX_BOOT_FILES = 32
+const MAX_BOOT_FILE_BYTES = 1 << 30
+/** Directories read while looking for boot files: at most this many, of at most this many blocks each (a hostile image's symlink loops end there). */
+const MAX_DIR_READS = 64
+const MAX_DIR_BLOCKS = 256
 const EXT_STATE_MAGIC = Buffer.from('VMDIEXT1', 'latin1')
 const RESIZE_INO = 7
 
@@ -121,9 +135,20 @@ export class ExtFs {
   private journalExtents: JournalLayout['extents'] = []
 
   private readonly smallFileBytes: number
+  private readonly bootFiles: boolean
+  /** Inodes of the boot files found by name at the scan, with their i_generation (a freed or reused one leaves). */
+  private bootInodes = new Map<number, number>()
+  /** Directory reads the boot-file lookup may still make. */
+  private lookupBudget = 0
 
   constructor(private readonly r: Reader, private readonly opts: ExtScanOptions = {}) {
     this.smallFileBytes = Math.max(0, Math.floor(opts.smallFileBytes ?? 0))
+    this.bootFiles = opts.bootFiles ?? false
+  }
+
+  /** The inodes classed boot-file (for reports and tests). */
+  get bootFileInodes(): number[] {
+    return [...this.bootInodes.keys()].sort((a, b) => a - b)
   }
 
   private skip(reason: string): void {
@@ -169,6 +194,7 @@ export class ExtFs {
     this.addGroupStructures(runs)
     if (sb.incompat & INCOMPAT.mmp && sb.mmpBlock > 0 && sb.mmpBlock < sb.blocksCount) runs.push([sb.mmpBlock, 1, BlockClass.Mmp])
     const nStatic = runs.length
+    if (this.bootFiles) await this.findBootFiles()
 
     // Inode tables: the used part of each, coalesced across groups (flex_bg packs them together).
     const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
@@ -255,7 +281,7 @@ export class ExtFs {
    * the journal's extents. Binary: magic, a JSON header, then typed arrays.
    */
   exportState(): Buffer {
-    const head = Buffer.from(JSON.stringify({ uuid: this.info.uuid, blocksCount: this.info.blocksCount, journalExtents: this.journalExtents, smallFileBytes: this.smallFileBytes }))
+    const head = Buffer.from(JSON.stringify({ uuid: this.info.uuid, blocksCount: this.info.blocksCount, journalExtents: this.journalExtents, smallFileBytes: this.smallFileBytes, bootFiles: this.bootFiles, bootInodes: [...this.bootInodes] }))
     const map = this.map.serialize(this.info.blockSize)
     const owners = new Float64Array(this.mappingOwner.size * 2)
     let k = 0
@@ -291,9 +317,11 @@ export class ExtFs {
       parts.push(state.subarray(at + 4, at + 4 + n))
       at += 4 + n
     }
-    const head = JSON.parse(parts[0].toString()) as { uuid: string; blocksCount: number; journalExtents: JournalLayout['extents']; smallFileBytes?: number }
+    const head = JSON.parse(parts[0].toString()) as { uuid: string; blocksCount: number; journalExtents: JournalLayout['extents']; smallFileBytes?: number; bootFiles?: boolean; bootInodes?: [number, number][] }
     if (head.uuid !== fs.info.uuid || head.blocksCount !== fs.info.blocksCount) throw bad(`made for ${head.uuid} with ${head.blocksCount} blocks`)
     if ((head.smallFileBytes ?? 0) !== fs.smallFileBytes) throw bad(`made with small files up to ${head.smallFileBytes ?? 0} bytes, not ${fs.smallFileBytes}`)
+    if ((head.bootFiles ?? false) !== fs.bootFiles) throw bad(`made with boot files ${head.bootFiles ? 'on' : 'off'}`)
+    fs.bootInodes = new Map(head.bootInodes ?? [])
     fs.map = ExtentMap.deserialize(Buffer.from(parts[1])).map
     const owners = new Float64Array(new Uint8Array(parts[2]).buffer)
     for (let k = 0; k + 1 < owners.length; k += 2) fs.mappingOwner.set(owners[k], owners[k + 1])
@@ -419,6 +447,7 @@ export class ExtFs {
     else if (type === S_IFDIR) dataClass = BlockClass.Directory
     else if (type === S_IFLNK) dataClass = BlockClass.Symlink
     else if (inode.flags & EXT4_EA_INODE_FL) dataClass = BlockClass.Xattr
+    else if (type === S_IFREG && this.bootInodes.get(ino) === inode.generation) dataClass = BlockClass.BootFile
     else if (type === S_IFREG && inode.size > 0 && inode.size <= this.smallFileBytes) dataClass = BlockClass.SmallFile
     return { inode, dataClass }
   }
@@ -584,6 +613,110 @@ export class ExtFs {
     return parseInode(await this.r.read(off, sb.inodeSize), 0, ino)
   }
 
+  /** Each entry of one directory block but . and (unless `dotdot`) .. ; a bad rec_len ends the block, counted as a skip. */
+  private dirBlockEntries(buf: Buffer, dino: number, block: number, fn: (name: string, child: number) => void, dotdot = false): void {
+    for (let o = 0; o + 8 <= buf.length; ) {
+      const child = buf.readUInt32LE(o)
+      const recLen = buf.readUInt16LE(o + 4)
+      const nameLen = buf.readUInt8(o + 6)
+      if (recLen < 8 || o + recLen > buf.length) {
+        this.skip(`directory inode ${dino}: block ${block}: rec_len ${recLen} at byte ${o}`)
+        break
+      }
+      if (child && nameLen && 8 + nameLen <= recLen) {
+        const name = buf.toString('utf8', o + 8, o + 8 + nameLen)
+        if (name !== '.' && (name !== '..' || dotdot)) fn(name, child)
+      }
+      o += recLen
+    }
+  }
+
+  /** Name → inode of a directory's entries, .. included (empty if ino is not a directory or is out of range). */
+  private async dirEntries(ino: number): Promise<Map<string, number>> {
+    const out = new Map<string, number>()
+    if (ino < 1 || ino > this.sb.inodesCount || this.lookupBudget-- <= 0) return out
+    const inode = await this.readInode(ino)
+    if (!inUse(inode) || (inode.mode & S_IFMT) !== S_IFDIR) return out
+    const blocks: number[] = []
+    await walkInodes(this.src, [{ inode, dataClass: BlockClass.Directory }], {
+      meta: (s, n, cls) => {
+        if (cls === BlockClass.Directory) for (let k = 0; k < n && blocks.length < MAX_DIR_BLOCKS; k++) blocks.push(s + k)
+      },
+      skip: (r) => this.skip(r),
+    })
+    const bufs = await this.src.readBlocks(blocks)
+    for (const b of blocks) this.dirBlockEntries(bufs.get(b) as Buffer, ino, b, (name, child) => out.set(name, child), true)
+    return out
+  }
+
+  /** The inode a path names, symlinks followed (at most 8), or 0. */
+  private async resolve(path: string): Promise<number> {
+    let todo = path.split('/').filter(Boolean)
+    let dir = ROOT_INO
+    let cur = ROOT_INO
+    for (let hops = 0; todo.length; ) {
+      const name = todo.shift()!
+      if (name === '.') continue
+      cur = (await this.dirEntries(dir)).get(name) ?? 0
+      if (!cur || cur > this.sb.inodesCount) return 0
+      const inode = await this.readInode(cur)
+      if (!inUse(inode)) return 0
+      if ((inode.mode & S_IFMT) === S_IFLNK) {
+        if (++hops > 8 || inode.size > 4096) return 0
+        let target: string
+        if (inode.size < 60 && !(inode.flags & 0x80000)) target = inode.block.toString('utf8', 0, inode.size)
+        else {
+          const blocks: number[] = []
+          await walkInodes(this.src, [{ inode, dataClass: BlockClass.Symlink }], { meta: (s) => blocks.push(s), skip: (r) => this.skip(r) })
+          if (!blocks.length) return 0
+          target = (await this.r.read(blocks[0] * this.sb.blockSize, this.sb.blockSize)).toString('utf8', 0, inode.size)
+        }
+        todo = [...target.split('/').filter(Boolean), ...todo]
+        if (target.startsWith('/')) dir = ROOT_INO
+        continue
+      }
+      if ((inode.mode & S_IFMT) === S_IFDIR) dir = cur
+      else if (todo.length) return 0
+    }
+    return cur
+  }
+
+  /**
+   * The guest's boot files by name (the paper: "the corresponding kernel
+   * image, initial RAM disk image, and init ... can be prefetched"): kernels
+   * and initial RAM disks in / (a /boot file system) and /boot, and what
+   * /sbin/init names. Only regular files, at most MAX_BOOT_FILES of at most
+   * 1 GiB. A directory that cannot be read is a counted skip, not an error.
+   */
+  private async findBootFiles(): Promise<void> {
+    const add = async (ino: number) => {
+      if (!ino || ino > this.sb.inodesCount || this.bootInodes.size >= MAX_BOOT_FILES) return
+      const inode = await this.readInode(ino)
+      if (inUse(inode) && (inode.mode & S_IFMT) === S_IFREG && inode.size <= MAX_BOOT_FILE_BYTES) this.bootInodes.set(ino, inode.generation)
+    }
+    this.lookupBudget = MAX_DIR_READS
+    try {
+      const root = await this.dirEntries(ROOT_INO)
+      const candidates: [string, number, string][] = [...root].map(([n, i]) => [n, i, '/'])
+      const boot = root.get('boot')
+      if (boot) candidates.push(...[...(await this.dirEntries(boot))].map(([n, i]): [string, number, string] => [n, i, '/boot/']))
+      for (const [name, ino, dir] of candidates) if (BOOT_NAME.test(name)) await add(await this.resolveFrom(ino, dir))
+      await add(await this.resolve('/sbin/init'))
+    } catch (e) {
+      if (!(e instanceof IntrospectError)) throw e
+      this.skip(`boot files: ${e.message}`)
+    }
+  }
+
+  /** An entry of directory `dir` (a path ending in /): its inode, or what it links to (/vmlinuz → boot/vmlinuz-…). */
+  private async resolveFrom(ino: number, dir: string): Promise<number> {
+    if (ino < 1 || ino > this.sb.inodesCount) return 0
+    const inode = await this.readInode(ino)
+    if ((inode.mode & S_IFMT) !== S_IFLNK || inode.size >= 60 || inode.flags & 0x80000) return ino
+    const target = inode.block.toString('utf8', 0, inode.size)
+    return this.resolve(target.startsWith('/') ? target : dir + target)
+  }
+
   /** Path of an inode, from a parent map built once from every directory (like debugfs ncheck). */
   private async pathOf(ino: number): Promise<string> {
     if (ino === ROOT_INO) return '/'
@@ -598,21 +731,9 @@ export class ExtFs {
       await walkInodes(src, dirs, { meta: (s, n, cls, dino) => cls === BlockClass.Directory && blocksOf.push([s, dino]) && n > 1 && blocksOf.push(...Array.from({ length: n - 1 }, (_, k) => [s + k + 1, dino] as [number, number])), skip: () => undefined })
       const bufs = await src.readBlocks(blocksOf.map(([b]) => b))
       for (const [b, dino] of blocksOf) {
-        const buf = bufs.get(b) as Buffer
-        for (let o = 0; o + 8 <= buf.length; ) {
-          const child = buf.readUInt32LE(o)
-          const recLen = buf.readUInt16LE(o + 4)
-          const nameLen = buf.readUInt8(o + 6)
-          if (recLen < 8 || o + recLen > buf.length) {
-            this.skip(`directory inode ${dino}: block ${b}: rec_len ${recLen} at byte ${o}`)
-            break
-          }
-          if (child && nameLen && 8 + nameLen <= recLen) {
-            const name = buf.toString('utf8', o + 8, o + 8 + nameLen)
-            if (name !== '.' && name !== '..' && !parents.has(child)) parents.set(child, { parent: dino, name })
-          }
-          o += recLen
-        }
+        this.dirBlockEntries(bufs.get(b) as Buffer, dino, b, (name, child) => {
+          if (!parents.has(child)) parents.set(child, { parent: dino, name })
+        })
       }
       this.parents = parents
     }
@@ -746,6 +867,8 @@ export class ExtFs {
     }
     const oldRuns = inUse(before) ? await collect(before, false) : []
     const newRuns = inUse(after) ? await collect(after, true) : []
+    // A freed boot file leaves the set, and so does its inode reused by a new file (another generation).
+    if (this.bootInodes.has(after.ino) && (!inUse(after) || after.generation !== this.bootInodes.get(after.ino))) this.bootInodes.delete(after.ino)
     const oldAcl = inUse(before) ? before.fileAcl : 0
     const newAcl = inUse(after) ? after.fileAcl : 0
     if (oldAcl !== newAcl) {

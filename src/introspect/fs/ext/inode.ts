@@ -21,6 +21,8 @@ export interface Inode {
   size: number
   flags: number
   fileAcl: number
+  /** i_generation: a new file in a reused inode gets another (the kernel draws it at random). */
+  generation: number
   /** The 60 bytes of i_block: pointers, an extent header, inline data or a fast symlink target. */
   block: Buffer
 }
@@ -34,6 +36,7 @@ export function parseInode(b: Buffer, o: number, ino: number): Inode {
     flags: b.readUInt32LE(o + 0x20),
     block: b.subarray(o + 0x28, o + 0x28 + 60),
     fileAcl: b.readUInt32LE(o + 0x68) + b.readUInt16LE(o + 0x76) * 2 ** 32,
+    generation: b.readUInt32LE(o + 0x64),
   }
 }
 
