@@ -163,7 +163,7 @@ function metaBlocks(im: { mapClasses?: Record<string, number> }): number {
     .reduce((a, [, n]) => a + n, 0)
 }
 
-/** Waits until the image's scan is done and its meta-data (and small files' data) preloaded. */
+/** Waits until the image's scan is done and its meta-data (and small and boot files' data) preloaded. */
 async function waitScan(fuse: FuseMount, flat: string): Promise<{ scanSeconds: number; preloadSeconds: number; meta: number; mapBytes: number; fileBytes: number | null; preloaded: number }> {
   const t0 = Date.now()
   let doneAt = 0
@@ -280,7 +280,7 @@ async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snap
     fs.closeSync(fd)
   }
   await fuse.umount()
-  progress(`${copy.image.name}: scan ${s.scanSeconds.toFixed(1)} s, preload ${s.preloadSeconds.toFixed(1)} s (${s.preloaded} blocks: meta-data, of ${s.meta}, and small files' data)`)
+  progress(`${copy.image.name}: scan ${s.scanSeconds.toFixed(1)} s, preload ${s.preloadSeconds.toFixed(1)} s (${s.preloaded} blocks: meta-data, of ${s.meta}, and small and boot files' data)`)
   ctx.scans.push({
     image: copy.image.flat,
     fs: copy.image.name,

@@ -453,7 +453,7 @@ export class Datapath {
     const refilled = await router.refillRam(want, () => this.closed || entry.unlinked)
     if (refilled) log.info(`image ${entry.rel}: warm start: ${refilled} block(s) copied to RAM from the SSD store in ${Date.now() - t0} ms (meta-data first, then small and boot files' data)`)
     // What is left to read: wanted blocks the SSD store does not hold yet; meta-data first (what
-    // lookups need), then small files' data (--small-files), each in one sweep in file order.
+    // lookups need), then small and boot files' data, each in one sweep in file order.
     const plan = (pick: (cls: BlockClass) => boolean) => {
       const spans: [number, number][] = []
       const add = (s: number, c: number) => {
@@ -479,7 +479,6 @@ export class Datapath {
       }
       return { spans, missing }
     }
-    const isSmall = isFastData
     const meta = plan(isMetadata)
     if (adopted) log.info(`image ${entry.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
     const idleMs = this.opts.destageIdleMs ?? 200
@@ -492,11 +491,11 @@ export class Datapath {
       return true
     }
     if (!(await sweep(meta.spans, isMetadata, false))) return
-    const small = plan(isSmall)
+    const small = plan(isFastData)
     if (small.missing === 0) return
     const t1 = Date.now()
     const before = router.counters.preloaded
-    const done = await sweep(small.spans, isSmall, true)
+    const done = await sweep(small.spans, isFastData, true)
     const n = router.counters.preloaded - before
     log.info(`image ${entry.rel}: small and boot files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
   }

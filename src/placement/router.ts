@@ -3,9 +3,11 @@
 // meta-data from RAM, then the SSD store, then the HDD file (keeping what it
 // read on both), while data goes straight to the HDD file in coalesced
 // pread/pwrite. Meta-data writes are redirected: RAM and the SSD store, marked
-// dirty, never the HDD until destage. Small files' data, when the mount
-// places it with the meta-data (--small-files), is routed exactly like
-// meta-data: "meta-data" below means every fast-tier class (isFastTier).
+// dirty, never the HDD until destage. Small and boot files' data, when the
+// mount places it with the meta-data (--small-files, --boot-files), is routed
+// exactly like meta-data: "meta-data" below means every fast-tier class
+// (isFastTier). So are data writes the caller found newly allocated
+// (--new-data: `absorb`), which then stay dirty, and routed so, until destaged.
 //
 // The one invariant everything here keeps (read-your-writes): a block has
 // exactly one authoritative copy, the SSD store's when it holds a dirty copy
@@ -133,8 +135,8 @@ function copyPart(blk: Buffer, b: number, buf: Buffer, pos: number, n: number): 
 /**
  * Whether a copy goes to RAM when the store takes it (preload, refill): all-zero
  * meta-data blocks (unused inode-table space, empty bitmaps) stay on the SSD
- * store only, RAM is kept for what lookups read; small files' data goes in
- * whatever its bytes (a zero block of a file is read like any other).
+ * store only, RAM is kept for what lookups read; small and boot files' data
+ * goes in whatever its bytes (a zero block of a file is read like any other).
  */
 function ramWorthy(cls: BlockClass, blk: Buffer): boolean {
   return isFastData(cls) || !blk.equals(ZERO_BLOCK)
