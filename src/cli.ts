@@ -63,7 +63,7 @@ program
       '  vmdi-fuse umount /export                     unmount and wait for the daemon to exit\n' +
       '  vmdi-fuse status /export --json              what the daemon is doing\n' +
       '  vmdi-fuse stats /export                      per image and class: hits, redirected writes, dirty blocks, scans\n' +
-      '  vmdi-fuse destage /export vm1.img            write vm1.img\'s meta-data back to the HDD now\n' +
+      '  vmdi-fuse destage /export vm1.img            write what the SSD store holds back of vm1.img to the HDD now\n' +
       '  vmdi-fuse -f --ssd /ssd/vmdi.sqlite --ram-cache 2G --exclude \'scratch/**\' /hdd/store /export\n',
   )
   .action(async (store: string, mountpoint: string, o: Record<string, unknown>) => {
@@ -207,7 +207,7 @@ program
 
 program
   .command('destage')
-  .description('write the dirty meta-data blocks of every image (or of IMAGE, relative to STORE) back to the HDD now, and wait until they are synced')
+  .description('write the dirty blocks the SSD store holds back (meta-data, small and boot files\' data, new data) of every image (or of IMAGE, relative to STORE) to the HDD now, and wait until they are synced')
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .argument('[image]', 'one image, by its path relative to STORE')
   .option('--json', 'machine-readable output')
