@@ -521,7 +521,10 @@ export class Datapath {
         await run.catch((e) => log.warn(`image ${entry.rel}: live map update at byte ${pos} failed: ${(e as Error).message}`))
       }
     }
-    const absorb = !touchesMeta && entry.ins !== null && len > 0 && this.dirtyTotal() < this.newDataBlocks && (await this.newAllocation(entry, pos, len))
+    // New data: a write of file data only (small and boot files' data is routed by its class anyway).
+    let fileData = !touchesMeta && entry.ins !== null && len > 0
+    for (let b = first; b <= last && fileData; b++) fileData = !isFastData(entry.map.classOf(b))
+    const absorb = fileData && this.dirtyTotal() < this.newDataBlocks && (await this.newAllocation(entry, pos, len))
     return entry.router.write(buf, len, pos, absorb)
   }
 
