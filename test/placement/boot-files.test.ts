@@ -13,8 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BlockClass, className } from '../../src/introspect/classes'
 import { CorruptError } from '../../src/introspect/errors'
 import { ExtFs, scanExt } from '../../src/introspect/fs/ext'
-import { BufferReader, FileReader } from '../../src/introspect/reader'
+import { FileReader } from '../../src/introspect/reader'
 import { runCli } from '../helpers/cli'
+import { replayChanges } from '../helpers/replay'
 import { mount, tmpdir, waitFor } from '../helpers/mount'
 
 let base = ''
@@ -145,25 +146,10 @@ describe('the ext scan with boot files', () => {
       execFileSync('umount', [mnt])
     }
     expect([0, 1, 2].map((f) => inodeOf(after, `/etc/new${f}`))).toContain(initrdIno)
-    const a = fs.readFileSync(before)
-    const b = fs.readFileSync(after)
-    const bs = 4096
-    const live = Buffer.from(a)
-    const efs = await scanExt(new BufferReader(live, 'live'), { bootFiles: true })
-    const changed: number[] = []
-    for (let k = 0; k < a.length / bs; k++) if (!a.subarray(k * bs, (k + 1) * bs).equals(b.subarray(k * bs, (k + 1) * bs))) changed.push(k)
-    const itable = changed.filter((k) => efs.classOf(k) === BlockClass.InodeTable)
-    for (const k of [...changed.filter((k) => efs.classOf(k) !== BlockClass.InodeTable), ...itable]) {
-      const nb = b.subarray(k * bs, (k + 1) * bs)
-      await efs.update(k, Buffer.from(nb))
-      nb.copy(live, k * bs)
-    }
-    const fresh = await scanExt(new BufferReader(b, 'after'), { bootFiles: true })
-    const wrong: string[] = []
-    for (let k = 0; k < a.length / bs && wrong.length < 10; k++) if (efs.classOf(k) !== fresh.classOf(k)) wrong.push(`block ${k}: ${className(efs.classOf(k))}, fresh ${className(fresh.classOf(k))}`)
+    const { live, fresh, wrong } = await replayChanges(fs.readFileSync(before), fs.readFileSync(after), { bootFiles: true })
     expect(wrong).toEqual([])
     expect(fresh.bootFileInodes.length).toBe(2)
-    expect(efs.bootFileInodes).toEqual(fresh.bootFileInodes)
+    expect(live.bootFileInodes).toEqual(fresh.bootFileInodes)
   })
 })
 
