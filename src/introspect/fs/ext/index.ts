@@ -8,7 +8,7 @@ import { BlockClass, isMetadata } from '../../classes'
 import { CorruptError, IntrospectError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
 import type { Reader } from '../../reader'
-import { EXT4_EA_INODE_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode'
+import { EXT4_EA_INODE_FL, EXT4_EXTENTS_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode'
 import { jbd2HomeBlocks, parseJournalSuperblock, sniffClass, type JournalLayout } from './journal'
 import { COMPAT, featureNames, gdtBlocks, groupHasSuper, INCOMPAT, parseSuperblock, RO_COMPAT, staticLayout, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, type Superblock } from './superblock'
 import { CoalescingReader, walkInodes, type WalkTarget } from './walk'
@@ -662,15 +662,8 @@ export class ExtFs {
       const inode = await this.readInode(cur)
       if (!inUse(inode)) return 0
       if ((inode.mode & S_IFMT) === S_IFLNK) {
-        if (++hops > 8 || inode.size > 4096) return 0
-        let target: string
-        if (inode.size < 60 && !(inode.flags & 0x80000)) target = inode.block.toString('utf8', 0, inode.size)
-        else {
-          const blocks: number[] = []
-          await walkInodes(this.src, [{ inode, dataClass: BlockClass.Symlink }], { meta: (s) => blocks.push(s), skip: (r) => this.skip(r) })
-          if (!blocks.length) return 0
-          target = (await this.r.read(blocks[0] * this.sb.blockSize, this.sb.blockSize)).toString('utf8', 0, inode.size)
-        }
+        const target = ++hops > 8 ? null : await this.symlinkTarget(inode)
+        if (target === null) return 0
         todo = [...target.split('/').filter(Boolean), ...todo]
         if (target.startsWith('/')) dir = ROOT_INO
         continue
@@ -712,9 +705,19 @@ export class ExtFs {
   private async resolveFrom(ino: number, dir: string): Promise<number> {
     if (ino < 1 || ino > this.sb.inodesCount) return 0
     const inode = await this.readInode(ino)
-    if ((inode.mode & S_IFMT) !== S_IFLNK || inode.size >= 60 || inode.flags & 0x80000) return ino
-    const target = inode.block.toString('utf8', 0, inode.size)
-    return this.resolve(target.startsWith('/') ? target : dir + target)
+    if ((inode.mode & S_IFMT) !== S_IFLNK) return ino
+    const target = await this.symlinkTarget(inode)
+    return target === null ? 0 : this.resolve(target.startsWith('/') ? target : dir + target)
+  }
+
+  /** A symlink's target: in the inode (a fast symlink) or its first block; null past 4 KiB or unreadable. */
+  private async symlinkTarget(inode: Inode): Promise<string | null> {
+    if (inode.size > 4096) return null
+    if (inode.size < 60 && !(inode.flags & EXT4_EXTENTS_FL)) return inode.block.toString('utf8', 0, inode.size)
+    const blocks: number[] = []
+    await walkInodes(this.src, [{ inode, dataClass: BlockClass.Symlink }], { meta: (s) => blocks.push(s), skip: (r) => this.skip(r) })
+    if (!blocks.length) return null
+    return (await this.r.read(blocks[0] * this.sb.blockSize, this.sb.blockSize)).toString('utf8', 0, inode.size)
   }
 
   /** Path of an inode, from a parent map built once from every directory (like debugfs ncheck). */
