@@ -19,6 +19,15 @@ export function tmpdir(prefix = 'vmdi-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
 }
 
+/** A mount test's places under base/name: the store and the guest's mount point (both made), a tree to fill, the mount point. */
+export function testDirs(base: string, name: string): { store: string; guest: string; tree: string; mnt: string } {
+  const dir = path.join(base, name)
+  const out = { store: path.join(dir, 'store'), guest: path.join(dir, 'guest'), tree: path.join(dir, 'tree'), mnt: path.join(dir, 'mnt') }
+  fs.mkdirSync(out.store, { recursive: true })
+  fs.mkdirSync(out.guest, { recursive: true })
+  return out
+}
+
 export function isMounted(mnt: string): boolean {
   const real = path.resolve(mnt)
   return fs

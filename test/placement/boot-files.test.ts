@@ -16,7 +16,7 @@ import { ExtFs, scanExt } from '../../src/introspect/fs/ext'
 import { FileReader } from '../../src/introspect/reader'
 import { runCli } from '../helpers/cli'
 import { replayChanges } from '../helpers/replay'
-import { mount, tmpdir, waitFor } from '../helpers/mount'
+import { mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
 
 let base = ''
 beforeAll(() => {
@@ -155,16 +155,11 @@ describe('the ext scan with boot files', () => {
 
 describe('a mount with boot files on the fast tiers', () => {
   it('preloads the kernel, initrd and init into the SSD store and serves the guest\'s reads of them without the HDD', async () => {
-    const dir = path.join(base, 'mount')
-    const store = path.join(dir, 'store')
-    const guest = path.join(dir, 'guest')
-    const tree = path.join(dir, 'tree')
-    fs.mkdirSync(store, { recursive: true })
-    fs.mkdirSync(guest, { recursive: true })
+    const { store, guest, tree, mnt } = testDirs(base, 'mount')
     rootTree(tree)
     const img = path.join(store, 'vm.img')
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-d', tree, img, '64M'])
-    const m = await mount(store, path.join(dir, 'mnt'))
+    const m = await mount(store, mnt)
     try {
       expect(m.log()).toMatch(/boot files' data with the meta-data: on \(default/)
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()

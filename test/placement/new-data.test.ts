@@ -12,7 +12,7 @@ import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../helpers/cli'
-import { checkImageAlone, mount, tmpdir, waitFor } from '../helpers/mount'
+import { checkImageAlone, mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
 
 let base = ''
 beforeAll(() => {
@@ -55,16 +55,11 @@ function writeFiles(dir: string, prefix: string, count: number, bytes: number): 
 
 describe('a mount holding new data on the SSD store', () => {
   it('redirects writes to newly allocated blocks and serves them from the store, not overwrites in place; destage empties it; e2fsck clean and every byte after unmount', async () => {
-    const dir = path.join(base, 'on')
-    const store = path.join(dir, 'store')
-    const guest = path.join(dir, 'guest')
-    const tree = path.join(dir, 'tree')
-    fs.mkdirSync(store, { recursive: true })
-    fs.mkdirSync(guest, { recursive: true })
+    const { store, guest, tree, mnt } = testDirs(base, 'on')
     const old = writeFiles(tree, 'old', 8, 256 << 10)
     const img = path.join(store, 'vm.img')
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-d', tree, img, '256M'])
-    const m = await mount(store, path.join(dir, 'mnt'), [], NO_BACKGROUND_DESTAGE)
+    const m = await mount(store, mnt, [], NO_BACKGROUND_DESTAGE)
     const want = new Map<string, string>(old)
     let stopped = false
     try {
@@ -126,7 +121,7 @@ describe('a mount holding new data on the SSD store', () => {
     })
 
     // --new-data 0: new files go straight to the HDD.
-    const off = await mount(store, path.join(dir, 'mnt'), ['--new-data', '0'], NO_BACKGROUND_DESTAGE)
+    const off = await mount(store, mnt, ['--new-data', '0'], NO_BACKGROUND_DESTAGE)
     try {
       expect(off.log()).toMatch(/new data held on the SSD store: off/)
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(off.mnt, 'vm.img')], { encoding: 'utf8' }).trim()

@@ -19,7 +19,7 @@ import { FileReader } from '../../src/introspect/reader'
 import { runCli } from '../helpers/cli'
 import { replayChanges } from '../helpers/replay'
 import { e2oracle } from '../helpers/e2oracle'
-import { checkImageAlone, mount, tmpdir, waitFor } from '../helpers/mount'
+import { checkImageAlone, mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
 import { mulberry32 } from '../../src/store/hdd-model'
 
 const LIMIT = 32 * 1024
@@ -155,19 +155,14 @@ function sha(file: string): string {
 
 describe('a mount with small files on the fast tiers', () => {
   it('preloads their data into the SSD store, serves the guest\'s reads of them without the HDD, redirects and destages its writes; e2fsck clean and every byte after unmount', async () => {
-    const dir = path.join(base, 'mount')
-    const store = path.join(dir, 'store')
-    const guest = path.join(dir, 'guest')
-    const tree = path.join(dir, 'tree')
-    fs.mkdirSync(store, { recursive: true })
-    fs.mkdirSync(guest, { recursive: true })
+    const { store, guest, tree, mnt } = testDirs(base, 'mount')
     const sizes = makeTree(tree, 23)
     const img = path.join(store, 'vm.img')
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-d', tree, img, '128M'])
     const small = smallFileOracle(img, sizes)
     const smallFiles = [...sizes].filter(([, s]) => s > 0 && s <= LIMIT).map(([f]) => f)
     // No background destage while the test looks (its tick would clean the redirected blocks at any moment).
-    const m = await mount(store, path.join(dir, 'mnt'), [], { VMDI_DESTAGE_INTERVAL_MS: '600000' })
+    const m = await mount(store, mnt, [], { VMDI_DESTAGE_INTERVAL_MS: '600000' })
     let stopped = false
     try {
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
@@ -214,7 +209,7 @@ describe('a mount with small files on the fast tiers', () => {
       for (const f of sizes.keys()) expect(sha(path.join(guest, f)), f).toBe(sha(path.join(tree, f)))
     })
     // --small-files 0: the clean-unmount record (made with 32 KiB) does not fit, the image is scanned, nothing is small-file.
-    const off = await mount(store, path.join(dir, 'mnt'), ['--small-files', '0'])
+    const off = await mount(store, mnt, ['--small-files', '0'])
     try {
       fs.closeSync(fs.openSync(path.join(off.mnt, 'vm.img'), 'r'))
       await waitFor(() => JSON.parse(runCli(['stats', off.mnt, '--json']).stdout).images[0]?.scan.warm === true, 30_000, 'the scan')
