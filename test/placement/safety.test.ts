@@ -298,10 +298,14 @@ describe('the SSD store full, failing or corrupt', () => {
     const size = runCli(['-f', '--ram-cache', 'lots', store, mnt])
     expect(size.status).toBe(2)
     expect(size.stderr).toMatch(/--ram-cache "lots" is not a size/)
-    for (const [v, why] of [['few', /--small-files "few" is not a size/], ['4M', /--small-files 4M is above 1 MiB: .*or 0 to turn it off/]] as const) {
-      const small = runCli(['-f', '--small-files', v, store, mnt])
-      expect(small.status).toBe(2)
-      expect(small.stderr).toMatch(why)
+    for (const [flag, v, why] of [
+      ['--small-files', 'few', /--small-files "few" is not a size/],
+      ['--small-files', '4M', /--small-files 4M is above 1 MiB: .*or 0 to turn it off/],
+      ['--new-data', 'plenty', /--new-data "plenty" is not a size/],
+    ] as const) {
+      const r2 = runCli(['-f', flag, v, store, mnt])
+      expect(r2.status).toBe(2)
+      expect(r2.stderr).toMatch(why)
     }
     expect(isMounted(mnt)).toBe(false)
   })
