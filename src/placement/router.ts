@@ -578,6 +578,8 @@ export class ImageRouter {
     let runStart = -1
     let runLen = 0
     let runBlocks: number[] = []
+    // Asked once a request (it sums every image's dirty blocks); writeMeta asks again per block and writes through if it must.
+    const hold = absorb && this.canRedirect()
     const flushRun = async () => {
       if (!runLen) return
       const s = runStart
@@ -599,7 +601,7 @@ export class ImageRouter {
       const cls = this.classOf(b)
       const st = this.stat(cls)
       st.writes++
-      if (!this.routedAsMeta(b, cls) && !(absorb && this.canRedirect())) {
+      if (!this.routedAsMeta(b, cls) && !hold) {
         // Data: straight to the HDD; copies from an earlier class must not outlive it.
         this.beginHddWrite(b)
         runBlocks.push(b)
