@@ -14,6 +14,7 @@ import path from 'path'
 import { openImage } from '../src/introspect/container'
 import type { VirtualDisk } from '../src/introspect/container/types'
 import { PROJECT_ROOT } from '../src/root'
+import { formatSize } from '../src/size'
 
 const DIR = path.join(PROJECT_ROOT, '.cache', 'bench', 'containers')
 const VIRTUAL = 2 * 2 ** 40
@@ -122,9 +123,9 @@ async function main(): Promise<void> {
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map(
       (r) =>
-        `| ${r.image} | ${(r.virtualBytes / 2 ** 40).toFixed(0)} TiB | ${(r.allocatedBytes / 2 ** 30).toFixed(2)} GiB | ${
+        `| ${r.image} | ${formatSize(r.virtualBytes, { unit: 'TiB', digits: 0 })} | ${formatSize(r.allocatedBytes, { unit: 'GiB', digits: 2 })} | ${
           r.coldMs === null ? 'n/a (not root)' : r.coldMs.toFixed(0)
-        } | ${r.warmMs.toFixed(0)} | ${mib(r.bytesRead)} | ${mib(r.tableBytes)} | ${(r.mapBytes / 1024).toFixed(0)} KiB | ${r.mapBytesPerGrain.toFixed(2)} |`,
+        } | ${r.warmMs.toFixed(0)} | ${mib(r.bytesRead)} | ${mib(r.tableBytes)} | ${formatSize(r.mapBytes, { unit: 'KiB', digits: 0 })} | ${r.mapBytesPerGrain.toFixed(2)} |`,
     ),
   ]
   process.stdout.write(lines.join('\n') + '\n')

@@ -13,6 +13,7 @@ import fs from 'fs'
 import path from 'path'
 import { inspectImage } from '../src/introspect/inspect'
 import { PROJECT_ROOT } from '../src/root'
+import { formatSize } from '../src/size'
 
 const DIR = path.join(PROJECT_ROOT, '.cache', 'bench', 'scan')
 const SIZE = 16 * 2 ** 30
@@ -128,8 +129,8 @@ async function main(): Promise<void> {
     '| --- | --- | --- |',
     `| image | 16 GiB ext4, ${files} files | |`,
     `| scan, page cache (whole inspect, best of 3) | ${bestMs.toFixed(0)} ms (file system walk ${f.scanMs.toFixed(0)} ms) | ≤ 1000 ms |`,
-    `| bytes read / meta-data bytes | ${(f.bytesRead / 2 ** 20).toFixed(1)} MiB / ${(metaBytes / 2 ** 20).toFixed(1)} MiB = ${row.readRatio.toFixed(3)} | ≤ 1.1 |`,
-    `| reads, average size | ${f.reads}, ${(row.avgReadBytes / 1024).toFixed(0)} KiB | large |`,
+    `| bytes read / meta-data bytes | ${formatSize(f.bytesRead, { unit: 'MiB' })} / ${formatSize(metaBytes, { unit: 'MiB' })} = ${row.readRatio.toFixed(3)} | ≤ 1.1 |`,
+    `| reads, average size | ${f.reads}, ${formatSize(row.avgReadBytes, { unit: 'KiB', digits: 0 })} | large |`,
     `| map memory per 4 KiB block | ${row.fileMapBytesPer4k.toFixed(4)} byte (${row.fileMapBytes} bytes for ${blocks4k} blocks) | ≤ 0.5 byte |`,
   ]
   process.stdout.write(out.join('\n') + '\n\nblocks per class: ' + Object.entries(f.classes).map(([k, v]) => `${k} ${v.blocks}`).join(', ') + '\n')

@@ -14,6 +14,7 @@ import { readRecord, requestControl } from './fuse/runtime'
 import fs from 'fs'
 import path from 'path'
 import { runInspect, type InspectCliOptions } from './cmd/inspect'
+import { formatSize } from './size'
 
 const program = new Command()
 
@@ -158,7 +159,7 @@ program
         `open files   ${st.openFiles}`,
         `in flight    ${st.inFlight}`,
         `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
-        `direct I/O   ${direct.reads} reads (${(direct.readBytes / 2 ** 20).toFixed(1)} MiB), ${direct.writes} writes (${(direct.writeBytes / 2 ** 20).toFixed(1)} MiB) served on the FUSE threads`,
+        `direct I/O   ${direct.reads} reads (${formatSize(direct.readBytes, { unit: 'MiB' })}), ${direct.writes} writes (${formatSize(direct.writeBytes, { unit: 'MiB' })}) served on the FUSE threads`,
         ...(ramNative && ramNative.hits + ramNative.fallbacks > 0
           ? [`RAM native   ${ramNative.requests} image reads (${ramNative.hits} blocks) answered from the RAM tier on the FUSE threads, ${ramNative.fallbacks} sent to the datapath`]
           : []),
@@ -185,7 +186,7 @@ program
       return
     }
     const st = raw as unknown as import('./placement/datapath').DatapathStats
-    const mib = (b: number) => `${(b * 4096 / 2 ** 20).toFixed(1)} MiB`
+    const mib = (blocks: number) => formatSize(blocks * 4096, { unit: 'MiB' })
     const lines = [
       `mode       ${st.mode}`,
       ...hddLine,

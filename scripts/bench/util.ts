@@ -4,6 +4,7 @@
 import { ChildProcess, spawn, SpawnOptions } from 'child_process'
 import fs from 'fs'
 import { sys } from '../../src/native/sys'
+import { formatSize } from '../../src/size'
 
 const T0 = Date.now()
 
@@ -106,11 +107,9 @@ export function gamma(uni: () => number, mean: number, k: number): () => number 
   }
 }
 
+/** Bytes in the reports: GiB and beyond in GiB with two decimals, smaller sizes as formatSize shows them. */
 export function fmtBytes(n: number): string {
-  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`
-  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`
-  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`
-  return `${n} B`
+  return n >= 2 ** 30 ? formatSize(n, { unit: 'GiB', digits: 2 }) : formatSize(n)
 }
 
 /** Seeded Fisher–Yates, in place. */

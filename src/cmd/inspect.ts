@@ -5,7 +5,7 @@
 
 import fs from 'fs'
 import { CliError } from '../errors'
-import { parseSize } from '../size'
+import { formatSize, parseSize } from '../size'
 import { className } from '../introspect/classes'
 import { IntrospectError } from '../introspect/errors'
 import { inspectImage, whatIsAt, type InspectReport } from '../introspect/inspect'
@@ -31,17 +31,6 @@ export interface InspectCliOptions {
   store?: string
 }
 
-const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
-export function human(n: number): string {
-  let u = 0
-  let v = n
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024
-    u++
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`
-}
-
 /** A one-line progress bar on stderr, only when stderr is a terminal. */
 function progressBar(): { update: (what: string, done: number, total: number) => void; end: () => void } {
   if (!process.stderr.isTTY) return { update: () => undefined, end: () => undefined }
@@ -56,7 +45,7 @@ function progressBar(): { update: (what: string, done: number, total: number) =>
       const width = 30
       const frac = total > 0 ? Math.min(1, done / total) : 0
       const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.')
-      process.stderr.write(`\r[${bar}] ${(frac * 100).toFixed(0).padStart(3)}% scanning ${what} (${human(done)} of ${human(total)})\x1b[K`)
+      process.stderr.write(`\r[${bar}] ${(frac * 100).toFixed(0).padStart(3)}% scanning ${what} (${formatSize(done)} of ${formatSize(total)})\x1b[K`)
     },
     end() {
       if (shown) process.stderr.write('\r\x1b[K')
@@ -145,12 +134,12 @@ export function formatReport(r: InspectReport): string {
   let s = ''
   s += `image         ${r.image}\n`
   s += `format        ${r.format} ${r.subformat}${r.readOnly ? ` (read-only: ${r.readOnly})` : ''}\n`
-  s += `virtual size  ${human(r.virtualSize)} (${r.virtualSize} bytes)\n`
-  s += `allocated     ${human(r.allocatedBytes)}\n`
+  s += `virtual size  ${formatSize(r.virtualSize)} (${r.virtualSize} bytes)\n`
+  s += `allocated     ${formatSize(r.allocatedBytes)}\n`
   s += `files         ${r.files.join('\n              ')}\n`
   if (r.parents.length) s += `parents       ${r.parents.map((p) => `${p.path} (${p.format} ${p.subformat})`).join('\n              ')}\n`
   const metaBytes = r.regions.reduce((a, x) => a + x.length, 0)
-  s += `container meta-data  ${r.regions.length} regions, ${human(metaBytes)}\n`
+  s += `container meta-data  ${r.regions.length} regions, ${formatSize(metaBytes)}\n`
   const shown = r.regions.slice(0, 12)
   if (shown.length) {
     s += table([
@@ -163,7 +152,7 @@ export function formatReport(r: InspectReport): string {
   if (r.partitions.length) {
     s += table([
       ['#', 'scheme', 'start', 'size', 'type', 'name', 'content'],
-      ...r.partitions.map((p) => [String(p.index), p.scheme, String(p.start), human(p.size), p.type, p.name || '-', p.content]),
+      ...r.partitions.map((p) => [String(p.index), p.scheme, String(p.start), formatSize(p.size), p.type, p.name || '-', p.content]),
     ])
   }
   for (const w of r.warnings) s += `warning: ${w}\n`
@@ -172,12 +161,12 @@ export function formatReport(r: InspectReport): string {
     s += `  features: ${f.features.join(' ')}\n`
     const rows = Object.entries(f.classes)
       .filter(([, v]) => v.blocks > 0)
-      .map(([k, v]) => [k, String(v.blocks), human(v.bytes)])
+      .map(([k, v]) => [k, String(v.blocks), formatSize(v.bytes)])
     s += table([['class', 'blocks', 'bytes'], ...rows])
-    s += `  scan ${f.scanMs.toFixed(0)} ms, ${human(f.bytesRead)} read in ${f.reads} reads, map ${human(f.mapBytes)}`
+    s += `  scan ${f.scanMs.toFixed(0)} ms, ${formatSize(f.bytesRead)} read in ${f.reads} reads, map ${formatSize(f.mapBytes)}`
     s += f.skipped.count ? `, ${f.skipped.count} corrupt structures skipped (${f.skipped.reasons.slice(0, 3).join('; ')})\n` : '\n'
   }
   for (const e of r.errors) s += `volume ${e.volume}: not scanned: ${e.message}\n`
-  if (r.fileMapBytes !== undefined) s += `per-file map  ${human(r.fileMapBytes)} of RAM\n`
+  if (r.fileMapBytes !== undefined) s += `per-file map  ${formatSize(r.fileMapBytes)} of RAM\n`
   return s
 }
