@@ -169,6 +169,8 @@ export class HddModel {
   private filling: Segment | null = null
   private tick = 0
   private nextRegion = 0
+  /** Regions handed out by regionOf, by file key. */
+  private readonly regions = new Map<string, number>()
 
   constructor(profile: HddProfile = LAPTOP_5400, rng: () => number = mulberry32(1)) {
     this.profile = profile
@@ -213,6 +215,17 @@ export class HddModel {
     const GiB = 2 ** 30
     const base = this.nextRegion
     this.nextRegion += Math.max(1, Math.ceil(Math.max(0, bytes) / GiB)) * GiB + GiB
+    return base
+  }
+
+  /**
+   * The region of one file, however many times and by whom it is opened: the
+   * first call reserves it (`bytes`: its size then), later calls with the same
+   * key (any stable name of the file: device and inode) get the same base.
+   */
+  regionOf(file: string, bytes: number): number {
+    let base = this.regions.get(file)
+    if (base === undefined) this.regions.set(file, (base = this.reserve(bytes)))
     return base
   }
 

@@ -33,15 +33,14 @@ export interface ImageIdentity {
   signature: Buffer
 }
 
-export type ImageStatus =
-  /** Never seen: a fresh id, no blocks, no map. */
-  | 'new'
-  /** The same image as last time: its blocks and map are valid. */
-  | 'same'
-  /** It changed behind the store's back and the store held no dirty block for it: old blocks and map dropped. */
-  | 'reset'
-  /** It changed behind the store's back while the store holds dirty blocks for it: refuse it until recovered. */
-  | 'conflict'
+/** An image's row: its identity when last registered, the previous header signature (accepted too), its saved map and clean-unmount record. */
+export interface ImageRecord extends ImageIdentity {
+  id: number
+  /** The signature before the last setSignature (null: none, or registered by this process). */
+  prev: Buffer | null
+  map: Buffer | null
+  clean: Buffer | null
+}
 
 export class SsdError extends Error {
   constructor(message: string) {
@@ -57,6 +56,7 @@ export class SsdStore {
   private readonly blocksStmt: Database.Statement
   private readonly idStmt: Database.Statement
   private readonly dirtyStmt: Database.Statement
+  private readonly recordStmt: Database.Statement
   /** Puts and deletes not yet acknowledged by the worker, by block key (null: deleted). */
   private readonly pending = new Map<number, { seq: number; block: SsdBlock | null }>()
   /** Truncates not yet acknowledged: until then the rows they delete must not be read. */
@@ -95,6 +95,7 @@ export class SsdStore {
     this.idStmt = db.prepare('SELECT id FROM images WHERE path = ?')
     this.blocksStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ?')
     this.dirtyStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ? AND dirty = 1')
+    this.recordStmt = db.prepare('SELECT id, path, dev, ino, size, signature, prev_signature AS prev, map, clean FROM images WHERE path = ?')
     const max = db.prepare('SELECT max(id) AS m FROM images').get() as { m: number | null }
     this.nextImage = (max.m ?? 0) + 1
     worker.on('message', (m: { seq?: number; error?: string }) => {
@@ -257,39 +258,34 @@ export class SsdStore {
   }
 
   /**
-   * Finds or registers an image by path. An image whose identity (device,
-   * inode, size, header signature) changed is reset when the store holds no
-   * dirty block of it, and reported as a conflict when it does: those blocks
-   * are the only copy of acknowledged writes and must not be dropped or
-   * silently applied over a file someone else rewrote.
+   * The image registered at `path`, or null. What this process registered is
+   * read back before its row is written (the writer thread may not have got
+   * to it yet): its identity, no previous signature, no clean record, and the
+   * stored map while the row is the same image.
    */
-  registerImage(who: ImageIdentity): { id: number; status: ImageStatus; map: Buffer | null; dirtyBlocks: number; clean: Buffer | null } {
-    const stored = this.db.prepare('SELECT id, dev, ino, size, signature, prev_signature AS prev, map, clean FROM images WHERE path = ?').get(who.path) as
-      | { id: number; dev: number; ino: number; size: number; signature: Buffer; prev: Buffer | null; map: Buffer | null; clean: Buffer | null }
-      | undefined
-    const mine = this.registered.get(who.path)
-    const row = mine ? { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null, clean: null } : stored
-    this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id: row?.id ?? this.nextImage })
-    if (!row) {
-      const id = this.nextImage++
-      this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-      return { id, status: 'new', map: null, dirtyBlocks: 0, clean: null }
-    }
-    const dirty = this.dirtyBlocks(row.id).length
-    // The size is not compared: writes past the end grow the file between a crash and the
-    // next mount. The signature follows our own writes of its block (setSignature); the
-    // previous one is accepted too, for a crash between recording it and the write.
-    const same = row.dev === who.dev && row.ino === who.ino && (row.signature.equals(who.signature) || Boolean(row.prev?.equals(who.signature)))
-    if (same) {
-      if (row.size !== who.size || !row.signature.equals(who.signature)) this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-      return { id: row.id, status: 'same', map: row.map, dirtyBlocks: dirty, clean: row.clean }
-    }
-    if (dirty > 0) return { id: row.id, status: 'conflict', map: null, dirtyBlocks: dirty, clean: null }
-    this.truncate(row.id, 0)
-    this.enqueue({ op: 'map', id: row.id, data: null }, null, null)
-    this.enqueue({ op: 'cleanRecord', id: row.id, data: null }, null, null)
-    this.enqueue({ op: 'image', id: row.id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
-    return { id: row.id, status: 'reset', map: null, dirtyBlocks: 0, clean: null }
+  imageRecord(p: string): ImageRecord | null {
+    const stored = this.recordStmt.get(p) as ImageRecord | undefined
+    const mine = this.registered.get(p)
+    if (mine) return { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null, clean: null }
+    return stored ?? null
+  }
+
+  /** A row for a new image at who.path, under a fresh id. */
+  createImage(who: ImageIdentity): number {
+    const id = this.nextImage++
+    this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id })
+    this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+    return id
+  }
+
+  /**
+   * Image `id` is registered at who.path with who's identity from now on (what
+   * imageRecord reads back in this process); `write` false: its row is left as
+   * it is (it already says the same).
+   */
+  updateIdentity(id: number, who: ImageIdentity, write = true): void {
+    this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id })
+    if (write) this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
   }
 
   /**
