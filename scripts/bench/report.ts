@@ -4,7 +4,7 @@
 import { HddCounters } from './rig'
 import { Workload, WorkloadBase } from './workloads'
 import { fmtBytes } from './util'
-import type { ClassStats } from '../../src/placement/router'
+import type { ClassStats } from '../../src/placement/image-state'
 
 export type ConfigId = 'passthrough' | 'conventional' | 'introspect' | 'introspect_small_ram' | 'ram'
 export const CONFIG_IDS: ConfigId[] = ['passthrough', 'conventional', 'introspect', 'introspect_small_ram', 'ram']

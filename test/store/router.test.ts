@@ -11,7 +11,8 @@ import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BlockClass, isMetadata } from '../../src/introspect/classes'
 import { ExtentMap } from '../../src/introspect/map/extent-map'
-import { type HddDevice, ImageRouter, plainDevice } from '../../src/placement/router'
+import { type HddDevice, plainDevice } from '../../src/store/device'
+import { openRouter } from '../helpers/router'
 import { BLOCK, blockKey, RamCache } from '../../src/store/ram'
 import { SsdStore } from '../../src/store/ssd'
 import { rng } from '../helpers/rng'
@@ -81,7 +82,7 @@ describe('ImageRouter', () => {
     let ssd = SsdStore.open(ssdFile)
     const ram = new RamCache(64 * BLOCK) // far smaller than the meta-data: evictions happen
     let fd = fs.openSync(hdd, 'r+')
-    let router = new ImageRouter(fd, 1, ram, ssd, (b) => map.classOf(b))
+    let router = openRouter(fd, 1, ram, ssd, (b) => map.classOf(b))
     const ops = 20000
     let dirtyMax = 0
     let heldData = false
@@ -129,7 +130,7 @@ describe('ImageRouter', () => {
     await ssd.close()
     ssd = SsdStore.open(ssdFile)
     fd = fs.openSync(hdd, 'r+')
-    router = new ImageRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b))
+    router = openRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b))
     const all = Buffer.alloc(sh.length)
     await router.read(all, sh.length, 0)
     expect(all.equals(sh)).toBe(true)
@@ -152,7 +153,7 @@ describe('ImageRouter destage', () => {
     map.set(0, 1024, BlockClass.Journal)
     const ssd = SsdStore.open(path.join(dir, 'overlap.sqlite'))
     const fd = fs.openSync(hdd, 'r+')
-    const router = new ImageRouter(fd, 1, new RamCache(256 * BLOCK), ssd, (b) => map.classOf(b))
+    const router = openRouter(fd, 1, new RamCache(256 * BLOCK), ssd, (b) => map.classOf(b))
     const want = crypto.randomBytes(1024 * BLOCK)
     await router.write(want, want.length, 0)
     expect(router.dirty.size).toBe(1024)
@@ -195,7 +196,7 @@ describe('ImageRouter: new data held back', () => {
         return plain.pwrite(b, o, l, p)
       },
     }
-    const router = new ImageRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b), { device: dev })
+    const router = openRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b), { device: dev })
     const cur = Buffer.from(orig)
     const put = async (pos: number, len: number, absorb: boolean) => {
       const x = crypto.randomBytes(len)
@@ -257,7 +258,7 @@ describe('ImageRouter: what the scan read', () => {
       },
     }
     const ram = new RamCache(256 * BLOCK)
-    const router = new ImageRouter(fd, 1, ram, ssd, (b) => map.classOf(b), { device: dev })
+    const router = openRouter(fd, 1, ram, ssd, (b) => map.classOf(b), { device: dev })
     router.keepScanReads(1 << 30)
     const cur = Buffer.from(orig)
     const put = (b: number, v: number) => {
@@ -310,7 +311,7 @@ describe('ImageRouter: what the scan read', () => {
     expect(router.adoptScanReads()).toBe(0)
     // The byte cap and the adoption limit (the SSD store's cap).
     let cls2 = BlockClass.Data
-    const r2 = new ImageRouter(fd, 2, new RamCache(256 * BLOCK), ssd, () => cls2)
+    const r2 = openRouter(fd, 2, new RamCache(256 * BLOCK), ssd, () => cls2)
     r2.keepScanReads(4 * BLOCK)
     await r2.readForScan(Buffer.alloc(16 * BLOCK), 16 * BLOCK, 0)
     cls2 = BlockClass.Directory
@@ -335,7 +336,7 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     let ssd = SsdStore.open(ssdFile)
     const fd = fs.openSync(hdd, 'r+')
     const cls = (b: number) => map.classOf(b)
-    const first = new ImageRouter(fd, 1, new RamCache(1024 * BLOCK), ssd, cls)
+    const first = openRouter(fd, 1, new RamCache(1024 * BLOCK), ssd, cls)
     for (let b = 0; b < 520; b += 64) await first.preload(b, 64)
     // A write after the preload: its dirty copy is the one RAM must get after the restart.
     const w = Buffer.alloc(BLOCK, 0x42)
@@ -346,7 +347,7 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     const want = (c: BlockClass) => c !== BlockClass.Journal
     // RAM for 300 blocks: the 9 non-zero superblock blocks, then the lowest 291 inode-table blocks.
     const ram = new RamCache(300 * BLOCK)
-    const again = new ImageRouter(fd, 1, ram, ssd, cls)
+    const again = openRouter(fd, 1, ram, ssd, cls)
     expect(again.present.size).toBe(520)
     expect(await again.refillRam(want)).toBe(300)
     expect(again.counters.ramRefilled).toBe(300)
@@ -361,7 +362,7 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     // Full: nothing more to do. With room, only what is missing is read.
     expect(await again.refillRam(want)).toBe(0)
     const big = new RamCache(2048 * BLOCK)
-    const third = new ImageRouter(fd, 1, big, ssd, cls)
+    const third = openRouter(fd, 1, big, ssd, cls)
     // Stop asked at the first yield: one chunk of 256 (the zero block among them not copied).
     expect(await third.refillRam(want, () => true)).toBe(255)
     expect(await third.refillRam(want)).toBe(509 - 255)
@@ -381,7 +382,7 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     let ssd = SsdStore.open(ssdFile)
     const fd = fs.openSync(hdd, 'r+')
     const cls = (b: number) => map.classOf(b)
-    const first = new ImageRouter(fd, 1, new RamCache(64 * BLOCK), ssd, cls)
+    const first = openRouter(fd, 1, new RamCache(64 * BLOCK), ssd, cls)
     expect(await first.preload(0, 64)).toBe(8 + 16)
     // Every small-file block, the zero one included, is in RAM and read from there.
     const out = Buffer.alloc(16 * BLOCK)
@@ -402,7 +403,7 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     // Restart with RAM for 20 blocks: the 8 inode-table blocks first, then the lowest 12 small-file blocks.
     ssd = SsdStore.open(ssdFile)
     const ram = new RamCache(20 * BLOCK)
-    const again = new ImageRouter(fd, 1, ram, ssd, cls)
+    const again = openRouter(fd, 1, ram, ssd, cls)
     expect(await again.refillRam()).toBe(20)
     for (let b = 0; b < 64; b++) expect(ram.has(blockKey(1, b)), `block ${b}`).toBe(b < 8 || (b >= 32 && b < 44))
     // The file grew past the size: its blocks are data again; the dirty one stays authoritative until destaged.

@@ -1,0 +1,75 @@
+// One attached image: its entry in the datapath and the parts that serve it,
+// assembled in one place (the datapath and the unit tests build them alike).
+//
+// | part      | module          | owns                                               |
+// | --------- | --------------- | -------------------------------------------------- |
+// | state     | image-state.ts  | size, stats, counters, locks and watches; the ledger view of its SSD rows |
+// | router    | router.ts / conventional.ts | the request path (read-ahead window)  |
+// | destager  | destage.ts      | the one destage batch running                      |
+// | keeper    | warm-start.ts   | the copies the scan read, until the preload adopts them |
+// | map       | introspect      | the class of every 4 KiB block of the file         |
+
+import type { BlockClass } from '../introspect/classes'
+import type { Inspection } from '../introspect/inspect'
+import type { ExtentMap } from '../introspect/map/extent-map'
+import type { RamCache } from '../store/ram'
+import type { SsdStore } from '../store/ssd'
+import { ConventionalRouter } from './conventional'
+import { Destager } from './destage'
+import { ImageState, type ImageStateOptions, type Router } from './image-state'
+import type { Ledger } from './ledger'
+import { ImageRouter } from './router'
+import { ScanKeeper } from './warm-start'
+
+export interface ImageParts {
+  state: ImageState
+  router: Router
+  destager: Destager
+  keeper: ScanKeeper
+}
+
+export interface ImagePartsOptions extends ImageStateOptions {
+  /** The conventional array (benchmark configuration (b)): no classes, no SSD store. */
+  conventional?: boolean
+}
+
+/** The parts that serve image `id` through the HDD file `fd`; `classOf` is read on every request (the map may be swapped under it). */
+export function imageParts(fd: number, id: number, ram: RamCache, ssd: SsdStore, ledger: Ledger, classOf: (b: number) => BlockClass, opts: ImagePartsOptions = {}): ImageParts {
+  const state = new ImageState(fd, id, ram, ssd, ledger.image(id), classOf, opts)
+  const router = opts.conventional ? new ConventionalRouter(state) : new ImageRouter(state)
+  return { state, router, destager: new Destager(state), keeper: new ScanKeeper(state, router) }
+}
+
+export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'
+
+export class ImageRefused extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'ImageRefused'
+  }
+}
+
+/** An attached image, as the datapath keeps it. */
+export interface ImageEntry extends ImageParts {
+  /** Path relative to the store. */
+  rel: string
+  abs: string
+  /** dev:ino of the file. */
+  key: string
+  fd: number
+  /** The SSD store's id of the image. */
+  id: number
+  opens: number
+  map: ExtentMap
+  scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean; restored: boolean }
+  ins: Inspection | null
+  /** Writes feeding the live map, one at a time. */
+  updating: Promise<void>
+  /** File blocks written while a scan runs (null: no scan running). */
+  scanWrites: Set<number> | null
+  unlinked: boolean
+  /** Saved file-system states from the last clean unmount, used by the first scan (then dropped). */
+  restore: Map<number, Buffer> | null
+  /** The file's mtime and size when its last handle closed and its destage finished (a reopen checks them). */
+  closedStat: { mtimeNs: bigint; size: number } | null
+}
