@@ -3,8 +3,11 @@
 // fuse-native's addon from source against Debian's libfuse-dev (libfuse 2.9).
 // The published prebuild is replaced because patches/fuse-native+2.2.6.patch changes
 // its C code (nanosecond times, 64-bit stat/statfs, recycled thread state, exit
-// notification, direct_io per open, extra mount options). node-gyp-build loads
-// build/Release before prebuilds/, so the patched addon wins.
+// notification, direct_io per open, extra mount options) and its binding.gyp compiles
+// our C into the same addon: native/fuse/*.c (the direct path, the RAM index, the
+// channel that sets FOPEN_PARALLEL_DIRECT_WRITES), found as ../../native from
+// node_modules/fuse-native. node-gyp-build loads build/Release before prebuilds/, so
+// the patched addon wins.
 'use strict'
 const { execFileSync } = require('child_process')
 const fs = require('fs')
@@ -13,6 +16,12 @@ const path = require('path')
 const dir = path.join(__dirname, '..', 'node_modules', 'fuse-native')
 if (!fs.existsSync(dir)) {
   console.error('build-fuse-native: node_modules/fuse-native is missing: run npm ci first')
+  process.exit(1)
+}
+// The patched binding.gyp names our sources relative to itself.
+const ourFuse = path.join(dir, '..', '..', 'native', 'fuse', 'vmdi_fuse.c')
+if (!fs.existsSync(ourFuse)) {
+  console.error('build-fuse-native: ' + ourFuse + ' is missing: fuse-native must sit in this project\'s node_modules, next to native/')
   process.exit(1)
 }
 try {

@@ -33,9 +33,10 @@ if [ ! -c /dev/fuse ]; then
   modprobe fuse 2>/dev/null || true
 fi
 
-# npm dependencies: again only when package.json, the lock file or the patch changed.
+# npm dependencies: again only when package.json, the lock file, the patch or a
+# native source changed (native/fuse/ is compiled into fuse-native's addon).
 stamp=node_modules/.vmdi-setup-stamp
-want=$(cat package.json package-lock.json patches/*.patch scripts/build-fuse-native.js native/binding.gyp native/vmdi_sys.c | sha256sum | cut -d' ' -f1)
+want=$(cat package.json package-lock.json patches/*.patch scripts/build-fuse-native.js native/binding.gyp native/*.[ch] native/fuse/*.[ch] | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: npm ci (patches fuse-native and builds its addon and ours from source)"
   npm ci --no-audit --no-fund

@@ -1,0 +1,59 @@
+/*
+ * channel.h: our own libfuse 2 channel over the kernel's /dev/fuse fd, for one thing
+ * libfuse 2's API cannot say: FOPEN_PARALLEL_DIRECT_WRITES. Without it the kernel
+ * takes a file's inode lock exclusively for every direct_io write, so writers of one
+ * file queue for each other's whole round trip. The flag is set on the open replies
+ * (OPEN, CREATE) of handles the direct path serves (stateless pwrite on the store
+ * fd, see direct_path.h); images (the JavaScript datapath, which orders its writes
+ * itself) keep the exclusive lock.
+ *
+ * Receive and send do what libfuse's kernel channel does (lib/fuse_kern_chan.c);
+ * receive also notes the unique ids of OPEN and CREATE requests so that send can
+ * recognise their replies.
+ *
+ * Locking: one mutex over the table of noted request ids (process-wide, as is the
+ * count of replies flagged). The direct path's table is read with atomics.
+ *
+ * Callers: vmdi_chan_new from fuse_native_mount (Node main thread), in place of the
+ * channel fuse_mount made; receive and send from the libfuse worker threads;
+ * vmdi_chan_parallel_opens from fuse_native_direct_stats. vmdi_chan_note_request and
+ * vmdi_chan_mark_reply are the steps of receive and send, exported for
+ * native/test/channel_test.c.
+ */
+#ifndef VMDI_CHANNEL_H
+#define VMDI_CHANNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "direct_path.h"
+
+struct fuse_chan;
+
+/* The kernel protocol's numbers we use (linux/fuse.h). */
+#define VMDI_FUSE_OPEN 14
+#define VMDI_FUSE_CREATE 35
+#define VMDI_FOPEN_DIRECT_IO (1 << 0)
+#define VMDI_FOPEN_PARALLEL_DIRECT_WRITES (1 << 6)
+
+/* OPEN/CREATE requests whose reply may be outstanding at once (older ids are overwritten). */
+#define VMDI_OPENS_PENDING 256
+
+/* A channel on kernel_chan's fd and buffer size whose open replies consult `direct`;
+ * NULL on failure. kernel_chan is left unused (it owns nothing but the fd, which the
+ * new channel closes when destroyed). */
+struct fuse_chan *vmdi_chan_new (struct fuse_chan *kernel_chan, vmdi_direct_t *direct);
+
+/* A request of `len` bytes (at least its header) was received: notes OPEN/CREATE ids. */
+void vmdi_chan_note_request (const char *buf, size_t len);
+
+/* A reply is about to be sent: sets FOPEN_PARALLEL_DIRECT_WRITES on a successful
+ * open reply with direct_io of a handle the direct path serves; forgets the id of a
+ * failed one. */
+void vmdi_chan_mark_reply (vmdi_direct_t *direct, const struct iovec iov[], size_t count);
+
+/* Open replies flagged so far, over every mount of the process. */
+uint64_t vmdi_chan_parallel_opens (void);
+
+#endif
