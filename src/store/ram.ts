@@ -12,14 +12,12 @@
 // `touch` (recency) so the LRU sees them.
 
 import { LRUCache } from 'lru-cache'
+// Shared with the binding's C (native/vmdi_constants.h): block size, slab size, key layout.
+import { BLOCK_SIZE, SLAB_BLOCKS, blockKey } from '../native/constants'
 
-export const BLOCK = 4096
-const SLAB_BLOCKS = 4096 // 16 MiB per slab
-
+export const BLOCK = BLOCK_SIZE
 /** image id and 4 KiB block number in one number (ids below 2^20, blocks below 2^32). */
-export function blockKey(image: number, block: number): number {
-  return image * 0x1_0000_0000 + block
-}
+export { blockKey }
 
 export interface RamStats {
   hits: number
