@@ -1,6 +1,7 @@
 // Image identity (src/placement/identity.ts) over a real SSD store: each
 // status, what each leaves in the store, and across a restart of the store
 // (a new connection reads the rows the last one wrote).
+import Database from 'better-sqlite3'
 import fs from 'fs'
 import os from 'os'
 import path from 'path'
@@ -16,6 +17,16 @@ beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-identity-'))
 })
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** The image's row as another connection reads it (what a restart would find). */
+function storedRow(file: string, id: number): unknown {
+  const db = new Database(file, { readonly: true })
+  try {
+    return db.prepare('SELECT size FROM images WHERE id = ?').get(id)
+  } finally {
+    db.close()
+  }
+}
 
 const who = { path: '/store/vm1.img', dev: 1, ino: 100, size: 1 << 20, signature: Buffer.from('header-a') }
 const map = new ExtentMap()
@@ -58,6 +69,10 @@ describe('registerImage', () => {
     expect(again).toMatchObject({ id: a.id, status: 'same', dirtyBlocks: 1 })
     expect([...ExtentMap.deserialize(again.map!).map.runs()]).toEqual([[3, 2, BlockClass.InodeTable]])
     expect(again.clean?.toString()).toBe('clean-record')
+    // Grown (writes past the end before a crash): the same image, its row takes the new size.
+    expect(registerImage(t, { ...who, size: 3 << 20 })).toMatchObject({ id: a.id, status: 'same', dirtyBlocks: 1 })
+    await t.commit()
+    expect(storedRow(file, a.id)).toEqual({ size: 3 << 20 })
     // Our own write of the header block: the new signature is recorded, the old one still accepted.
     t.setSignature(a.id, Buffer.from('header-b'))
     await t.close()
@@ -96,6 +111,7 @@ describe('registerImage', () => {
     // The new identity is the image's now; a changed header alone resets too.
     expect(registerImage(u, { ...who, ino: 202 })).toMatchObject({ id: a.id, status: 'same' })
     expect(registerImage(u, { ...who, ino: 202, signature: Buffer.from('header-c') })).toMatchObject({ id: a.id, status: 'reset' })
+    expect(registerImage(u, { ...who, ino: 202, signature: Buffer.from('header-c'), dev: 2 })).toMatchObject({ id: a.id, status: 'reset' })
     await u.close()
   })
 
