@@ -15,8 +15,6 @@ import { E } from './errno'
 import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
 import type { Datapath, ImageEntry } from '../placement/datapath'
 import { log } from '../log'
-import { EmulatedHdd } from '../store/hdd-device'
-import type { HddModel } from '../store/hdd-model'
 
 const fsp = fs.promises
 const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
@@ -46,8 +44,23 @@ export interface OpenFile {
   /** Reads of it whose blocks are all in the RAM tier are answered by the binding (no JS round trip). */
   ram?: boolean
   /** The file behind the emulated disk (--emulate-hdd). */
-  dev?: EmulatedHdd
+  dev?: StoreDevice
 }
+
+/** Byte I/O on an open store file through the disk it lives on (the emulated disk of --emulate-hdd). */
+export interface StoreDevice {
+  /** Reads up to len bytes at pos into buf at off; resolves to the bytes read (0: end of file). */
+  pread(buf: Buffer, off: number, len: number, pos: number): Promise<number>
+  /** Writes up to len bytes of buf from off at pos; resolves to the bytes written. */
+  pwrite(buf: Buffer, off: number, len: number, pos: number): Promise<number>
+}
+
+/**
+ * The device of an open store fd (the fd stays the handle's). One file, one
+ * place on the disk: every handle of a file, and the datapath's own fd of an
+ * image, get the same region, so the factory keys it by the file, not the fd.
+ */
+export type DeviceFor = (fd: number) => StoreDevice
 
 export interface TimeSpec {
   sec: number
@@ -90,9 +103,8 @@ export class StoreFs {
    * drops it (null).
    */
   ramServe: ((fh: number, image: ImageEntry | null) => boolean) | null = null
-  /** The emulated disk plain files are on (--emulate-hdd; the direct path is off then). */
-  hdd: HddModel | null = null
-  private readonly hddBase = new Map<string, number>()
+  /** Set by the daemon under --emulate-hdd: the device plain files are read and written through (the direct path is off then). */
+  hddFor: DeviceFor | null = null
   private readonly daemonIsRoot = process.getuid?.() === 0
 
   constructor(root: string) {
@@ -134,14 +146,8 @@ export class StoreFs {
     const fh = this.freeFhs.pop() ?? this.nextFh++
     if (fh > 0xfffffffe) throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
     this.files.set(fh, f)
-    if (this.hdd && !f.image) {
-      // One region of the emulated disk per file, whatever handle opened it.
-      const st = fs.fstatSync(f.fd)
-      const key = `${st.dev}:${st.ino}`
-      let base = this.hddBase.get(key)
-      if (base === undefined) this.hddBase.set(key, (base = this.hdd.reserve(st.size)))
-      f.dev = new EmulatedHdd(f.fd, this.hdd, { baseOffset: base })
-    } else if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
+    if (this.hddFor && !f.image) f.dev = this.hddFor(f.fd)
+    else if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
     else if (this.ramServe && f.image) f.ram = this.ramServe(fh, f.image)
     return fh
   }
@@ -482,7 +488,7 @@ function transfer(f: OpenFile, dir: 'read' | 'write', buf: Buffer, len: number, 
 }
 
 /** One read (to EOF) or write (all of it) through the emulated disk. */
-async function devTransfer(dev: EmulatedHdd, dir: 'read' | 'write', buf: Buffer, len: number, pos: number): Promise<number> {
+async function devTransfer(dev: StoreDevice, dir: 'read' | 'write', buf: Buffer, len: number, pos: number): Promise<number> {
   let done = 0
   while (done < len) {
     const n = dir === 'read' ? await dev.pread(buf, done, len - done, pos + done) : await dev.pwrite(buf, done, len - done, pos + done)
