@@ -9,8 +9,10 @@ import { Command, CommanderError, Option } from 'commander'
 import { CliError } from './errors'
 import { log } from './log'
 import { describeAcceptedOptions, FIXED_OPTIONS } from './fuse/options'
-import { MountConfig, runDetached, runForeground, unmount, VERSION } from './fuse/daemon'
-import { readRecord, requestControl } from './fuse/runtime'
+import { runDetached, runForeground, unmount, VERSION } from './fuse/daemon'
+import type { MountConfig } from './settings'
+import { readRecord } from './fuse/runtime'
+import { askControl, type AnswerTo, type ControlRequest } from './control/protocol'
 import fs from 'fs'
 import path from 'path'
 import { runInspect, type InspectCliOptions } from './cmd/inspect'
@@ -117,7 +119,7 @@ program
   })
 
 /** The control socket of the daemon serving `mountpoint`, or a CliError naming what is wrong. */
-async function askDaemon(mountpoint: string, req: Record<string, unknown>, timeoutMs?: number): Promise<unknown> {
+async function askDaemon<R extends ControlRequest>(mountpoint: string, req: R, timeoutMs?: number): Promise<AnswerTo<R>> {
   let real: string
   try {
     real = fs.realpathSync(mountpoint)
@@ -127,7 +129,7 @@ async function askDaemon(mountpoint: string, req: Record<string, unknown>, timeo
   const rec = readRecord(real)
   if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
   try {
-    return await requestControl(rec.socket, req, timeoutMs)
+    return await askControl(rec.socket, req, timeoutMs)
   } catch (e) {
     const m = (e as Error).message
     if (/ECONNREFUSED|ENOENT|no answer/.test(m)) throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${m}`)
@@ -141,21 +143,18 @@ program
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--json', 'machine-readable output')
   .action(async (mountpoint: string, o: { json?: boolean }) => {
-    const st = (await askDaemon(mountpoint, { cmd: 'status' })) as Record<string, unknown>
+    const st = await askDaemon(mountpoint, { cmd: 'status' })
     if (o.json) {
       process.stdout.write(JSON.stringify(st, null, 2) + '\n')
       return
     }
-    const ops = st.ops as Record<string, number>
-    const threads = st.threads as { created: number; parked: number }
-    const direct = st.direct as { reads: number; writes: number; readBytes: number; writeBytes: number }
-    const ramNative = st.ramNative as { hits: number; requests: number; fallbacks: number; lost: number } | undefined
+    const { ops, threads, direct, ramNative } = st
     process.stdout.write(
       [
         `mount point  ${st.mountpoint}`,
         `store        ${st.store}`,
         `daemon       pid ${st.pid}, version ${st.version}`,
-        `options      ${(st.options as string[]).join(',')}`,
+        `options      ${st.options.join(',')}`,
         `open files   ${st.openFiles}`,
         `in flight    ${st.inFlight}`,
         `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
@@ -174,18 +173,16 @@ program
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--json', 'machine-readable output (keys documented in the README)')
   .action(async (mountpoint: string, o: { json?: boolean }) => {
-    type Hdd = { profile: string; requests: number; seekCylinders: number; cacheHits: number; busyMs: number } | null
-    const raw = (await askDaemon(mountpoint, { cmd: 'stats' })) as { mode: string; hdd: Hdd }
+    const st = await askDaemon(mountpoint, { cmd: 'stats' })
     if (o.json) {
-      process.stdout.write(JSON.stringify(raw, null, 2) + '\n')
+      process.stdout.write(JSON.stringify(st, null, 2) + '\n')
       return
     }
-    const hddLine = raw.hdd ? [`emulated   ${raw.hdd.profile}: ${raw.hdd.requests} requests, ${raw.hdd.seekCylinders} cylinders of seeks, ${raw.hdd.cacheHits} drive-cache hits, ${(raw.hdd.busyMs / 1000).toFixed(1)} s busy`] : []
-    if (raw.mode === 'passthrough') {
+    const hddLine = st.hdd ? [`emulated   ${st.hdd.profile}: ${st.hdd.requests} requests, ${st.hdd.seekCylinders} cylinders of seeks, ${st.hdd.cacheHits} drive-cache hits, ${(st.hdd.busyMs / 1000).toFixed(1)} s busy`] : []
+    if (st.mode === 'passthrough') {
       process.stdout.write([`mode       pass-through (--no-introspect): no image is introspected, nothing is cached or held back`, ...hddLine].join('\n') + '\n')
       return
     }
-    const st = raw as unknown as import('./placement/datapath').DatapathStats
     const mib = (blocks: number) => formatSize(blocks * 4096, { unit: 'MiB' })
     const lines = [
       `mode       ${st.mode}`,
@@ -213,7 +210,7 @@ program
   .argument('[image]', 'one image, by its path relative to STORE')
   .option('--json', 'machine-readable output')
   .action(async (mountpoint: string, image: string | undefined, o: { json?: boolean }) => {
-    const r = (await askDaemon(mountpoint, { cmd: 'destage', image }, 3_600_000)) as { path: string; blocks: number }[]
+    const r = await askDaemon(mountpoint, image === undefined ? { cmd: 'destage' } : { cmd: 'destage', image }, 3_600_000)
     if (o.json) process.stdout.write(JSON.stringify(r) + '\n')
     else for (const x of r) process.stdout.write(`vmdi-fuse: ${x.path}: ${x.blocks} block(s) written back to the HDD\n`)
   })
