@@ -10,10 +10,12 @@ import os from 'os'
 import path from 'path'
 import { CliError } from './errors'
 import { escapeOptionValue, FIXED_OPTIONS, parseUserOptions } from './fuse/options'
+import type { DeviceFor } from './fuse/passthrough'
 import { checkFuseDevice, checkMountpoint, checkStore, loadFuseBinding } from './fuse/preflight'
 import { runtimeId } from './fuse/runtime'
 import { sys } from './native/sys'
 import { formatSize, parseSize } from './size'
+import { hddDevice } from './store/hdd-device'
 import { HddModel, LAPTOP_5400, type HddProfile } from './store/hdd-model'
 import { SsdStore } from './store/ssd'
 
@@ -138,9 +140,17 @@ function hddProfile(name: string | undefined): HddProfile | null {
   return profile
 }
 
+/** The emulated disk of a mount (--emulate-hdd): its model (counters; the datapath's images are on it) and the device of plain files. */
+export interface EmulatedDisk {
+  model: HddModel
+  deviceFor: DeviceFor
+}
+
 /** The emulated disk of a mount's settings (--emulate-hdd), or null. */
-export function emulatedDisk(s: Settings): HddModel | null {
-  return s.hdd ? new HddModel(s.hdd) : null
+export function emulatedDisk(s: Settings): EmulatedDisk | null {
+  if (!s.hdd) return null
+  const model = new HddModel(s.hdd)
+  return { model, deviceFor: (fd) => hddDevice(fd, model) }
 }
 
 /** Where the SSD store of a datastore lives when --ssd is not given. */

@@ -17,7 +17,7 @@ import { className } from '../introspect/classes'
 import { log, setLogLevel } from '../log'
 import { Datapath } from '../placement/datapath'
 import { VERSION } from '../root'
-import { datapathSummary, emulatedDisk, readSettings, type MountConfig, type Settings } from '../settings'
+import { datapathSummary, emulatedDisk, readSettings, type EmulatedDisk, type MountConfig, type Settings } from '../settings'
 import { buildOps, OpTracker } from './ops'
 import { StoreFs } from './passthrough'
 import { lazyUnmount, loadFuseBinding, readMounts } from './preflight'
@@ -46,10 +46,10 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
 }
 
 /** The datapath of an introspecting mount, or null (--no-introspect); an unusable SSD store names the way out. */
-function openDatapath(s: Settings, hdd: ReturnType<typeof emulatedDisk>): Datapath | null {
+function openDatapath(s: Settings, hdd: EmulatedDisk | null): Datapath | null {
   if (!s.datapath) return null
   try {
-    return new Datapath({ storeRoot: s.store, ...s.datapath, hdd })
+    return new Datapath({ storeRoot: s.store, ...s.datapath, hdd: hdd?.model ?? null })
   } catch (e) {
     throw new CliError(`${(e as Error).message}; or mount with --no-introspect (pure pass-through)`)
   }
@@ -60,7 +60,7 @@ class Mount {
   readonly store: StoreFs
   readonly tracker = new OpTracker()
   /** The emulated disk under every HDD file (--emulate-hdd), or null. */
-  readonly hdd: ReturnType<typeof emulatedDisk>
+  readonly hdd: EmulatedDisk | null
   readonly datapath: Datapath | null
   private fuse: Fuse | null = null
   private control: net.Server | null = null
@@ -73,7 +73,7 @@ class Mount {
     this.store = new StoreFs(s.store)
     this.hdd = emulatedDisk(s)
     if (this.hdd) {
-      this.store.hdd = this.hdd
+      this.store.hddFor = this.hdd.deviceFor
       log.info(`every HDD file read and write goes through an emulated disk (${s.hdd!.name}): a benchmarking aid, not for production`)
     }
     this.datapath = openDatapath(s, this.hdd)
@@ -207,7 +207,7 @@ class Mount {
   }
 
   stats(): StatsAnswer {
-    const hdd = this.hdd && this.s.hdd ? { profile: this.s.hdd.name, ...this.hdd.stats } : null
+    const hdd = this.hdd && this.s.hdd ? { profile: this.s.hdd.name, ...this.hdd.model.stats } : null
     if (!this.datapath) return { mode: 'passthrough', ram: null, ssd: null, images: [], refused: [], hdd }
     return { ...this.datapath.stats(), hdd }
   }
