@@ -11,12 +11,21 @@
 
 import fs from 'fs'
 import path from 'path'
+import { promisify } from 'util'
 import { E } from './errno'
 import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
 import type { Datapath, ImageEntry } from '../placement/datapath'
 import { log } from '../log'
 
 const fsp = fs.promises
+// Calls on the fds our handle table holds (fs.promises works on FileHandles only).
+const fstat = promisify(fs.fstat)
+const ftruncate = promisify(fs.ftruncate)
+const fsync = promisify(fs.fsync)
+const fdatasync = promisify(fs.fdatasync)
+const fchown = promisify(fs.fchown)
+const fdOpen = promisify(fs.open)
+const fdClose = promisify(fs.close)
 const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
 
 /** Bits of the open reply (patched fuse-native): bypass the page cache / keep it. */
@@ -176,7 +185,7 @@ export class StoreFs {
   /** Closes every open store fd (shutdown). */
   async closeAll(): Promise<void> {
     const fds = [...this.files.keys()].map((fh) => this.dropFile(fh)!.fd)
-    await Promise.all(fds.map((fd) => new Promise<void>((res) => fs.close(fd, () => res()))))
+    await Promise.all(fds.map(closeFd))
   }
 
   // --- attributes -----------------------------------------------------------
@@ -188,7 +197,7 @@ export class StoreFs {
   fgetattr(p: string, fh: number): Promise<fs.BigIntStats> {
     if (!fh) return this.getattr(p)
     const f = this.file(fh)
-    return new Promise((res, rej) => fs.fstat(f.fd, { bigint: true }, (err, st) => (err ? rej(err) : res(st))))
+    return fstat(f.fd, { bigint: true })
   }
 
   async access(p: string, mode: number): Promise<void> {
@@ -221,7 +230,7 @@ export class StoreFs {
     if (this.datapath && (await this.datapath.truncated(this.resolve(p), size))) return
     const fd = await openNoFollow(this.resolve(p), fs.constants.O_WRONLY)
     try {
-      await new Promise<void>((res, rej) => fs.ftruncate(fd, size, (err) => (err ? rej(err) : res())))
+      await ftruncate(fd, size)
     } finally {
       await closeFd(fd)
     }
@@ -231,7 +240,7 @@ export class StoreFs {
     if (!fh) return this.truncate(p, size)
     const f = this.file(fh)
     if (f.image) return f.image.router.truncate(size)
-    return new Promise((res, rej) => fs.ftruncate(f.fd, size, (err) => (err ? rej(err) : res())))
+    return ftruncate(f.fd, size)
   }
 
   // --- directories ------------------------------------------------------------
@@ -279,7 +288,7 @@ export class StoreFs {
   async fsyncdir(p: string, datasync: number): Promise<void> {
     const fd = await openNoFollow(this.resolve(p), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
     try {
-      await new Promise<void>((res, rej) => (datasync ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? rej(err) : res())))
+      await (datasync ? fdatasync : fsync)(fd)
     } finally {
       await closeFd(fd)
     }
@@ -426,7 +435,7 @@ export class StoreFs {
     const f = this.file(fh)
     if (f.image) return f.image.router.fsync()
     const fd = f.fd
-    return new Promise((res, rej) => (datasync ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? rej(err) : res())))
+    return (datasync ? fdatasync : fsync)(fd)
   }
 
   async release(fh: number): Promise<void> {
@@ -447,7 +456,7 @@ export class StoreFs {
     const gid = parent.mode & 0o2000 ? -1 : caller.gid
     if (caller.uid === 0 && (gid === -1 || gid === 0)) return
     if (fd !== undefined) {
-      await new Promise<void>((res, rej) => fs.fchown(fd, caller.uid, gid, (err) => (err ? rej(err) : res())))
+      await fchown(fd, caller.uid, gid)
     } else {
       await fsp.lchown(target, caller.uid, gid)
     }
@@ -499,11 +508,12 @@ async function devTransfer(dev: StoreDevice, dir: 'read' | 'write', buf: Buffer,
 }
 
 function openNoFollow(p: string, flags: number, mode?: number): Promise<number> {
-  return new Promise((res, rej) => fs.open(p, flags, mode ?? 0o666, (err, fd) => (err ? rej(err) : res(fd))))
+  return fdOpen(p, flags, mode ?? 0o666)
 }
 
+/** Closes an fd; a failing close is ignored (nothing is left to do about it). */
 function closeFd(fd: number): Promise<void> {
-  return new Promise((res) => fs.close(fd, () => res()))
+  return fdClose(fd).catch(() => undefined)
 }
 
 export { UTIME_NOW, UTIME_OMIT }
