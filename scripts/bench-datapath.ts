@@ -17,6 +17,7 @@ import { ChildProcess, execFileSync, spawn } from 'child_process'
 import fs from 'fs'
 import os from 'os'
 import path from 'path'
+import type { ImageStats, StatsAnswer } from '../src/control/protocol'
 import { PROJECT_ROOT } from '../src/root'
 
 function arg(name: string, dflt: string): string {
@@ -41,8 +42,8 @@ function mount(store: string, mnt: string, args: string[], env: NodeJS.ProcessEn
   })
 }
 
-function stats(mnt: string): any {
-  return JSON.parse(execFileSync(process.execPath, [CLI, 'stats', mnt, '--json'], { encoding: 'utf8' }))
+function stats(mnt: string): StatsAnswer {
+  return JSON.parse(execFileSync(process.execPath, [CLI, 'stats', mnt, '--json'], { encoding: 'utf8' })) as StatsAnswer
 }
 
 function fio(file: string, rw: string, offset: number, size: number, runtime: number): { iops: number; latUs: number } {
@@ -112,7 +113,7 @@ async function main(): Promise<void> {
     const fileI = path.join(mntI, 'guest.img')
     fs.closeSync(fs.openSync(fileI, 'r')) // attach, scan, preload
     const t0 = Date.now()
-    while (!stats(mntI).images.some((i: any) => i.scan.state === 'done' && i.preloaded > 0)) {
+    while (!stats(mntI).images.some((i: ImageStats) => i.scan.state === 'done' && i.preloaded > 0)) {
       if (Date.now() - t0 > 60_000) throw new Error('the scan did not finish in 60 s')
       await new Promise((r) => setTimeout(r, 100))
     }

@@ -7,7 +7,8 @@ import { ChildProcess, spawn } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 import { PROJECT_ROOT } from '../../src/root'
-import { readRecord, requestControl } from '../../src/fuse/runtime'
+import { askControl, type HddAnswer, type ImageStats, type StatsAnswer } from '../../src/control/protocol'
+import { readRecord } from '../../src/fuse/runtime'
 import { progress, run, sleep } from './util'
 
 export const CLI = path.join(PROJECT_ROOT, 'dist', 'src', 'cli.js')
@@ -65,39 +66,11 @@ export function isMounted(dir: string): boolean {
     .some((l) => l.split(' ')[4] === real)
 }
 
-/** The HddModel counters (stats --json "hdd"), or null when the mount does not emulate a disk. */
-export interface HddCounters {
-  requests: number
-  reads: number
-  writes: number
-  cacheHits: number
-  seeks?: number
-  seekCylinders: number
-  seekBytes: number
-  busyMs: number
-  bytesRead?: number
-  bytesWritten?: number
-}
-
-export interface ImageStats {
-  path: string
-  fileBytes?: number
-  scan: { state: string; ms: number; error: string | null; mapBytes?: number; format?: string | null; warm?: boolean; restored?: boolean }
-  ramRefilled?: number
-  classes?: Record<string, { reads: number; ramHits: number; ssdHits: number; hddReads: number; writes: number; redirected: number }>
-  mapClasses?: Record<string, number>
-  preloaded?: number
-  dirtyBlocks?: number
-  [k: string]: unknown
-}
-
-export interface MountStats {
-  mode?: string
-  ram: { hits: number; misses: number; evictions: number; blocks: number; capacity: number } | null
-  images: ImageStats[]
-  hdd?: HddCounters | null
-  [k: string]: unknown
-}
+/** The emulated disk's counters (stats --json "hdd"). */
+export type HddCounters = HddAnswer
+export type { ImageStats }
+/** `vmdi-fuse stats --json`, as src/control/protocol.ts types it. */
+export type MountStats = StatsAnswer
 
 export class FuseMount {
   private exited = false
@@ -124,7 +97,7 @@ export class FuseMount {
   async stats(): Promise<MountStats> {
     const rec = readRecord(fs.realpathSync(this.mnt))
     if (!rec) throw new Error(`no vmdi-fuse record for ${this.mnt}`)
-    return (await requestControl(rec.socket, { cmd: 'stats' }, 60_000)) as MountStats
+    return askControl(rec.socket, { cmd: 'stats' }, 60_000)
   }
 
   /** Unmounts (the daemon destages first) and waits for the daemon; releases the cleanup entry. */
