@@ -88,9 +88,26 @@ export function isFastTier(c: BlockClass): boolean {
   return isMetadata(c) || isFastData(c)
 }
 
-/** Which class a 4 KiB block shared by several takes: meta-data by priority, then small-file or boot-file data, then data. */
+/** How placement ranks a class: meta-data by priority, then small-file or boot-file data, then data (and free space). */
 export function placementRank(c: BlockClass): number {
   return isMetadata(c) ? 2 + priorityOf(c) : isFastData(c) ? 1 : 0
+}
+
+/**
+ * The one rule for a 4 KiB file block that bytes of several classes share (a
+ * partition starting at sector 63, 1 KiB fs blocks, 512-byte qcow2 clusters,
+ * a VHD block bitmap before its data): the higher placementRank wins, and
+ * between equal ranks the lower class number, so the answer is a total order
+ * and never depends on the order the pieces are met (the fold meets them run
+ * by run, the live map byte by byte). Data only when every piece is data.
+ */
+export function sharedBlockRank(c: BlockClass): number {
+  return c === BlockClass.Data ? 0 : 1 + placementRank(c) * 256 + (255 - c)
+}
+
+/** The class a 4 KiB block shared by pieces of classes `a` and `b` takes (sharedBlockRank). */
+export function sharedBlockClass(a: BlockClass, b: BlockClass): BlockClass {
+  return sharedBlockRank(b) > sharedBlockRank(a) ? b : a
 }
 
 /**

@@ -1,6 +1,7 @@
 // The whole introspection pipeline for one image: container → volumes → file
 // systems → one map per backing file. Pure (no FUSE, no caches): the CLI's
-// `inspect` prints it, the datapath keeps the maps.
+// `inspect` prints it; the datapath keeps an ImageMap made from it
+// (map/image-map.ts: ImageMap.fromInspection(ins, imageFile)).
 
 import fs from 'fs'
 import { BlockClass, className } from './classes'
@@ -10,7 +11,8 @@ import type { VirtualDisk } from './container/types'
 import { IntrospectError } from './errors'
 import { ExtFs, scanExt } from './fs/ext'
 import { FileMapBuilder, type FileMap } from './map/fold'
-import { readVolumes, volumeReader, type Volume, type VolumeLayout } from './volume'
+import type { ClassifiedFs } from './map/image-map'
+import { diskToVolume, readVolumes, volumeReader, volumeToDisk, type Volume, type VolumeLayout } from './volume'
 
 export interface InspectOptions {
   /** Directory extent and parent files must stay inside (default: the image's directory). */
@@ -137,13 +139,12 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
 
 /** Guest offset of byte `offset` of volume `v` (LVs may have several segments). */
 export function volumeToGuest(v: Volume, offset: number): number | null {
-  for (const s of v.segments) {
-    if (offset >= s.volumeOffset && offset < s.volumeOffset + s.length) return s.diskOffset + (offset - s.volumeOffset)
-  }
+  for (const p of volumeToDisk(v, offset, 1)) return p.diskOffset
   return null
 }
 
-function foldMaps(disk: VirtualDisk, layout: VolumeLayout, filesystems: { volume: Volume; fs: ExtFs }[]): FileMap[] {
+/** The fold: container regions, partition tables and every file system's class runs, in 4 KiB blocks of each file (map/fold.ts). */
+function foldMaps(disk: VirtualDisk, layout: VolumeLayout, filesystems: { volume: Volume; fs: ClassifiedFs }[]): FileMap[] {
   const b = new FileMapBuilder(disk, (p) => {
     try {
       return fs.statSync(p).size
@@ -152,18 +153,10 @@ function foldMaps(disk: VirtualDisk, layout: VolumeLayout, filesystems: { volume
     }
   })
   for (const r of layout.regions) b.addGuest(r.offset, r.length, BlockClass.PartitionTable)
-  for (const { volume, fs: efs } of filesystems) {
-    const bs = efs.info.blockSize
-    for (const [start, count, cls] of efs.map.runs()) {
-      // A run of fs blocks is contiguous in the volume; segments split it on the disk.
-      const from = start * bs
-      const to = (start + count) * bs
-      for (const s of volume.segments) {
-        const lo = Math.max(from, s.volumeOffset)
-        const hi = Math.min(to, s.volumeOffset + s.length)
-        if (hi > lo) b.addGuest(s.diskOffset + (lo - s.volumeOffset), hi - lo, cls)
-      }
-    }
+  for (const { volume, fs: cfs } of filesystems) {
+    const bs = cfs.blockSize
+    // A run of fs blocks is contiguous in the volume; segments split it on the disk.
+    for (const [start, count, cls] of cfs.runs()) for (const p of volumeToDisk(volume, start * bs, count * bs)) b.addGuest(p.diskOffset, p.length, cls)
   }
   return b.build()
 }
@@ -267,12 +260,10 @@ export async function whatIsAt(ins: Inspection, offset: number): Promise<AtRepor
   if (table) return { ...base, class: className(BlockClass.PartitionTable), structure: table.structure }
   // The innermost volume holding g: an LV before the PV partition that holds it.
   // (An extended partition only contains logical ones: the smallest holder is the innermost.)
-  const holders = ins.layout.volumes.filter((v) => v.content !== 'extended' && v.segments.some((s) => g >= s.diskOffset && g < s.diskOffset + s.length))
-  holders.sort((a, b) => Number(b.parent !== undefined) - Number(a.parent !== undefined) || a.size - b.size)
-  const v = holders[0]
-  if (!v) return base
-  const seg = v.segments.find((s) => g >= s.diskOffset && g < s.diskOffset + s.length)!
-  const inVolume = seg.volumeOffset + (g - seg.diskOffset)
+  const inVolumes = ins.layout.volumes.flatMap((v) => (v.content === 'extended' ? [] : [...diskToVolume(v, g, 1)].map((p) => ({ v, inVolume: p.volumeOffset }))))
+  inVolumes.sort((a, b) => Number(b.v.parent !== undefined) - Number(a.v.parent !== undefined) || a.v.size - b.v.size)
+  if (!inVolumes.length) return base
+  const { v, inVolume } = inVolumes[0]
   const hit = ins.filesystems.find((f) => f.volume === v)
   if (!hit) return { ...base, volume: v.index }
   const fsBlock = Math.floor(inVolume / hit.fs.info.blockSize)

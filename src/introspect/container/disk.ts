@@ -105,7 +105,7 @@ export abstract class MappedDisk implements VirtualDisk {
     const reg = this.regionAt(file, fileOffset)
     if (r.guest !== null) {
       return r.kind === RunKind.Compressed
-        ? { kind: 'compressed', guestOffset: r.guest, length: r.length }
+        ? { kind: 'compressed', guestOffset: r.guest, length: r.length, guestLength: r.guestLength }
         : { kind: 'guest', guestOffset: r.guest, length: r.length }
     }
     if (reg.region) return { kind: 'container', structure: reg.region.structure, length: reg.region.offset + reg.region.length - fileOffset }

@@ -280,8 +280,8 @@ export class GuestTable {
     return { run: null, length: i < this.n ? this.guest[i] - offset : Infinity, grainStart: offset }
   }
 
-  /** Reverse lookup: the data/compressed run holding byte `fileOffset` of `file`, or the gap to the next one. */
-  reverse(file: number, fileOffset: number): { guest: number; length: number; kind: RunKind } | { guest: null; length: number } {
+  /** Reverse lookup: the data/compressed run holding byte `fileOffset` of `file` (`length` file bytes of it left, `guestLength` guest bytes in the whole run), or the gap to the next one. */
+  reverse(file: number, fileOffset: number): { guest: number; length: number; kind: RunKind; guestLength: number } | { guest: null; length: number } {
     const j = this.revLower(file, fileOffset)
     if (j < this.nrev) {
       const k = this.rev[j]
@@ -290,12 +290,12 @@ export class GuestTable {
         if (kind === RunKind.Compressed) {
           const stored = this.storedLen.get(this.guest[k]) ?? 0
           if (fileOffset < this.fileOff[k] + stored) {
-            return { guest: this.guest[k], length: this.fileOff[k] + stored - fileOffset, kind }
+            return { guest: this.guest[k], length: this.fileOff[k] + stored - fileOffset, kind, guestLength: this.len[k] }
           }
           return { guest: null, length: 1 }
         }
         if (fileOffset < this.fileOff[k] + this.len[k]) {
-          return { guest: this.guest[k] + (fileOffset - this.fileOff[k]), length: this.fileOff[k] + this.len[k] - fileOffset, kind }
+          return { guest: this.guest[k] + (fileOffset - this.fileOff[k]), length: this.fileOff[k] + this.len[k] - fileOffset, kind, guestLength: this.len[k] }
         }
       }
       if (this.fileIdx[k] === file) return { guest: null, length: this.fileOff[k] - fileOffset }

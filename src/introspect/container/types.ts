@@ -30,7 +30,8 @@ export type GuestMapping =
 /** What a byte of one of the disk's files is, valid for `length` bytes from it. */
 export type FileLocation =
   | { kind: 'guest'; guestOffset: number; length: number }
-  | { kind: 'compressed'; guestOffset: number; length: number }
+  /** Stored bytes of a compressed grain (`length` of them left from here): they inflate to guest bytes [guestOffset, guestOffset + guestLength). */
+  | { kind: 'compressed'; guestOffset: number; length: number; guestLength: number }
   | { kind: 'container'; structure: string; length: number }
   | { kind: 'unused'; length: number }
 

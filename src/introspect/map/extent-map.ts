@@ -113,14 +113,14 @@ export class ExtentMap {
     this.splice(i, j, out)
   }
 
-  /** Sets `cls` on the blocks of the range that hold data or a lower-priority class. */
-  claim(start: number, count: number, cls: BlockClass): void {
+  /** Sets `cls` on the blocks of the range that hold data or a class `rank` puts lower (default: priorityOf). */
+  claim(start: number, count: number, cls: BlockClass, rank: (c: BlockClass) => number = priorityOf): void {
     const end = start + count
     const todo: [number, number][] = []
     let cur = start
     for (const [s, c, k] of this.runsIn(start, count)) {
       if (s > cur) todo.push([cur, s - cur])
-      if (priorityOf(k) < priorityOf(cls)) todo.push([s, c])
+      if (rank(k) < rank(cls)) todo.push([s, c])
       cur = s + c
     }
     if (cur < end) todo.push([cur, end - cur])
@@ -191,19 +191,21 @@ export class ExtentMap {
 
   /**
    * Builds a map from runs in any order, possibly overlapping. Where runs
-   * overlap the higher-priority class wins (ties: the one given first), so a
-   * block claimed as both a superblock backup and, by a corrupt inode, file
-   * meta-data stays a superblock.
+   * overlap the class `rank` puts higher wins (default priorityOf; ties: the
+   * run that starts first, then the one given first), so a block claimed as
+   * both a superblock backup and, by a corrupt inode, file meta-data stays a
+   * superblock. With a rank that is a total order (sharedBlockRank: the
+   * per-file fold) the result is the per-block maximum, whatever the order.
    */
-  static fromRuns(runs: Iterable<Run>): ExtentMap {
+  static fromRuns(runs: Iterable<Run>, rank: (c: BlockClass) => number = priorityOf): ExtentMap {
     const list: Run[] = []
     for (const r of runs) if (r[1] > 0 && r[2] !== BlockClass.Data) list.push(r)
-    list.sort((a, b) => a[0] - b[0] || priorityOf(b[2]) - priorityOf(a[2]))
+    list.sort((a, b) => a[0] - b[0] || rank(b[2]) - rank(a[2]))
     const m = new ExtentMap(Math.max(16, list.length))
     for (const [s, c, k] of list) {
       const tailEnd = m.n > 0 ? m.starts[m.n - 1] + m.lens[m.n - 1] : 0
       if (s >= tailEnd) m.set(s, c, k) // the common case: past everything so far
-      else m.claim(s, c, k)
+      else m.claim(s, c, k, rank)
     }
     m.trim()
     return m

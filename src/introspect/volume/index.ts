@@ -63,6 +63,38 @@ export interface VolumeLayout {
   warnings: string[]
 }
 
+/**
+ * A stretch of a volume's bytes and where it lies on the disk. The one place
+ * the segment arithmetic is written: everything that goes from volume bytes to
+ * disk bytes or back (the volume reader, the fold, the image map, --at) asks
+ * volumeToDisk or diskToVolume.
+ */
+export interface VolumePiece {
+  volumeOffset: number
+  diskOffset: number
+  length: number
+}
+
+type Segments = Pick<Volume, 'segments'>
+
+/** Volume bytes [offset, offset + length) on the disk: one piece per segment they cross, in volume order. */
+export function* volumeToDisk(v: Segments, offset: number, length: number): Generator<VolumePiece> {
+  for (const s of v.segments) {
+    const lo = Math.max(offset, s.volumeOffset)
+    const hi = Math.min(offset + length, s.volumeOffset + s.length)
+    if (hi > lo) yield { volumeOffset: lo, diskOffset: s.diskOffset + (lo - s.volumeOffset), length: hi - lo }
+  }
+}
+
+/** The part of disk bytes [offset, offset + length) that volume `v` holds: one piece per segment, in volume order. */
+export function* diskToVolume(v: Segments, offset: number, length: number): Generator<VolumePiece> {
+  for (const s of v.segments) {
+    const lo = Math.max(offset, s.diskOffset)
+    const hi = Math.min(offset + length, s.diskOffset + s.length)
+    if (hi > lo) yield { volumeOffset: s.volumeOffset + (lo - s.diskOffset), diskOffset: lo, length: hi - lo }
+  }
+}
+
 /** A Reader over a volume's bytes: a slice, or the concatenation of an LV's segments. */
 export function volumeReader(disk: Reader, v: Volume): Reader {
   const name = `${disk.name}#${v.name || v.index}`
@@ -86,15 +118,13 @@ class SegmentReader implements Reader {
       throw new IntrospectIOError(`read of ${length} bytes at ${offset} is outside 0..${this.size}`, { file: this.name, offset })
     }
     const out = Buffer.alloc(length)
-    let pos = 0
-    while (pos < length) {
-      const at = offset + pos
-      const seg = this.segments.find((s) => at >= s.volumeOffset && at < s.volumeOffset + s.length)
-      if (!seg) throw new IntrospectIOError(`volume byte ${at} is in no segment`, { file: this.name, offset: at })
-      const n = Math.min(length - pos, seg.volumeOffset + seg.length - at)
-      ;(await this.disk.read(seg.diskOffset + (at - seg.volumeOffset), n)).copy(out, pos)
-      pos += n
+    let pos = offset
+    for (const p of volumeToDisk({ segments: this.segments }, offset, length)) {
+      if (p.volumeOffset !== pos) break
+      ;(await this.disk.read(p.diskOffset, p.length)).copy(out, p.volumeOffset - offset)
+      pos += p.length
     }
+    if (pos < offset + length) throw new IntrospectIOError(`volume byte ${pos} is in no segment`, { file: this.name, offset: pos })
     return out
   }
 }

@@ -7,6 +7,7 @@
 import { BlockClass, isMetadata } from '../../classes'
 import { CorruptError, IntrospectError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
+import type { ClassifiedFs } from '../../map/image-map'
 import type { Reader } from '../../reader'
 import { EXT4_EA_INODE_FL, EXT4_EXTENTS_FL, inUse, parseInode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from './inode'
 import { jbd2HomeBlocks, parseJournalSuperblock, sniffClass, type JournalLayout } from './journal'
@@ -109,7 +110,7 @@ export async function scanExt(r: Reader, opts: ExtScanOptions = {}): Promise<Ext
   return fs
 }
 
-export class ExtFs {
+export class ExtFs implements ClassifiedFs {
   info!: ExtInfo
   map = new ExtentMap()
   readonly stats = { bytesRead: 0, reads: 0, metadataBlocks: 0, ms: 0, skipped: { count: 0, reasons: [] as string[] } }
@@ -476,6 +477,21 @@ export class ExtFs {
 
   classOf(fsBlock: number): BlockClass {
     return this.map.classOf(fsBlock)
+  }
+
+  /** Bytes per fs block (ClassifiedFs: what the image map needs of a file system). */
+  get blockSize(): number {
+    return this.info.blockSize
+  }
+
+  /** The non-data runs of the map, in fs blocks. */
+  runs(): Iterable<Run> {
+    return this.map.runs()
+  }
+
+  /** The same, clipped to fs blocks [start, start + count). */
+  runsIn(start: number, count: number): Iterable<Run> {
+    return this.map.runsIn(start, count)
   }
 
   /**
