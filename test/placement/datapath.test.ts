@@ -507,6 +507,83 @@ describe('restart', () => {
   })
 })
 
+describe('the last close', () => {
+  it('destages everything in the background; a reopen finds the same entry; a rewrite on the HDD while closed is scanned afresh', async () => {
+    const { store, ssd, abs } = newStore()
+    const dp = datapath(dpOptions(store, ssd))
+    const e = await attach(dp, store, 'vm.img')
+    await warm(dp, 'vm.img')
+    await replay(dp, e, A, A1, (b) => mapA.classOf(b))
+    const dirty = imageStats(dp, 'vm.img').dirtyBlocks
+    expect(dirty).toBeGreaterThan(0)
+    dp.release(e) // no background tick in these tests: only the last close destages
+    await until(() => {
+      const s = imageStats(dp, 'vm.img')
+      return s.dirtyBlocks === 0 && s.destaged >= dirty
+    }, 10_000, 'the destage after the last close')
+    expect(fs.readFileSync(abs('vm.img')).equals(A1)).toBe(true)
+    expect(dp.images().map((i) => i.rel)).toEqual(['vm.img']) // still attached: the map stays warm
+    const again = await attach(dp, store, 'vm.img')
+    expect(again).toBe(e)
+    expect((await readAll(dp, again, A.length)).equals(A1)).toBe(true)
+    dp.release(again)
+    await new Promise((r) => setTimeout(r, 50))
+    // Another tool rewrites the file while no handle has it open: a reopen drops the map and scans again.
+    fs.writeFileSync(abs('vm.img'), A2)
+    const e2 = await attach(dp, store, 'vm.img')
+    expect(e2).not.toBe(e)
+    const s = await warm(dp, 'vm.img')
+    expect(s.mapClasses).toEqual(insA2.counts)
+    expect((await readAll(dp, e2, A.length)).equals(A2)).toBe(true)
+    expect(logs.some((l) => /image vm\.img: changed on the HDD while closed/.test(l)), logs.join('\n')).toBe(true)
+  })
+})
+
+describe('random reads and writes', () => {
+  it('2,000 of them (meta-data too: garbage for the live map) agree with a shadow; destage, close and a restart keep every byte', async () => {
+    const { store, ssd, abs } = newStore()
+    const opts = dpOptions(store, ssd, { ramBytes: 256 << 10, newDataBytes: 8 << 20, smallFileBytes: 32 << 10 })
+    const dp = datapath(opts)
+    const e = await attach(dp, store, 'vm.img')
+    await warm(dp, 'vm.img')
+    const r = rng(20261205)
+    let sh = Buffer.from(A)
+    let writes = 0
+    for (let i = 0; i < 2000; i++) {
+      const x = r()
+      // Half of them in the first 2 MiB: superblock, descriptors, bitmaps, inode tables.
+      const pos = Math.floor(r() * (r() < 0.5 ? 2 << 20 : sh.length + 64 * 1024))
+      const len = 1 + Math.floor(r() * (r() < 0.8 ? 6000 : 70_000))
+      if (x < 0.5) {
+        const got = await readVia(dp, e, pos, len)
+        const want = sh.subarray(Math.min(pos, sh.length), Math.min(pos + len, sh.length))
+        if (!got.equals(want)) throw new Error(`op ${i}: read of ${len} bytes at ${pos} differs from the shadow`)
+      } else if (x < 0.97) {
+        const data = seededBytes(Math.floor(r() * 0x7fffffff), len)
+        await writeVia(dp, e, pos, data)
+        if (pos + len > sh.length) sh = Buffer.concat([sh, Buffer.alloc(pos + len - sh.length)])
+        data.copy(sh, pos)
+        writes++
+      } else {
+        await dp.destageCommand('vm.img')
+        expect(imageStats(dp, 'vm.img').dirtyBlocks).toBe(0)
+      }
+      expect(imageStats(dp, 'vm.img').fileBytes).toBe(sh.length)
+    }
+    expect(writes).toBeGreaterThan(800)
+    const s = imageStats(dp, 'vm.img')
+    expect(s.destaged).toBeGreaterThan(0)
+    expect(Object.values(s.classes).reduce((a, c) => a + c.redirected, 0)).toBeGreaterThan(0)
+    expect((await readAll(dp, e, sh.length)).equals(sh)).toBe(true)
+    dp.release(e)
+    await closeDp(dp)
+    expect(fs.readFileSync(abs('vm.img')).equals(sh)).toBe(true)
+    const dp2 = datapath(opts)
+    const e2 = await attach(dp2, store, 'vm.img')
+    expect((await readAll(dp2, e2, sh.length)).equals(sh)).toBe(true)
+  })
+})
+
 describe('names and sizes', () => {
   it('a rename moves the image with its held blocks; an unlink forgets it once released', async () => {
     const { store, ssd, abs } = newStore()
