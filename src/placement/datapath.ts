@@ -16,9 +16,8 @@
 import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
-import { className, isFastTier } from '../introspect/classes'
 import { probeImage } from '../introspect/container'
-import { ExtentMap } from '../introspect/map/extent-map'
+import { ImageMap } from '../introspect/map/image-map'
 import { log } from '../log'
 import { sys } from '../native/sys'
 import { excludeMatcher } from '../exclude'
@@ -29,12 +28,13 @@ import type { HddModel } from '../store/hdd-model'
 import { backgroundTick, failover } from './destage'
 import { registerImage } from './identity'
 import { imageParts, ImageRefused, type ImageEntry } from './image'
-import type { ClassStats, RouterCounters } from './image-state'
 import { Ledger } from './ledger'
-import { beforeWrite, packClean, scanImage, unpackClean, unusedInodeTableBlocks } from './scan'
+import { imageStats, type DatapathStats } from './stats'
+import { beforeWrite, scanImage } from './scan'
 import { warmStart } from './warm-start'
 
 export { ImageRefused, type ImageEntry, type ScanState } from './image'
+export type { DatapathStats } from './stats'
 
 export interface DatapathOptions {
   /** Real path of the store directory. */
@@ -190,20 +190,20 @@ export class Datapath {
     let restore: Map<number, Buffer> | null = null
     if (reg.clean) {
       this.ssd.saveCleanRecord(reg.id, null) // a crash from here on leaves no record
-      const rec = unpackClean(reg.clean)
+      const rec = ImageMap.parseCleanRecord(reg.clean)
       const now = fs.statSync(abs, { bigint: true })
       if (!rec || rec.mtimeNs !== now.mtimeNs || rec.size !== Number(now.size)) {
         if (reg.dirtyBlocks === 0) {
-          this.ssd.resetImage(reg.id)
+          this.ledger.resetImage(reg.id)
           reg.map = null
           log.info(`image ${rel}: changed on the HDD since the last clean unmount (mtime or size): store copies dropped`)
         }
       } else restore = rec.states
     }
-    let map = new ExtentMap()
+    let map = ImageMap.empty()
     if (reg.map) {
       try {
-        map = ExtentMap.deserialize(reg.map).map
+        map = ImageMap.fromSaved(reg.map)
       } catch (e) {
         log.warn(`image ${rel}: saved map unreadable (${(e as Error).message}): scanning afresh`)
       }
@@ -230,7 +230,6 @@ export class Datapath {
       opens: 1,
       map,
       scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0, warm: false, restored: false },
-      ins: null,
       updating: Promise.resolve(),
       scanWrites: null,
       unlinked: false,
@@ -251,7 +250,7 @@ export class Datapath {
     )
     if (conventional) {
       entry.scan.state = 'off'
-      entry.map = new ExtentMap()
+      entry.map = ImageMap.empty()
     } else this.scanQueue = this.scanQueue.then(() => this.introspect(entry))
     return entry
   }
@@ -260,13 +259,12 @@ export class Datapath {
   private async introspect(entry: ImageEntry): Promise<void> {
     const done = await scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed })
     if (!done) return
-    const skip = unusedInodeTableBlocks(entry.ins)
     await warmStart({
       rel: entry.rel,
       state: entry.state,
       keeper: entry.keeper,
       runs: () => entry.map.runs(),
-      skip: (b) => skip.classOf(b) !== 0,
+      skip: (b) => entry.map.preloadSkip(b),
       stopped: () => this.closed || entry.unlinked || !this.canRedirect(),
       room: () => this.capBlocks - this.ledger.heldTotal,
       idleMs: this.opts.destageIdleMs ?? 200,
@@ -319,7 +317,7 @@ export class Datapath {
       return true
     }
     const id = this.ssd.imageId(abs)
-    if (id !== null) this.ssd.truncate(id, Math.ceil(size / BLOCK))
+    if (id !== null) this.ledger.truncate(id, Math.ceil(size / BLOCK))
     return false
   }
 
@@ -334,7 +332,7 @@ export class Datapath {
     }
     this.refused.delete(abs)
     const id = this.ssd.imageId(abs)
-    if (id !== null) this.ssd.forgetImage(id)
+    if (id !== null) this.ledger.forgetImage(id)
   }
 
   renamed(fromAbs: string, toAbs: string, toRel: string): void {
@@ -358,10 +356,9 @@ export class Datapath {
     e.keeper.drop()
     await e.updating
     this.ram.dropImage(e.id)
-    this.ledger.release(e.id)
-    if (unlinked) this.ssd.forgetImage(e.id)
-    else this.ssd.resetImage(e.id)
-    await e.ins?.close().catch(() => undefined)
+    if (unlinked) this.ledger.forgetImage(e.id)
+    else this.ledger.resetImage(e.id)
+    await e.map.close().catch(() => undefined)
     fs.close(e.fd, () => undefined)
     if (unlinked) log.info(`image ${e.rel}: unlinked: its blocks and map are forgotten`)
   }
@@ -440,16 +437,7 @@ export class Datapath {
       mode: this.opts.cacheMode ?? 'introspect',
       ram: { ...this.ram.stats, bytes: this.ram.capacity * BLOCK },
       ssd: { path: this.opts.ssdPath, heldBlocks: this.ledger.heldTotal, capBlocks: this.capBlocks, dirtyBlocks: this.ledger.dirtyTotal, failed: this.ssd.failed?.message ?? null },
-      images: this.images().map((e) => ({
-        path: e.rel,
-        scan: { ...e.scan },
-        fileBytes: e.state.size,
-        dirtyBlocks: e.state.held.dirtyCount,
-        ssdBlocks: e.state.held.heldCount,
-        ...e.state.counters,
-        classes: Object.fromEntries([...e.state.stats].sort((a, b) => a[0] - b[0]).map(([c, s]) => [className(c), { ...s }])),
-        mapClasses: Object.fromEntries([...e.map.countByClass()].sort((a, b) => a[0] - b[0]).map(([c, n]) => [className(c), n])),
-      })),
+      images: this.images().map(imageStats),
       refused: [...this.refused.keys()].map((p) => path.relative(this.opts.storeRoot, p)),
     }
   }
@@ -467,36 +455,20 @@ export class Datapath {
         const n = await e.destager.all()
         if (n) log.info(`image ${e.rel}: ${n} block(s) destaged at unmount`)
         if (e.scan.state === 'done' && !this.ssd.failed) {
-          this.ssd.saveMap(e.id, e.map.serialize(BLOCK))
-          if (e.ins && e.state.held.dirtyCount === 0) {
+          this.ssd.saveMap(e.id, e.map.serialize())
+          if (e.map.scanned && e.state.held.dirtyCount === 0) {
             const st = fs.fstatSync(e.fd, { bigint: true })
-            this.ssd.saveCleanRecord(e.id, packClean(st.mtimeNs, Number(st.size), e.ins))
+            this.ssd.saveCleanRecord(e.id, e.map.cleanRecord(st.mtimeNs, Number(st.size)))
           }
         }
       } catch (x) {
         log.error(`image ${e.rel}: destage at unmount failed: ${(x as Error).message}; the SSD store keeps its blocks for the next mount`)
       }
-      await e.ins?.close().catch(() => undefined)
+      await e.map.close().catch(() => undefined)
       fs.closeSync(e.fd)
     }
     await this.ssd.close()
   }
-}
-
-export interface DatapathStats {
-  mode: 'introspect' | 'conventional'
-  ram: { hits: number; misses: number; evictions: number; blocks: number; capacity: number; bytes: number }
-  ssd: { path: string; heldBlocks: number; capBlocks: number; dirtyBlocks: number; failed: string | null }
-  images: ({
-    path: string
-    scan: ImageEntry['scan']
-    fileBytes: number
-    dirtyBlocks: number
-    ssdBlocks: number
-    classes: Record<string, ClassStats>
-    mapClasses: Record<string, number>
-  } & RouterCounters)[]
-  refused: string[]
 }
 
 function sameStat(rec: { mtimeNs: bigint; size: number }, abs: string): boolean {

@@ -10,8 +10,7 @@
 // | map       | introspect      | the class of every 4 KiB block of the file         |
 
 import type { BlockClass } from '../introspect/classes'
-import type { Inspection } from '../introspect/inspect'
-import type { ExtentMap } from '../introspect/map/extent-map'
+import type { ImageMap } from '../introspect/map/image-map'
 import type { RamCache } from '../store/ram'
 import type { SsdStore } from '../store/ssd'
 import { ConventionalRouter } from './conventional'
@@ -60,9 +59,9 @@ export interface ImageEntry extends ImageParts {
   /** The SSD store's id of the image. */
   id: number
   opens: number
-  map: ExtentMap
+  /** The class of every 4 KiB block of the file (empty until scanned, or the saved one meanwhile); swapped whole by a scan. */
+  map: ImageMap
   scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean; restored: boolean }
-  ins: Inspection | null
   /** Writes feeding the live map, one at a time. */
   updating: Promise<void>
   /** File blocks written while a scan runs (null: no scan running). */

@@ -31,12 +31,31 @@ export class Ledger {
     return l
   }
 
-  /** Stops tracking an image (its rows are forgotten or reset by the caller through the store). */
+  /** Stops tracking an image; its rows stay (a later image(id) reads them again). */
   release(id: number): void {
     const l = this.images.get(id)
     if (!l) return
     this.adjust(-l.heldCount, -l.dirtyCount)
     this.images.delete(id)
+  }
+
+  /** An image and all its rows go (unlink, a rename over it). */
+  forgetImage(id: number): void {
+    this.release(id)
+    this.ssd.forgetImage(id)
+  }
+
+  /** An image's rows, map and clean record go; its identity stays (it changed behind our back, nothing dirty). */
+  resetImage(id: number): void {
+    this.release(id)
+    this.ssd.resetImage(id)
+  }
+
+  /** Rows of image `id` from block `first` on go (a truncate of a file no handle of the mount has open). */
+  truncate(id: number, first: number): void {
+    const l = this.images.get(id)
+    if (l) l.truncate(first)
+    else if (!this.ssd.failed) this.ssd.truncate(id, first)
   }
 
   /** Blocks the store holds for every tracked image, clean and dirty. */
