@@ -7,6 +7,9 @@
 // on a copy of the image (a new directory tree, a file, the label), replayed
 // through write(); the oracles are inspect of the changed file, e2fsprogs
 // (dumpe2fs, debugfs, e2fsck) and the bytes of the files themselves.
+// Besides the public API, one call reaches past it: `dp.ssd.commit()`, what a
+// guest's fsync waits for, before a "crash" (a Datapath never closed, and a
+// new one opened on the same SSD store).
 import { execFileSync } from 'child_process'
 import fs from 'fs'
 import os from 'os'
@@ -540,7 +543,7 @@ describe('the last close', () => {
 })
 
 describe('random reads and writes', () => {
-  it('2,000 of them (meta-data too: garbage for the live map) agree with a shadow; destage, close and a restart keep every byte', async () => {
+  it('1,500 of them (meta-data too: garbage for the live map) agree with a shadow; destage, close and a restart keep every byte', async () => {
     const { store, ssd, abs } = newStore()
     const opts = dpOptions(store, ssd, { ramBytes: 256 << 10, newDataBytes: 8 << 20, smallFileBytes: 32 << 10 })
     const dp = datapath(opts)
@@ -549,7 +552,7 @@ describe('random reads and writes', () => {
     const r = rng(20261205)
     let sh = Buffer.from(A)
     let writes = 0
-    for (let i = 0; i < 2000; i++) {
+    for (let i = 0; i < 1500; i++) {
       const x = r()
       // Half of them in the first 2 MiB: superblock, descriptors, bitmaps, inode tables.
       const pos = Math.floor(r() * (r() < 0.5 ? 2 << 20 : sh.length + 64 * 1024))
@@ -570,7 +573,7 @@ describe('random reads and writes', () => {
       }
       expect(imageStats(dp, 'vm.img').fileBytes).toBe(sh.length)
     }
-    expect(writes).toBeGreaterThan(800)
+    expect(writes).toBeGreaterThan(600)
     const s = imageStats(dp, 'vm.img')
     expect(s.destaged).toBeGreaterThan(0)
     expect(Object.values(s.classes).reduce((a, c) => a + c.redirected, 0)).toBeGreaterThan(0)
