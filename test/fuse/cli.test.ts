@@ -6,6 +6,7 @@ import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 import { CLI, runCli, ROOT } from '../helpers/cli'
+import { status } from '../helpers/control'
 import { isMounted, mount, tmpdir, waitFor } from '../helpers/mount'
 import { pidAlive } from '../../src/fuse/runtime'
 
@@ -131,7 +132,7 @@ describe('lifecycle', () => {
     const pid = Number(/pid (\d+)/.exec(r.stdout)![1])
     expect(isMounted(mnt)).toBe(true)
     expect(fs.readFileSync(path.join(mnt, 'disk.img'), 'utf8')).toBe('not really a disk')
-    const st = JSON.parse(runCli(['status', '--json', mnt]).stdout)
+    const st = status(mnt)
     expect(st.pid).toBe(pid)
     expect(st.store).toBe(fs.realpathSync(store))
     const u = runCli(['umount', mnt])
@@ -194,7 +195,7 @@ describe('NFS re-export (--nfs)', () => {
     fs.writeFileSync(path.join(store, 'vm1', 'disk-flat.vmdk'), 'guest bytes')
     const m = await mount(store, mnt, ['--nfs'])
     try {
-      expect(JSON.parse(runCli(['status', '--json', mnt]).stdout).options).toContain('noforget')
+      expect(status(mnt).options).toContain('noforget')
       const py = `
 import ctypes, ctypes.util, os, sys
 libc = ctypes.CDLL(None, use_errno=True)

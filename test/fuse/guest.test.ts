@@ -7,7 +7,7 @@ import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { mount, Mounted, tmpdir } from '../helpers/mount'
-import { runCli } from '../helpers/cli'
+import { destage } from '../helpers/control'
 
 let m: Mounted
 let base: string
@@ -60,7 +60,7 @@ describe('a guest ext4 on a loop device over an image inside the mount', () => {
       execFileSync('losetup', ['-d', loop])
     }
     // Meta-data the datapath held back reaches the HDD file (the last close started it; this waits for it).
-    expect(runCli(['destage', m.mnt]).status).toBe(0)
+    destage(m.mnt)
     const img = path.join(m.store, 'guest.img')
     const fsck = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' })
     expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0)

@@ -6,7 +6,7 @@ import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { mount, Mounted, tmpdir } from '../helpers/mount'
-import { runCli } from '../helpers/cli'
+import { status } from '../helpers/control'
 
 let m: Mounted
 let base: string
@@ -94,7 +94,7 @@ describe('concurrency', () => {
   it('50 bursts of 64 concurrent readers leave no growth in per-thread state', async () => {
     const f = path.join(m.mnt, 'read.bin')
     fs.writeFileSync(f, crypto.randomBytes(8 << 20))
-    const threads = () => (JSON.parse(runCli(['status', '--json', m.mnt]).stdout) as { threads: { created: number } }).threads.created
+    const threads = () => status(m.mnt).threads.created
     // O_DIRECT opens get direct_io, so every read reaches the daemon (no page cache).
     const script = `
       const fs = require('fs')
@@ -129,7 +129,7 @@ describe('concurrency', () => {
 
 describe('the direct path', () => {
   it('serves reads and writes of open files on the FUSE threads (status counts them), and reuses small file handles', async () => {
-    const st = () => JSON.parse(runCli(['status', m.mnt, '--json']).stdout) as { direct: { reads: number; writes: number; readBytes: number; writeBytes: number }; openFiles: number }
+    const st = () => status(m.mnt)
     const before = st().direct
     const p = path.join(m.mnt, 'direct.bin')
     const data = crypto.randomBytes(3 << 20)
@@ -156,7 +156,7 @@ describe('the direct path', () => {
   })
 
   it('lets concurrent O_DIRECT writers of one file write in parallel (FOPEN_PARALLEL_DIRECT_WRITES), every byte landing', async () => {
-    const st = () => JSON.parse(runCli(['status', m.mnt, '--json']).stdout).direct as { parallelWriteOpens: number; writesTogetherMax: number; writes: number }
+    const st = () => status(m.mnt).direct
     const before = st()
     const blocks = 8192
     const writers = 8

@@ -14,7 +14,7 @@ import { BlockClass, className } from '../../src/introspect/classes'
 import { CorruptError } from '../../src/introspect/errors'
 import { ExtFs, scanExt } from '../../src/introspect/fs/ext'
 import { FileReader } from '../../src/introspect/reader'
-import { runCli } from '../helpers/cli'
+import { imageStats } from '../helpers/control'
 import { replayChanges } from '../helpers/replay'
 import { mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
 
@@ -164,7 +164,7 @@ describe('a mount with boot files on the fast tiers', () => {
       expect(m.log()).toMatch(/boot files' data with the meta-data: on \(default/)
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
       try {
-        await waitFor(() => JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]?.scan.warm === true, 30_000, 'the scan and preload')
+        await waitFor(() => imageStats(m.mnt)?.scan.warm === true, 30_000, 'the scan and preload')
         await waitFor(() => /small and boot files: \d+ data block\(s\)/.test(m.log()), 10_000, 'the preload of the boot files')
         expect(m.log()).toMatch(/1355 block\(s\) of boot files' data \(3 file\(s\)\)/)
         execFileSync('mount', ['-t', 'ext4', '-o', 'ro', loop, guest])
@@ -177,7 +177,7 @@ describe('a mount with boot files on the fast tiers', () => {
         } finally {
           execFileSync('umount', [guest])
         }
-        const c = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0].classes['boot-file']
+        const c = imageStats(m.mnt)!.classes['boot-file']
         expect(c.reads).toBeGreaterThanOrEqual(1355)
         expect(c.hddReads, JSON.stringify(c)).toBe(0)
       } finally {

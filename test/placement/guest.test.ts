@@ -11,7 +11,7 @@ import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../helpers/cli'
+import { destage, imageStats, liveMap, mapBlocks, waitForImage } from '../helpers/control'
 import { e2oracle } from '../helpers/e2oracle'
 import { checkImageAlone, mount, tmpdir, waitFor } from '../helpers/mount'
 
@@ -70,10 +70,7 @@ for (const type of ['ext4', 'ext3'] as const) {
         const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(mnt, `${type}.img`)], { encoding: 'utf8' }).trim()
         try {
           // The scan runs in the background: wait for it so the workload is routed by class.
-          await waitFor(() => {
-            const st = runCli(['stats', mnt, '--json'])
-            return st.status === 0 && JSON.parse(st.stdout).images.some((i: { scan: { state: string } }) => i.scan.state === 'done')
-          }, 30_000, 'the scan')
+          await waitForImage(mnt, (i) => i.scan.state === 'done', { what: 'the scan' })
           execFileSync('mount', ['-t', type, loop, guest])
           try {
             workload(guest)
@@ -84,19 +81,16 @@ for (const type of ['ext4', 'ext3'] as const) {
         } finally {
           execFileSync('losetup', ['-d', loop])
         }
-        const stats = JSON.parse(runCli(['stats', mnt, '--json']).stdout)
-        const im = stats.images.find((i: { path: string }) => i.path === `${type}.img`)
+        const im = imageStats(mnt, `${type}.img`)!
         // Meta-data writes were redirected, and the journal / directories / inode tables were among them.
-        const redirected = Object.values(im.classes as Record<string, { redirected: number }>).reduce((a, c) => a + c.redirected, 0)
+        const redirected = Object.values(im.classes).reduce((a, c) => a + c.redirected, 0)
         expect(redirected).toBeGreaterThan(1000)
         expect(im.classes['inode-table'].redirected).toBeGreaterThan(0)
         expect(im.classes['directory'].redirected).toBeGreaterThan(0)
         expect(im.promoted).toBeGreaterThan(0)
-        expect(runCli(['destage', mnt]).status).toBe(0)
+        destage(mnt)
         // The live map against the oracle on the (now whole) HDD file.
-        const live = JSON.parse(execFileSync(process.execPath, ['-e', mapRequest(mnt, `${type}.img`)], { encoding: 'utf8' }))
-        const liveMeta = new Set<number>()
-        for (const [s, c] of live.runs as [number, number, string][]) for (let b = s; b < s + c; b++) liveMeta.add(b)
+        const liveMeta = mapBlocks(liveMap(mnt, `${type}.img`))
         const oracle = e2oracle(img)
         let meta = 0
         let hit = 0
@@ -129,21 +123,21 @@ for (const type of ['ext4', 'ext3'] as const) {
         const loop2 = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(mnt, `${type}.img`)], { encoding: 'utf8' }).trim()
         try {
           await waitFor(() => /saved map used at once/.test(again.log()), 10_000, 'the attach line')
-          await waitFor(() => JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0].scan.warm === true, 30_000, 'the warm start')
+          await waitFor(() => imageStats(again.mnt)!.scan.warm === true, 30_000, 'the warm start')
           // The log line reaches us through the daemon's output pipe, maybe after stats says warm.
           await waitFor(() => /warm start: \d+ block\(s\) copied to RAM from the SSD store/.test(again.log()), 10_000, 'the RAM refill log line')
-          expect(JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0].ramRefilled).toBeGreaterThan(100)
+          expect(imageStats(again.mnt)!.ramRefilled).toBeGreaterThan(100)
           execFileSync('mount', ['-o', 'ro', '-t', type, loop2, guest])
           try {
             execFileSync('du', ['-s', guest])
           } finally {
             execFileSync('umount', [guest])
           }
-          const im = JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0]
+          const im = imageStats(again.mnt)!
           let metaReads = 0
           let hits = 0
           let ramHits = 0
-          for (const [cls, c] of Object.entries(im.classes as Record<string, { reads: number; ramHits: number; ssdHits: number }>)) {
+          for (const [cls, c] of Object.entries(im.classes)) {
             if (cls === 'data' || cls === 'free') continue
             metaReads += c.reads
             hits += c.ramHits + c.ssdHits
@@ -155,7 +149,7 @@ for (const type of ['ext4', 'ext3'] as const) {
           // RAM started empty: its hits are the refill's. All-zero blocks (unused inode-table
           // space, reserved GDT blocks) stay on the SSD store only.
           expect(ramHits / metaReads, `first du after a remount: ${got}`).toBeGreaterThanOrEqual(0.9)
-          expect(JSON.parse(runCli(['stats', again.mnt, '--json']).stdout).images[0].scan.restored).toBe(true)
+          expect(imageStats(again.mnt)!.scan.restored).toBe(true)
           // The restored live map keeps up with new writes as a scanned one does.
           execFileSync('mount', ['-t', type, loop2, guest])
           try {
@@ -171,10 +165,8 @@ for (const type of ['ext4', 'ext3'] as const) {
         } finally {
           execFileSync('losetup', ['-d', loop2])
         }
-        expect(runCli(['destage', again.mnt]).status).toBe(0)
-        const live2 = JSON.parse(execFileSync(process.execPath, ['-e', mapRequest(again.mnt, `${type}.img`)], { encoding: 'utf8' }))
-        const liveMeta2 = new Set<number>()
-        for (const [s, c] of live2.runs as [number, number, string][]) for (let b = s; b < s + c; b++) liveMeta2.add(b)
+        destage(again.mnt)
+        const liveMeta2 = mapBlocks(liveMap(again.mnt, `${type}.img`))
         const oracle2 = e2oracle(img)
         let meta2 = 0
         let hit2 = 0
@@ -191,10 +183,4 @@ for (const type of ['ext4', 'ext3'] as const) {
       expect(fsck2.status, fsck2.stdout + fsck2.stderr).toBe(0)
     }, 240_000)
   })
-}
-
-/** A one-shot `map` request on the control socket (not a CLI command: tests and debugging). */
-export function mapRequest(mnt: string, image: string): string {
-  const runtime = path.resolve(__dirname, '..', '..', 'dist', 'src', 'fuse', 'runtime.js')
-  return `const r=require(${JSON.stringify(runtime)});const fs=require('fs');const rec=r.readRecord(fs.realpathSync(${JSON.stringify(mnt)}));r.requestControl(rec.socket,{cmd:'map',image:${JSON.stringify(image)}}).then(x=>process.stdout.write(JSON.stringify(x)),e=>{console.error(e.message);process.exit(1)})`
 }

@@ -12,8 +12,8 @@ import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../helpers/cli'
-import { mount, tmpdir, waitFor } from '../helpers/mount'
+import { destage, imageStats, waitForImage } from '../helpers/control'
+import { mount, tmpdir } from '../helpers/mount'
 import { rng } from '../helpers/rng'
 
 const OPS = Number(process.env.VMDI_INTEGRITY_OPS) || 1500
@@ -48,10 +48,7 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
         const direct = k === 0 // one image through O_DIRECT (every op reaches the daemon), the others buffered
         const fh = await fs.promises.open(path.join(m.mnt, name), fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0))
         try {
-          await waitFor(() => {
-            const st = runCli(['stats', m.mnt, '--json'])
-            return st.status === 0 && JSON.parse(st.stdout).images.some((i: { path: string; scan: { state: string } }) => i.path === name && ['done', 'failed'].includes(i.scan.state))
-          }, 60_000, `the scan of ${name}`)
+          await waitForImage(m.mnt, (i) => ['done', 'failed'].includes(i.scan.state), { image: name, ms: 60_000, what: `the scan of ${name}` })
           let sh = shadows.get(name)!
           for (let i = 0; i < OPS; i++) {
             const x = r()
@@ -91,18 +88,17 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
           await fh.close()
         }
       }
-      const stats = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout)
       for (const name of names) {
-        const im = stats.images.find((i: { path: string }) => i.path === name)
-        expect(im, `${name} was attached`).toBeTruthy()
-        const redirected = Object.values(im.classes as Record<string, { redirected: number }>).reduce((a, c) => a + c.redirected, 0)
+        const im = imageStats(m.mnt, name)
+        if (!im) throw new Error(`${name} was not attached`)
+        const redirected = Object.values(im.classes).reduce((a, c) => a + c.redirected, 0)
         expect(redirected, `${name}: meta-data writes were redirected`).toBeGreaterThan(0)
         // Buffered handles read sequentially (the kernel's read-ahead): data was read ahead into RAM and served from it.
         if (name !== 'disk.img') expect(im.readAhead, `${name}: data read ahead`).toBeGreaterThan(0)
         // The O_DIRECT handle's reads of cached meta-data blocks were answered by the binding itself.
         else expect(im.nativeRamHits, `${name}: RAM hits served natively`).toBeGreaterThan(0)
       }
-      expect(runCli(['destage', m.mnt]).status).toBe(0)
+      destage(m.mnt)
       for (const name of names) expect(sha(fs.readFileSync(path.join(store, name))) === sha(shadows.get(name)!), `${name} on the HDD after destage`).toBe(true)
     } finally {
       expect(await m.stop()).toBe(0)

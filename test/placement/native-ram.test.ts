@@ -9,7 +9,8 @@ import { execFileSync } from 'child_process'
 import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../helpers/cli'
+import { imageStats, status } from '../helpers/control'
+import type { ImageStats } from '../../src/control/protocol'
 import { mount, tmpdir, waitFor, type Mounted } from '../helpers/mount'
 
 const B = 4096
@@ -36,16 +37,9 @@ beforeAll(() => {
 })
 afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
 
-interface ImageStats {
-  nativeRamHits: number
-  preloaded: number
-  scanKept: number
-  scan: { state: string }
-  classes: Record<string, { reads: number; ramHits: number }>
-}
 
 function image(m: Mounted): ImageStats {
-  return JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]
+  return imageStats(m.mnt)!
 }
 
 async function attached(m: Mounted): Promise<number> {
@@ -79,9 +73,9 @@ describe('RAM hits answered by the binding', () => {
       expect(after.nativeRamHits - before.nativeRamHits).toBe(50)
       expect(after.classes['inode-table'].ramHits - (before.classes['inode-table']?.ramHits ?? 0)).toBe(50)
       expect(after.classes['inode-table'].reads - (before.classes['inode-table']?.reads ?? 0)).toBe(50)
-      const status = JSON.parse(runCli(['status', m.mnt, '--json']).stdout)
-      expect(status.ramNative.hits).toBeGreaterThanOrEqual(50)
-      expect(status.ramNative.lost).toBe(0)
+      const { ramNative } = status(m.mnt)
+      expect(ramNative.hits).toBeGreaterThanOrEqual(50)
+      expect(ramNative.lost).toBe(0)
 
       // Read-your-writes: a redirected write, then native reads return the new bytes.
       const blk = Buffer.from(original.subarray(at, at + B))

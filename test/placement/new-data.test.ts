@@ -11,7 +11,7 @@ import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../helpers/cli'
+import { destage, imageStats } from '../helpers/control'
 import { checkImageAlone, mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
 
 let base = ''
@@ -22,19 +22,6 @@ afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
 
 /** Days, not the default quarter second: held-back blocks stay in the SSD store until the test destages them. */
 const NO_BACKGROUND_DESTAGE = { VMDI_DESTAGE_INTERVAL_MS: String(24 * 3600 * 1000) }
-
-interface ImageStats {
-  dirtyBlocks: number
-  ssdBlocks: number
-  absorbed: number
-  destaged: number
-  scan: { warm: boolean }
-  classes: Record<string, { writes: number; redirected: number }>
-}
-
-function stats(mnt: string): ImageStats {
-  return JSON.parse(runCli(['stats', mnt, '--json']).stdout).images[0]
-}
 
 function sha(p: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex')
@@ -66,14 +53,14 @@ describe('a mount holding new data on the SSD store', () => {
       expect(m.log()).toMatch(/new data held on the SSD store: up to \d+ MiB \(default/)
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
       try {
-        await waitFor(() => stats(m.mnt)?.scan.warm === true, 30_000, 'the scan and preload')
+        await waitFor(() => imageStats(m.mnt)?.scan.warm === true, 30_000, 'the scan and preload')
         execFileSync('mount', ['-t', 'ext4', loop, guest])
         try {
           // New files: 40 of 256 KiB and one of 16 MiB (10,240 + 4,096 blocks of file data).
           for (const [k, v] of writeFiles(path.join(guest, 'new'), 'f', 40, 256 << 10)) want.set(path.join('new', k), v)
           for (const [k, v] of writeFiles(path.join(guest, 'new'), 'big', 1, 16 << 20)) want.set(path.join('new', k), v)
           execFileSync('sync', ['-f', guest])
-          const s1 = stats(m.mnt)
+          const s1 = imageStats(m.mnt)!
           const newBlocks = 40 * 64 + 4096
           expect(s1.absorbed, JSON.stringify(s1)).toBeGreaterThanOrEqual(newBlocks)
           expect(s1.classes.data.redirected).toBeGreaterThanOrEqual(newBlocks)
@@ -87,7 +74,7 @@ describe('a mount holding new data on the SSD store', () => {
             want.set(rel, crypto.createHash('sha256').update(body).digest('hex'))
           }
           execFileSync('sync', ['-f', guest])
-          const s2 = stats(m.mnt)
+          const s2 = imageStats(m.mnt)!
           expect(s2.classes.data.writes - s1.classes.data.writes).toBeGreaterThanOrEqual(8 * 64)
           expect(s2.absorbed).toBe(s1.absorbed)
           expect(s2.classes.data.redirected).toBe(s1.classes.data.redirected)
@@ -102,9 +89,9 @@ describe('a mount holding new data on the SSD store', () => {
           execFileSync('umount', [guest])
         }
         // Destage: everything held goes to the HDD file, and the store keeps no copy of file data.
-        const before = stats(m.mnt)
-        expect(runCli(['destage', m.mnt]).status).toBe(0)
-        const after = stats(m.mnt)
+        const before = imageStats(m.mnt)!
+        destage(m.mnt)
+        const after = imageStats(m.mnt)!
         expect(after.dirtyBlocks).toBe(0)
         expect(after.destaged - before.destaged).toBeGreaterThanOrEqual(40 * 64 + 4096)
         expect(before.ssdBlocks - after.ssdBlocks).toBeGreaterThanOrEqual(40 * 64 + 4096)
@@ -126,7 +113,7 @@ describe('a mount holding new data on the SSD store', () => {
       expect(off.log()).toMatch(/new data held on the SSD store: off/)
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(off.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
       try {
-        await waitFor(() => stats(off.mnt)?.scan.warm === true, 30_000, 'the scan')
+        await waitFor(() => imageStats(off.mnt)?.scan.warm === true, 30_000, 'the scan')
         execFileSync('mount', ['-t', 'ext4', loop, guest])
         try {
           writeFiles(path.join(guest, 'more'), 'g', 10, 256 << 10)
@@ -134,7 +121,7 @@ describe('a mount holding new data on the SSD store', () => {
         } finally {
           execFileSync('umount', [guest])
         }
-        const s = stats(off.mnt)
+        const s = imageStats(off.mnt)!
         expect(s.classes.data.writes).toBeGreaterThanOrEqual(640)
         expect(s.absorbed).toBe(0)
         expect(s.classes.data.redirected).toBe(0)

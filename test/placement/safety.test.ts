@@ -9,6 +9,7 @@ import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../helpers/cli'
+import { destage, stats } from '../helpers/control'
 import { isMounted, mount, tmpdir, waitFor, type Mounted } from '../helpers/mount'
 
 let base = ''
@@ -19,12 +20,6 @@ afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
 
 /** Days, not the default quarter second: dirty blocks stay in the SSD store until a test destages them. */
 const NO_BACKGROUND_DESTAGE = { VMDI_DESTAGE_INTERVAL_MS: String(24 * 3600 * 1000) }
-
-function stats(mnt: string): { images: { path: string; scan: { state: string }; dirtyBlocks: number; ssdBlocks: number; writeThrough: number; classes: Record<string, { redirected: number }> }[]; refused: string[]; ssd: { failed: string | null } } {
-  const r = runCli(['stats', mnt, '--json'])
-  if (r.status !== 0) throw new Error(`stats failed: ${r.stderr}`)
-  return JSON.parse(r.stdout)
-}
 
 async function scanned(mnt: string, name: string): Promise<void> {
   await waitFor(() => stats(mnt).images.some((i) => i.path === name && i.scan.state === 'done'), 60_000, `the scan of ${name}`)
@@ -94,7 +89,7 @@ describe('kill -9 of the daemon during a guest write workload', () => {
       } finally {
         execFileSync('losetup', ['-d', loop2])
       }
-      expect(runCli(['destage', m.mnt]).status).toBe(0)
+      destage(m.mnt)
       const dropped = /image vm\.img: no clean-unmount record \(the last mount did not end cleanly\): \d+ clean cached block\(s\) dropped, [1-9]\d* unwritten block\(s\) kept/
       const mm = m
       await waitFor(() => dropped.test(mm.log()), 10_000, 'the line about the unclean stop')
@@ -272,7 +267,7 @@ describe('the SSD store full, failing or corrupt', () => {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1200k', 'vmdi-test-ssd', ssdDir])
     try {
       const r = await guestWorkload(dir, ['--ssd', path.join(ssdDir, 'store.sqlite'), '--ssd-max', '1G'])
-      expect(r.stats.ssd.failed).toMatch(/SSD store .*store\.sqlite/)
+      expect(r.stats.ssd?.failed).toMatch(/SSD store .*store\.sqlite/)
       expect(r.log).toMatch(/was removed \(everything it held is on the HDD\)/)
       expect(fs.existsSync(path.join(ssdDir, 'store.sqlite'))).toBe(false)
     } finally {
@@ -373,9 +368,9 @@ describe('the benchmark rig options', () => {
       }
       await fh.close()
       expect(fs.readFileSync(path.join(m.mnt, 'plain.bin')).equals(fs.readFileSync(path.join(store, 'plain.bin')))).toBe(true)
-      const st = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout)
+      const st = stats(m.mnt)
       expect(st.mode).toBe('conventional')
-      expect(st.hdd.requests).toBeGreaterThan(100)
+      expect(st.hdd?.requests).toBeGreaterThan(100)
       expect(st.images[0].scan.state).toBe('off')
       expect(st.images[0].classes.data.ramHits).toBeGreaterThan(0)
       expect(fs.readFileSync(path.join(store, 'vm.img')).equals(sh)).toBe(true) // write-through: the HDD file is current
@@ -412,7 +407,7 @@ describe('an image written on the HDD behind the mount with no dirty blocks', ()
     let m = await mount(store, path.join(dir, 'mnt'))
     try {
       const fd = fs.openSync(path.join(m.mnt, 'vm.img'), 'r')
-      await waitFor(() => stats(m.mnt).images.some((i) => i.scan.state === 'done' && (i as unknown as { scan: { warm: boolean } }).scan.warm), 30_000, 'the preload')
+      await waitFor(() => stats(m.mnt).images.some((i) => i.scan.state === 'done' && i.scan.warm), 30_000, 'the preload')
       expect(stats(m.mnt).images[0].ssdBlocks).toBeGreaterThan(10)
       fs.closeSync(fd)
     } finally {

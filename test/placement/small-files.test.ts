@@ -16,7 +16,7 @@ import { BlockClass, className } from '../../src/introspect/classes'
 import { CorruptError } from '../../src/introspect/errors'
 import { ExtFs, scanExt } from '../../src/introspect/fs/ext'
 import { FileReader } from '../../src/introspect/reader'
-import { runCli } from '../helpers/cli'
+import { imageStats } from '../helpers/control'
 import { replayChanges } from '../helpers/replay'
 import { e2oracle } from '../helpers/e2oracle'
 import { checkImageAlone, mount, testDirs, tmpdir, waitFor } from '../helpers/mount'
@@ -167,15 +167,15 @@ describe('a mount with small files on the fast tiers', () => {
     try {
       const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
       try {
-        await waitFor(() => JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]?.scan.warm === true, 30_000, 'the scan and preload')
+        await waitFor(() => imageStats(m.mnt)?.scan.warm === true, 30_000, 'the scan and preload')
         await waitFor(() => /small and boot files: \d+ data block\(s\)/.test(m.log()), 10_000, 'the small-file preload log line')
-        const st0 = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]
+        const st0 = imageStats(m.mnt)!
         // The image is one ext4 at offset 0 with 4 KiB blocks: file blocks are fs blocks.
         expect(st0.mapClasses['small-file']).toBe(small.size)
         execFileSync('mount', ['-t', 'ext4', loop, guest])
         try {
           for (const f of smallFiles) expect(sha(path.join(guest, f)), f).toBe(sha(path.join(tree, f)))
-          const st1 = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]
+          const st1 = imageStats(m.mnt)!
           const c = st1.classes['small-file']
           expect(c.reads).toBeGreaterThanOrEqual(small.size)
           expect(c.hddReads, JSON.stringify(c)).toBe(0)
@@ -193,7 +193,7 @@ describe('a mount with small files on the fast tiers', () => {
         } finally {
           execFileSync('umount', [guest])
         }
-        const st2 = JSON.parse(runCli(['stats', m.mnt, '--json']).stdout).images[0]
+        const st2 = imageStats(m.mnt)!
         expect(st2.classes['small-file'].redirected).toBeGreaterThanOrEqual(20)
         expect(st2.dirtyBlocks).toBeGreaterThan(0)
       } finally {
@@ -212,8 +212,8 @@ describe('a mount with small files on the fast tiers', () => {
     const off = await mount(store, mnt, ['--small-files', '0'])
     try {
       fs.closeSync(fs.openSync(path.join(off.mnt, 'vm.img'), 'r'))
-      await waitFor(() => JSON.parse(runCli(['stats', off.mnt, '--json']).stdout).images[0]?.scan.warm === true, 30_000, 'the scan')
-      const st = JSON.parse(runCli(['stats', off.mnt, '--json']).stdout).images[0]
+      await waitFor(() => imageStats(off.mnt)?.scan.warm === true, 30_000, 'the scan')
+      const st = imageStats(off.mnt)!
       expect(st.mapClasses['small-file']).toBeUndefined()
       expect(st.scan.restored).toBe(false)
       expect(off.log()).toMatch(/small files' data with the meta-data: off/)
