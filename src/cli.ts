@@ -47,7 +47,7 @@ program
   .option('--ssd-max <size>', 'cap of the SSD block store (default half the free space of its file system, at most 16G); when full, clean blocks are evicted and meta-data writes go to the HDD')
   .option(
     '--exclude <glob>',
-    'never introspect files matching this glob, relative to STORE (repeatable; * within a name, ** across directories). A VM owner can opt an image out with: setfattr -n user.vmdi.introspect -v off IMAGE',
+    'never introspect files matching this glob, relative to STORE (repeatable; as a shell globs: * and ? within a name, ** across directories, [a-z] classes, {a,b} braces; dot files match too). A VM owner can opt an image out with: setfattr -n user.vmdi.introspect -v off IMAGE',
     (v: string, prev: string[]) => prev.concat(v),
     [] as string[],
   )
