@@ -16,6 +16,7 @@ import { E } from './errno'
 import { sys, UTIME_NOW, UTIME_OMIT } from '../native/sys'
 import type { Datapath, ImageEntry } from '../placement/datapath'
 import { log } from '../log'
+import { OPEN_DIRECT_IO } from '../native/constants'
 
 const fsp = fs.promises
 // Calls on the fds our handle table holds (fs.promises works on FileHandles only).
@@ -29,8 +30,6 @@ const fdClose = promisify(fs.close)
 const { O_DIRECT, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants
 
 /** Bits of the open reply (patched fuse-native): bypass the page cache / keep it. */
-export const OPEN_DIRECT_IO = 1
-export const OPEN_KEEP_CACHE = 2
 
 export interface Caller {
   uid: number
@@ -151,7 +150,7 @@ export class StoreFs {
   private addFile(f: OpenFile): number {
     // fh values are uint32 and never 0 (0 means "no handle" in the binding).
     // Released handles are reused first, so numbers stay small: the binding's
-    // direct-I/O table covers handles below 65536.
+    // direct-I/O table covers handles below FH_LIMIT.
     const fh = this.freeFhs.pop() ?? this.nextFh++
     if (fh > 0xfffffffe) throw Object.assign(new Error('file handle table full'), { errno: E.EMFILE })
     this.files.set(fh, f)

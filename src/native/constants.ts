@@ -30,3 +30,9 @@ export const OPEN_KEEP_CACHE = 2
 export function blockKey(image: number, block: number): number {
   return image * 2 ** KEY_IMAGE_SHIFT + block
 }
+
+/** The image and block of a key (blockKey's inverse). */
+export function splitKey(key: number): { image: number; block: number } {
+  const image = Math.floor(key / 2 ** KEY_IMAGE_SHIFT)
+  return { image, block: key - image * 2 ** KEY_IMAGE_SHIFT }
+}

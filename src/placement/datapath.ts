@@ -19,6 +19,7 @@ import path from 'path'
 import { probeImage } from '../introspect/container'
 import { ImageMap } from '../introspect/map/image-map'
 import { log } from '../log'
+import { splitKey } from '../native/constants'
 import { sys } from '../native/sys'
 import { excludeMatcher } from '../exclude'
 import { BLOCK, RamCache, type RamMirror } from '../store/ram'
@@ -423,8 +424,8 @@ export class Datapath {
       byId ??= new Map(this.images().map((e) => [e.id, e]))
       for (let i = 0; i < n; i++) {
         const key = this.drained[i]
-        const image = Math.floor(key / 0x1_0000_0000)
-        byId.get(image)?.router.servedFromRam(key - image * 0x1_0000_0000, now)
+        const { image, block } = splitKey(key)
+        byId.get(image)?.router.servedFromRam(block, now)
         this.ram.touch(key)
       }
       if (n < this.drained.length) return

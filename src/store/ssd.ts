@@ -10,6 +10,7 @@ import fs from 'fs'
 import path from 'path'
 import { Worker } from 'worker_threads'
 import { PROJECT_ROOT } from '../root'
+import { splitKey } from '../native/constants'
 import { blockKey } from './ram'
 import { PUT_FIELDS, type Batch, type WriteOp } from './ssd-worker-types'
 
@@ -336,8 +337,8 @@ export class SsdStore {
     const out = new Map<number, boolean>()
     for (const r of rows) if (!this.pendingTruncates.some((t) => t.image === image && r.block >= t.fromBlock)) out.set(r.block, r.dirty !== 0)
     for (const [k, p] of this.pending) {
-      if (Math.floor(k / 0x1_0000_0000) !== image) continue
-      const b = k % 0x1_0000_0000
+      const { image: im, block: b } = splitKey(k)
+      if (im !== image) continue
       if (p.block && (p.block.dirty || !dirtyOnly)) out.set(b, p.block.dirty)
       else out.delete(b)
     }
