@@ -10,7 +10,7 @@ import { IntrospectError, IntrospectIOError } from '../introspect/errors'
 import { inspectImage, type Inspection } from '../introspect/inspect'
 import { ImageMap } from '../introspect/map/image-map'
 import { FileReader } from '../introspect/reader'
-import { log } from '../log'
+import { log, warnRepeated } from '../log'
 import { BLOCK } from '../store/ram'
 import type { SsdStore } from '../store/ssd'
 import type { ImageEntry } from './image'
@@ -35,7 +35,20 @@ export async function scanImage(entry: ImageEntry, ctx: ScanContext): Promise<bo
   if (ctx.closed() || entry.unlinked) return false
   const t0 = Date.now()
   entry.scan.state = 'running'
+  const progress = entry.progress.scan
+  progress.startedMs = t0
+  // Bytes of each volume walked, summed over the volumes: blocks done of blocks known so far.
+  const walked = new Map<string, [number, number]>()
+  const onProgress = (what: string, done: number, total: number) => {
+    walked.set(what, [done, total])
+    let d = 0
+    let t = 0
+    for (const [x, y] of walked.values()) (d += x), (t += y)
+    progress.done = Math.floor(d / BLOCK)
+    progress.total = Math.ceil(t / BLOCK)
+  }
   for (;;) {
+    walked.clear()
     entry.scan.tries++
     entry.scanWrites = new Set()
     let ins: Inspection
@@ -44,13 +57,14 @@ export async function scanImage(entry: ImageEntry, ctx: ScanContext): Promise<bo
     entry.keeper.keep(SCAN_KEEP_MAX)
     try {
       const openFile = async (p: string): Promise<DiskFile> => (p === entry.abs ? new RouterFile(entry, ctx.closed) : FileReader.open(p))
-      ins = await inspectImage(entry.abs, { storeRoot: ctx.storeRoot, openFile, restore: entry.restore ?? undefined, smallFileBytes: ctx.smallFileBytes, bootFiles: ctx.bootFiles })
-      fileMap = ImageMap.fromInspection(ins, entry.abs, { warn: (m) => log.warn(`image ${entry.rel}: ${m}`) })
+      ins = await inspectImage(entry.abs, { storeRoot: ctx.storeRoot, openFile, restore: entry.restore ?? undefined, onProgress, smallFileBytes: ctx.smallFileBytes, bootFiles: ctx.bootFiles })
+      fileMap = ImageMap.fromInspection(ins, entry.abs, { warn: (m) => warnRepeated(`image ${entry.rel}`, repeatKind(m), `image ${entry.rel}: ${m}`) })
     } catch (e) {
       entry.scanWrites = null
       entry.keeper.drop()
       entry.scan.state = 'failed'
       entry.scan.ms = Date.now() - t0
+      progress.endedMs = Date.now()
       entry.scan.error = (e as Error).message
       await entry.map.close().catch(() => undefined)
       entry.map = ImageMap.empty()
@@ -74,6 +88,8 @@ export async function scanImage(entry: ImageEntry, ctx: ScanContext): Promise<bo
     await entry.map.close().catch(() => undefined)
     entry.map = fileMap
     entry.scan.state = 'done'
+    progress.endedMs = Date.now()
+    progress.done = progress.total
     entry.scan.restored = ins.restored.length > 0 && ins.restored.length === ins.filesystems.length
     entry.restore = null
     entry.scan.ms = Date.now() - t0
@@ -116,7 +132,7 @@ export async function beforeWrite(entry: ImageEntry, buf: Buffer, len: number, p
       for (const c of await map.applyWrite(pos, bytes)) entry.router.reclassified(c.start, c.count, c.from, c.to)
     })
     entry.updating = run.catch(() => undefined)
-    await run.catch((e) => log.warn(`image ${entry.rel}: live map update at byte ${pos} failed: ${(e as Error).message}`))
+    await run.catch((e) => warnRepeated(`image ${entry.rel}`, 'live map update failed', `image ${entry.rel}: live map update at byte ${pos} failed: ${(e as Error).message}`))
     return false
   }
   // New data: a write of file data only (small and boot files' data is routed by its class anyway).
@@ -163,4 +179,9 @@ class RouterFile implements DiskFile {
   async close(): Promise<void> {
     /* the fd is the datapath's */
   }
+}
+
+/** The kind of an image map warning, for rate-limiting: its text before the reason, numbers left out. */
+export function repeatKind(msg: string): string {
+  return msg.split(' (')[0].replace(/\d+/g, 'N')
 }
