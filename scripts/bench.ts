@@ -146,10 +146,10 @@ function routerDelta(before: MountStats, after: MountStats, flat: string): Route
   const b = imageIn(before, flat)
   const a = imageIn(after, flat)
   if (!a?.classes) return null
-  const out: RouterDelta = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0, metaHddReads: {} }
+  const out: RouterDelta = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0, rmwLoads: 0, metaHddReads: {} }
   for (const [cls, v] of Object.entries(a.classes)) {
     const p = b?.classes?.[cls]
-    for (const k of ['reads', 'ramHits', 'ssdHits', 'hddReads', 'writes', 'redirected'] as const) out[k] += (v[k] ?? 0) - (p?.[k] ?? 0)
+    for (const k of ['reads', 'ramHits', 'ssdHits', 'hddReads', 'writes', 'redirected', 'rmwLoads'] as const) out[k] += (v[k] ?? 0) - (p?.[k] ?? 0)
     const h = (v.hddReads ?? 0) - (p?.hddReads ?? 0)
     if (h > 0 && cls !== 'data' && cls !== 'free') out.metaHddReads[cls] = h
   }

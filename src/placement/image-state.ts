@@ -31,6 +31,8 @@ export interface ClassStats {
   hddReads: number
   writes: number
   redirected: number
+  /** Blocks a partial write had to complete first (from RAM, the SSD store or the HDD): not reads, not hits. */
+  rmwLoads: number
 }
 
 export interface RouterCounters {
@@ -133,7 +135,7 @@ export class ImageState {
 
   stat(cls: BlockClass): ClassStats {
     let s = this.stats.get(cls)
-    if (!s) this.stats.set(cls, (s = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0 }))
+    if (!s) this.stats.set(cls, (s = { reads: 0, ramHits: 0, ssdHits: 0, hddReads: 0, writes: 0, redirected: 0, rmwLoads: 0 }))
     return s
   }
 

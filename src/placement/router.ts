@@ -49,11 +49,14 @@ export class ImageRouter implements Router {
 
   constructor(readonly state: ImageState) {}
 
-  /** The current bytes of one meta-data-routed block: RAM, then SSD, then HDD (kept on both). */
-  private async loadBlock(b: number, cls: BlockClass, into: Buffer): Promise<void> {
+  /**
+   * The current bytes of one meta-data-routed block: RAM, then SSD, then HDD (kept on both).
+   * `forRead` false: a partial write completing its block; counted as `rmwLoads` by the caller, not as a hit.
+   */
+  private async loadBlock(b: number, cls: BlockClass, into: Buffer, forRead = true): Promise<void> {
     const s = this.state
     const key = s.key(b)
-    const st = s.stat(cls)
+    const st = forRead ? s.stat(cls) : { ramHits: 0, ssdHits: 0, hddReads: 0 }
     if (s.ram.get(key, into)) {
       st.ramHits++
       return
@@ -71,7 +74,7 @@ export class ImageRouter implements Router {
       st.hddReads++
       // A write that landed meanwhile made what we read stale: return it, keep nothing.
       if (w.written(b) || s.held.isDirty(b)) {
-        if (s.held.isDirty(b) || s.ram.has(key)) return this.loadBlock(b, cls, into)
+        if (s.held.isDirty(b) || s.ram.has(key)) return this.loadBlock(b, cls, into, forRead)
         return
       }
       s.ram.set(key, into, priorityOf(cls), true)
@@ -213,7 +216,10 @@ export class ImageRouter implements Router {
     const s = this.state
     const st = s.stat(cls)
     const blk = Buffer.allocUnsafe(BLOCK)
-    if (n < BLOCK) await this.loadBlock(b, cls, blk) // a partial write keeps the rest of the block
+    if (n < BLOCK) {
+      await this.loadBlock(b, cls, blk, false) // a partial write keeps the rest of the block
+      st.rmwLoads++
+    }
     src.copy(blk, blkAt, srcAt, srcAt + n)
     s.watch.touched(b)
     const key = s.key(b)

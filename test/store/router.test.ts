@@ -421,4 +421,25 @@ describe('ImageRouter: a restart with a warm SSD store', () => {
     fs.closeSync(fd)
     await ssd.close()
   })
+
+  it('counts the loads of partial-block writes apart (rmwLoads), never as hits of reads that did not happen', async () => {
+    const hdd = path.join(dir, 'rmw.img')
+    fs.writeFileSync(hdd, crypto.randomBytes(16 * BLOCK))
+    const map = new ExtentMap()
+    map.set(0, 16, BlockClass.SmallFile)
+    const ssd = SsdStore.open(path.join(dir, 'rmw.sqlite'))
+    const fd = fs.openSync(hdd, 'r+')
+    const r = openRouter(fd, 1, new RamCache(64 * BLOCK), ssd, (b) => map.classOf(b))
+    // 16 partial writes to blocks never read: the rest of each block comes from the HDD; 16 more to the same blocks: from RAM.
+    const w = Buffer.alloc(512, 0x55)
+    for (let b = 0; b < 16; b++) await r.write(w, 512, b * BLOCK)
+    for (let b = 0; b < 16; b++) await r.write(w, 512, b * BLOCK + 1024)
+    const one = Buffer.alloc(BLOCK)
+    await r.read(one, BLOCK, 0)
+    const st = r.stats.get(BlockClass.SmallFile)!
+    expect(st).toMatchObject({ reads: 1, ramHits: 1, ssdHits: 0, hddReads: 0, writes: 32, redirected: 32, rmwLoads: 32 })
+    expect(st.ramHits + st.ssdHits + st.hddReads).toBeLessThanOrEqual(st.reads)
+    fs.closeSync(fd)
+    await ssd.close()
+  })
 })
