@@ -28,7 +28,7 @@ import { hddDevice } from '../store/hdd-device'
 import type { HddModel } from '../store/hdd-model'
 import { backgroundTick, failover } from './destage'
 import { registerImage } from './identity'
-import { imageParts, ImageRefused, type ImageEntry } from './image'
+import { imageParts, ImageRefused, newProgress, type ImageEntry } from './image'
 import { Ledger } from './ledger'
 import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
@@ -240,6 +240,7 @@ export class Datapath {
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never
       // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
+      progress: { scan: newProgress(), preload: newProgress() },
       // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
       const dropped = entry.state.held.dropAllClean()
       if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${entry.state.held.dirtyCount} unwritten block(s) kept`)
@@ -284,6 +285,7 @@ export class Datapath {
     return entry.router.write(buf, len, pos, absorb)
   }
 
+    entry.progress.preload.endedMs ||= Date.now()
   // --- names and sizes ---------------------------------------------------------
 
   release(entry: ImageEntry): void {

@@ -41,6 +41,18 @@ export function imageParts(fd: number, id: number, ram: RamCache, ssd: SsdStore,
 
 export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'
 
+/** A background job's progress in 4 KiB blocks (`vmdi-fuse status`, metrics); times in ms since the epoch, 0: not yet. */
+export interface Progress {
+  done: number
+  total: number
+  startedMs: number
+  endedMs: number
+}
+
+export function newProgress(): Progress {
+  return { done: 0, total: 0, startedMs: 0, endedMs: 0 }
+}
+
 export class ImageRefused extends Error {
   constructor(message: string) {
     super(message)
@@ -62,6 +74,8 @@ export interface ImageEntry extends ImageParts {
   /** The class of every 4 KiB block of the file (empty until scanned, or the saved one meanwhile); swapped whole by a scan. */
   map: ImageMap
   scan: { state: ScanState; ms: number; tries: number; error: string | null; format: string | null; mapBytes: number; warm: boolean; restored: boolean }
+  /** The scan's file-system walk (blocks of the volumes walked) and the preload's HDD sweeps (blocks of their spans). */
+  progress: { scan: Progress; preload: Progress }
   /** Writes feeding the live map, one at a time. */
   updating: Promise<void>
   /** File blocks written while a scan runs (null: no scan running). */

@@ -3,7 +3,7 @@
 // counters and per-class stats, and the map's classes.
 
 import { className } from '../introspect/classes'
-import type { ImageEntry } from './image'
+import type { ImageEntry, Progress } from './image'
 import type { ClassStats, RouterCounters } from './image-state'
 
 export interface DatapathStats {
@@ -13,6 +13,8 @@ export interface DatapathStats {
   images: ({
     path: string
     scan: ImageEntry['scan']
+    /** The scan's file-system walk and the preload's HDD sweeps. */
+    progress: { scan: ProgressStats; preload: ProgressStats }
     fileBytes: number
     dirtyBlocks: number
     ssdBlocks: number
@@ -22,11 +24,32 @@ export interface DatapathStats {
   refused: string[]
 }
 
+/** A background job's progress: 4 KiB blocks done of total, rate and time left (null until known). */
+export interface ProgressStats {
+  state: 'pending' | 'running' | 'done'
+  doneBlocks: number
+  totalBlocks: number
+  /** MiB per second since it started (until it ended). */
+  mibPerSec: number | null
+  /** Seconds left at that rate; 0 once done. */
+  etaSec: number | null
+}
+
+export function progressStats(p: Progress, now = Date.now()): ProgressStats {
+  const state = p.startedMs === 0 ? 'pending' : p.endedMs === 0 ? 'running' : 'done'
+  const secs = ((p.endedMs || now) - p.startedMs) / 1000
+  const mibPerSec = state !== 'pending' && secs > 0 ? p.done / 256 / secs : null
+  const left = Math.max(0, p.total - p.done)
+  const etaSec = state === 'done' ? 0 : mibPerSec && p.total > 0 ? left / 256 / mibPerSec : null
+  return { state, doneBlocks: p.done, totalBlocks: p.total, mibPerSec, etaSec }
+}
+
 /** One image's entry of the stats. */
 export function imageStats(e: ImageEntry): DatapathStats['images'][number] {
   return {
     path: e.rel,
     scan: { ...e.scan },
+    progress: { scan: progressStats(e.progress.scan), preload: progressStats(e.progress.preload) },
     fileBytes: e.state.size,
     dirtyBlocks: e.state.held.dirtyCount,
     ssdBlocks: e.state.held.heldCount,
