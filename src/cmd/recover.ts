@@ -80,9 +80,13 @@ export async function runRecover(image: string, o: RecoverOptions): Promise<void
     }
     const fd = fs.openSync(abs, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW)
     try {
+      // As the destage does: the last block is trimmed to the file's size (a VHD ends in a 512-byte
+      // footer), and blocks past the end are not written (a truncate the store had not seen dropped them).
+      const size = fs.fstatSync(fd).size
       for (const b of dirty) {
-        const blk = ssd.get(id, b)
-        if (blk) fs.writeSync(fd, blk.data, 0, BLOCK, b * BLOCK)
+        const len = Math.min(BLOCK, size - b * BLOCK)
+        const blk = len > 0 ? ssd.get(id, b) : null
+        if (blk) fs.writeSync(fd, blk.data, 0, len, b * BLOCK)
       }
       fs.fsyncSync(fd)
       for (const b of dirty) ssd.markClean(id, b)
