@@ -90,6 +90,8 @@ export interface StatfsResult {
 }
 
 const READDIR_STAT_CONCURRENCY = 64
+/** Linux's PATH_MAX, the terminating NUL included. */
+const PATH_MAX = 4096
 
 export class StoreFs {
   readonly root: string
@@ -120,16 +122,30 @@ export class StoreFs {
     // The kernel applies the caller's umask to every mode it sends us; the
     // daemon's own must not strip bits a second time.
     process.umask(0)
+    // Every syscall names its entry relative to STORE (at()), so STORE's own
+    // path never eats into PATH_MAX: a path the store accepts relative to its
+    // root (up to 4,095 bytes) works through the mount. Process-wide: nothing
+    // else in the daemon uses relative paths (settings resolve them first).
+    process.chdir(this.root)
   }
 
-  /** The store path of a mount path. Refuses anything that could leave the store. */
+  /** The absolute store path of a mount path (names: the datapath's keys, log lines). */
   resolve(p: string): string {
+    const rel = this.at(p)
+    return rel === '.' ? this.root : this.root + p
+  }
+
+  /**
+   * The path the syscalls use: relative to STORE, the daemon's working
+   * directory. Refuses anything that could leave the store.
+   */
+  at(p: string): string {
     if (typeof p !== 'string' || p[0] !== '/' || p.includes('\0')) throw Object.assign(new Error(`bad path ${p}`), { errno: E.EINVAL })
-    if (p === '/') return this.root
+    if (p === '/') return '.'
     for (const part of p.split('/')) {
       if (part === '..' || part === '.') throw Object.assign(new Error(`path ${p} has a dot component`), { errno: E.EACCES })
     }
-    return this.root + p
+    return p.slice(1)
   }
 
   /** Mount path an open handle was opened by (for log lines about it). */
@@ -190,7 +206,7 @@ export class StoreFs {
   // --- attributes -----------------------------------------------------------
 
   getattr(p: string): Promise<fs.BigIntStats> {
-    return fsp.lstat(this.resolve(p), { bigint: true })
+    return fsp.lstat(this.at(p), { bigint: true })
   }
 
   fgetattr(p: string, fh: number): Promise<fs.BigIntStats> {
@@ -200,11 +216,11 @@ export class StoreFs {
   }
 
   async access(p: string, mode: number): Promise<void> {
-    await fsp.access(this.resolve(p), mode)
+    await fsp.access(this.at(p), mode)
   }
 
   async statfs(p: string): Promise<StatfsResult> {
-    const r = sys().statvfs(this.resolve(p))
+    const r = sys().statvfs(this.at(p))
     if (typeof r === 'number') throw Object.assign(new Error('statvfs failed'), { errno: r })
     const [bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax] = r
     return { bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax }
@@ -212,22 +228,22 @@ export class StoreFs {
 
   async chmod(p: string, mode: number): Promise<void> {
     // The kernel never asks to chmod a symlink (Linux has no lchmod).
-    await fsp.chmod(this.resolve(p), mode)
+    await fsp.chmod(this.at(p), mode)
   }
 
   async chown(p: string, uid: number, gid: number): Promise<void> {
     // (uid_t)-1 / (gid_t)-1 mean "leave unchanged"; the binding passes them as uint32.
-    await fsp.lchown(this.resolve(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid)
+    await fsp.lchown(this.at(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid)
   }
 
   async utimens(p: string, atime: TimeSpec, mtime: TimeSpec): Promise<void> {
-    const r = sys().utimensat(this.resolve(p), atime.sec, atime.nsec, mtime.sec, mtime.nsec)
+    const r = sys().utimensat(this.at(p), atime.sec, atime.nsec, mtime.sec, mtime.nsec)
     if (r < 0) throw Object.assign(new Error('utimensat failed'), { errno: r })
   }
 
   async truncate(p: string, size: number): Promise<void> {
     if (this.datapath && (await this.datapath.truncated(this.resolve(p), size))) return
-    const fd = await openNoFollow(this.resolve(p), fs.constants.O_WRONLY)
+    const fd = await openNoFollow(this.at(p), fs.constants.O_WRONLY)
     try {
       await ftruncate(fd, size)
     } finally {
@@ -245,7 +261,7 @@ export class StoreFs {
   // --- directories ------------------------------------------------------------
 
   async readdir(p: string): Promise<{ names: string[]; stats: fs.Stats[] }> {
-    const dir = this.resolve(p)
+    const dir = this.at(p)
     const entries = await fsp.readdir(dir)
     const names = ['.', '..', ...entries]
     const stats: fs.Stats[] = new Array(names.length)
@@ -275,17 +291,17 @@ export class StoreFs {
   }
 
   async mkdir(p: string, mode: number, caller: Caller | null): Promise<void> {
-    const target = this.resolve(p)
+    const target = this.at(p)
     await fsp.mkdir(target, { mode })
     await this.giveToCaller(target, caller)
   }
 
   async rmdir(p: string): Promise<void> {
-    await fsp.rmdir(this.resolve(p))
+    await fsp.rmdir(this.at(p))
   }
 
   async fsyncdir(p: string, datasync: number): Promise<void> {
-    const fd = await openNoFollow(this.resolve(p), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
+    const fd = await openNoFollow(this.at(p), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
     try {
       await (datasync ? fdatasync : fsync)(fd)
     } finally {
@@ -296,34 +312,31 @@ export class StoreFs {
   // --- names ------------------------------------------------------------------
 
   async unlink(p: string): Promise<void> {
-    const target = this.resolve(p)
-    await fsp.unlink(target)
-    this.datapath?.unlinked(target)
+    await fsp.unlink(this.at(p))
+    this.datapath?.unlinked(this.resolve(p))
   }
 
   async rename(src: string, dest: string): Promise<void> {
-    const from = this.resolve(src)
-    const to = this.resolve(dest)
-    await fsp.rename(from, to)
-    this.datapath?.renamed(from, to, dest.slice(1))
+    await fsp.rename(this.at(src), this.at(dest))
+    this.datapath?.renamed(this.resolve(src), this.resolve(dest), dest.slice(1))
   }
 
   async link(src: string, dest: string): Promise<void> {
-    await fsp.link(this.resolve(src), this.resolve(dest))
+    await fsp.link(this.at(src), this.at(dest))
   }
 
   async symlink(target: string, p: string, caller: Caller | null): Promise<void> {
-    const linkPath = this.resolve(p)
+    const linkPath = this.at(p)
     await fsp.symlink(target, linkPath)
     await this.giveToCaller(linkPath, caller)
   }
 
   async readlink(p: string): Promise<string> {
-    return fsp.readlink(this.resolve(p))
+    return fsp.readlink(this.at(p))
   }
 
   async mknod(p: string, mode: number, dev: number, caller: Caller | null): Promise<void> {
-    const target = this.resolve(p)
+    const target = this.at(p)
     const r = sys().mknod(target, mode, dev)
     if (r < 0) throw Object.assign(new Error('mknod failed'), { errno: r })
     await this.giveToCaller(target, caller)
@@ -332,24 +345,24 @@ export class StoreFs {
   // --- extended attributes ------------------------------------------------------
 
   async setxattr(p: string, name: string, value: Buffer, flags: number): Promise<void> {
-    const r = sys().lsetxattr(this.resolve(p), name, Buffer.from(value), flags)
+    const r = sys().lsetxattr(this.at(p), name, Buffer.from(value), flags)
     if (r < 0) throw Object.assign(new Error('setxattr failed'), { errno: r })
   }
 
   async getxattr(p: string, name: string): Promise<Buffer> {
-    const r = sys().lgetxattr(this.resolve(p), name)
+    const r = sys().lgetxattr(this.at(p), name)
     if (typeof r === 'number') throw Object.assign(new Error('getxattr failed'), { errno: r })
     return r
   }
 
   async listxattr(p: string): Promise<string[]> {
-    const r = sys().llistxattr(this.resolve(p))
+    const r = sys().llistxattr(this.at(p))
     if (typeof r === 'number') throw Object.assign(new Error('listxattr failed'), { errno: r })
     return r.toString('utf8').split('\0').filter((s) => s.length > 0)
   }
 
   async removexattr(p: string, name: string): Promise<void> {
-    const r = sys().lremovexattr(this.resolve(p), name)
+    const r = sys().lremovexattr(this.at(p), name)
     if (r < 0) throw Object.assign(new Error('removexattr failed'), { errno: r })
   }
 
@@ -361,11 +374,13 @@ export class StoreFs {
    * the caller still bypasses the page cache of the mount.
    */
   async open(p: string, flags: number): Promise<{ fh: number; openFlags: number }> {
-    const target = this.resolve(p)
-    const fd = await openNoFollow(target, (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
+    const fd = await openNoFollow(this.at(p), (flags & ~O_DIRECT & ~O_CREAT) | O_NOFOLLOW)
+    const abs = this.resolve(p)
     let image: ImageEntry | undefined
     try {
-      image = (await this.datapath?.attach(p.slice(1), target)) ?? undefined
+      // The datapath names images by absolute path (its SSD store's key): one
+      // past PATH_MAX stays a plain pass-through file.
+      if (Buffer.byteLength(abs) < PATH_MAX) image = (await this.datapath?.attach(p.slice(1), abs)) ?? undefined
       if (image && flags & fs.constants.O_TRUNC) await image.router.truncate(0)
     } catch (e) {
       if (image) this.datapath?.release(image)
@@ -381,7 +396,7 @@ export class StoreFs {
   }
 
   async create(p: string, mode: number, flags: number, caller: Caller | null): Promise<{ fh: number; openFlags: number }> {
-    const target = this.resolve(p)
+    const target = this.at(p)
     const base = (flags & ~O_DIRECT & ~O_CREAT & ~O_EXCL) | O_NOFOLLOW
     let fd: number
     let created = true

