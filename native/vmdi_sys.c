@@ -27,10 +27,14 @@ static napi_value num(napi_env env, double v) {
   return r;
 }
 
+// The string's UTF-8 bytes and a NUL into buf: up to size - 1 bytes (a
+// 4,095-byte path in a PATH_MAX buffer), -ENAMETOOLONG past that. The length is
+// asked first: a copy cut at size - 1 bytes looks the same as one that fits.
 static int get_str(napi_env env, napi_value v, char *buf, size_t size) {
   size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return -EINVAL;
+  if (len >= size) return -ENAMETOOLONG;
   if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return -EINVAL;
-  if (len >= size - 1) return -ENAMETOOLONG;
   return 0;
 }
 
