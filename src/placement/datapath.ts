@@ -16,7 +16,7 @@
 import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
-import { probeImage } from '../introspect/container'
+import { probeImage, probeSmallContainer } from '../introspect/container'
 import { ImageMap } from '../introspect/map/image-map'
 import { log } from '../log'
 import { splitKey } from '../native/constants'
@@ -30,6 +30,7 @@ import { backgroundTick, failover } from './destage'
 import { registerImage } from './identity'
 import { imageParts, ImageRefused, newProgress, type ImageEntry } from './image'
 import { Ledger } from './ledger'
+import { MAX_SCANS, PreloadScheduler, Slots } from './schedule'
 import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
 import { warmStart } from './warm-start'
@@ -63,9 +64,11 @@ export interface DatapathOptions {
    * while it holds fewer unwritten bytes than this (--new-data; default 0: off).
    */
   newDataBytes?: number
+  /** RAM all images' maps and running scans may take together (--introspect-memory; default: no ceiling). */
+  introspectMemoryBytes?: number
 }
 
-/** Files smaller than this are never taken for disk images. */
+/** Raw files smaller than this are never taken for disk images, nor containers of smaller disks. */
 export const MIN_IMAGE_BYTES = 1 << 20
 /** The extended attribute a VM's owner sets to keep an image out of introspection. */
 export const OPT_OUT_XATTR = 'user.vmdi.introspect'
@@ -82,7 +85,12 @@ export class Datapath {
   private readonly capBlocks: number
   /** New data is held on the SSD store while its dirty blocks are fewer than this (at most half the cap). */
   private readonly newDataBlocks: number
-  private scanQueue: Promise<void> = Promise.resolve()
+  /** Background introspection (scan, then warm start) of every attached image, while it runs. */
+  private readonly background = new Set<Promise<void>>()
+  /** Scans run at once, at most MAX_SCANS (they are short); more wait for a slot. */
+  private readonly scanSlots = new Slots(MAX_SCANS)
+  /** Preloads of every image, one span at a time, meta-data first. */
+  private readonly preloads: PreloadScheduler
   private timer: NodeJS.Timeout | null = null
   private closed = false
   /** The SSD store's failover (what it held written to the HDD files), once it has failed. */
@@ -101,12 +109,21 @@ export class Datapath {
     this.newDataBlocks = Math.min(Math.floor(this.capBlocks / 2), Math.floor((opts.newDataBytes ?? 0) / BLOCK))
     this.excluded = excludeMatcher(opts.exclude)
     this.ledger = new Ledger(this.ssd)
+    this.preloads = new PreloadScheduler(opts.destageIdleMs ?? 200)
     // Called for every batch that fails: the failover runs once.
     this.ssd.onFailure = (e) => {
       this.failover ??= this.ssdFailed(e)
     }
     this.timer = setInterval(() => void this.tick(), opts.destageIntervalMs ?? 250)
     this.timer.unref()
+  }
+
+  /** Bytes of the introspection memory ceiling (--introspect-memory) left for `entry`'s scan: what the other images' maps do not take. */
+  private introspectMemoryLeft(entry: ImageEntry): number {
+    const limit = this.opts.introspectMemoryBytes ?? Infinity
+    let used = 0
+    for (const e of this.images()) if (e !== entry) used += e.map.memoryBytes()
+    return limit - used
   }
 
   images(): ImageEntry[] {
@@ -150,10 +167,12 @@ export class Datapath {
     if (this.excluded(rel)) return null
     const storedId = this.ssd.imageId(abs)
     if (storedId === null) {
-      if (st.size < MIN_IMAGE_BYTES || optedOut(abs)) return null
+      if (optedOut(abs)) return null
       let format: string | null
       try {
-        format = await probeImage(abs)
+        // Attached by content: a file too small for a raw image may still be a fresh sparse
+        // container of a large disk (a new VM's qcow2), which qemu will fill through this mount.
+        format = st.size < MIN_IMAGE_BYTES ? await probeSmallContainer(abs, MIN_IMAGE_BYTES, this.opts.storeRoot) : await probeImage(abs)
       } catch (e) {
         log.warn(`image ${rel}: probe failed (${(e as Error).message}): served as plain pass-through`)
         return null
@@ -231,6 +250,7 @@ export class Datapath {
       opens: 1,
       map,
       scan: { state: 'pending', ms: 0, tries: 0, error: null, format: null, mapBytes: 0, warm: false, restored: false },
+      progress: { scan: newProgress(), preload: newProgress() },
       updating: Promise.resolve(),
       scanWrites: null,
       unlinked: false,
@@ -240,7 +260,6 @@ export class Datapath {
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never
       // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
-      progress: { scan: newProgress(), preload: newProgress() },
       // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
       const dropped = entry.state.held.dropAllClean()
       if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${entry.state.held.dirtyCount} unwritten block(s) kept`)
@@ -253,13 +272,17 @@ export class Datapath {
     if (conventional) {
       entry.scan.state = 'off'
       entry.map = ImageMap.empty()
-    } else this.scanQueue = this.scanQueue.then(() => this.introspect(entry))
+    } else {
+      const job = this.introspect(entry).catch((e) => log.error(`image ${rel}: background introspection failed: ${(e as Error).stack ?? e}`))
+      this.background.add(job)
+      void job.finally(() => this.background.delete(job))
+    }
     return entry
   }
 
   /** Scan, then warm start; scans run one at a time for the mount. */
   private async introspect(entry: ImageEntry): Promise<void> {
-    const done = await scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed })
+    const done = await this.scanSlots.run(() => scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed, memoryLeft: () => this.introspectMemoryLeft(entry) }))
     if (!done) return
     await warmStart({
       rel: entry.rel,
@@ -269,8 +292,10 @@ export class Datapath {
       skip: (b) => entry.map.preloadSkip(b),
       stopped: () => this.closed || entry.unlinked || !this.canRedirect(),
       room: () => this.capBlocks - this.ledger.heldTotal,
-      idleMs: this.opts.destageIdleMs ?? 200,
+      scheduler: this.preloads,
+      progress: entry.progress.preload,
     })
+    entry.progress.preload.endedMs ||= Date.now()
     entry.scan.warm = true
   }
 
@@ -285,7 +310,6 @@ export class Datapath {
     return entry.router.write(buf, len, pos, absorb)
   }
 
-    entry.progress.preload.endedMs ||= Date.now()
   // --- names and sizes ---------------------------------------------------------
 
   release(entry: ImageEntry): void {
@@ -451,7 +475,7 @@ export class Datapath {
     if (this.timer) clearInterval(this.timer)
     if (this.drainTimer) clearInterval(this.drainTimer)
     this.drainServed()
-    await this.scanQueue.catch(() => undefined)
+    await Promise.all([...this.background])
     for (const e of this.byKey.values()) {
       await e.updating
       try {

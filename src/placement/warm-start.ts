@@ -13,7 +13,9 @@ import { BlockClass, isFastData, isFastTier, isMetadata, priorityOf } from '../i
 import { log } from '../log'
 import { BLOCK } from '../store/ram'
 import { spansOf, type BlockRun } from './blocks'
+import type { PreloadScheduler } from './schedule'
 import { preadFull } from '../store/device'
+import type { Progress } from './image'
 import { ramWorthy, type ImageState, type Router } from './image-state'
 
 /** Largest preload read, in blocks (4 MiB). */
@@ -179,19 +181,21 @@ export interface WarmStartContext {
   stopped: () => boolean
   /** How many more blocks the SSD store may take now. */
   room: () => number
-  /** How long the guest must have paused before the second sweep reads (ms). */
-  idleMs: number
+  /** The mount's preload queue (fair across images). */
+  scheduler: PreloadScheduler
+  /** Blocks of the HDD sweeps' spans read, of all planned (`vmdi-fuse status`). */
+  progress?: Progress
 }
 
 /**
  * The whole warm start of one image: the scan's copies adopted, RAM refilled
- * from the SSD store, then the rest read from the HDD in one sweep in file
- * order, runs less than PRELOAD_GAP blocks apart read as one request. The
- * journal is not preloaded: it is written all the time and read only at
- * recovery, and its blocks are cached as they are written. Then, in a second
- * sweep, small and boot files' data, which only reads while the guest pauses
- * (as the background destage does): it can be long, and is worth less than
- * the guest's own I/O.
+ * from the SSD store, then the rest read from the HDD in file order, runs less
+ * than PRELOAD_GAP blocks apart read as one request, through the mount's
+ * preload queue (schedule.ts: every image's meta-data before any image's small
+ * and boot files' data, which is read only while its guest pauses: it can be
+ * long, and is worth less than the guest's own I/O). The journal is not
+ * preloaded: it is written all the time and read only at recovery, and its
+ * blocks are cached as they are written.
  */
 export async function warmStart(c: WarmStartContext): Promise<void> {
   const s = c.state
@@ -228,20 +232,32 @@ export async function warmStart(c: WarmStartContext): Promise<void> {
   }
   const meta = plan(isMetadata)
   if (adopted) log.info(`image ${c.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
-  const sweep = async (spans: BlockRun[], pick: (cls: BlockClass) => boolean, whenIdle: boolean): Promise<boolean> => {
-    for (const [start, count] of spans) {
-      while (whenIdle && !c.stopped() && Date.now() - s.lastGuestIo < c.idleMs) await new Promise((r) => setTimeout(r, c.idleMs))
-      if (c.stopped() || c.room() <= 0) return false
-      await preloadSpan(s, start, count, (cls, b) => pick(cls) && want(cls, b))
-    }
-    return true
-  }
-  if (!(await sweep(meta.spans, isMetadata, false))) return
   const small = plan(isFastData)
-  if (small.missing === 0) return
-  const t1 = Date.now()
-  const before = s.counters.preloaded
-  const done = await sweep(small.spans, isFastData, true)
-  const n = s.counters.preloaded - before
-  log.info(`image ${c.rel}: small and boot files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${done ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
+  if (!meta.spans.length && !small.spans.length) return
+  let t1 = 0
+  let smallBefore = 0
+  const progress = c.progress
+  if (progress) {
+    progress.total = meta.missing + small.missing
+    progress.startedMs ||= Date.now()
+  }
+  const complete = await c.scheduler.submit({
+    meta: meta.spans,
+    small: small.spans,
+    read: async ([start, count], phase) => {
+      if (phase === 'small' && !t1) {
+        t1 = Date.now()
+        smallBefore = s.counters.preloaded
+      }
+      const pick = phase === 'meta' ? isMetadata : isFastData
+      await preloadSpan(s, start, count, (cls, b) => pick(cls) && want(cls, b))
+      // Spans include gaps and blocks held meanwhile: progress counts the planned blocks, capped.
+      if (progress) progress.done = Math.min(progress.total, progress.done + count)
+    },
+    lastGuestIo: () => s.lastGuestIo,
+    stopped: () => c.stopped() || c.room() <= 0,
+  })
+  if (small.missing === 0 || !t1) return
+  const n = s.counters.preloaded - smallBefore
+  log.info(`image ${c.rel}: small and boot files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${complete ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
 }

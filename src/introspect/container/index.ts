@@ -12,5 +12,5 @@ registerContainer(vdiFormat)
 registerContainer(vhdFormat)
 registerContainer(rawFormat)
 
-export { openImage, probeImage, MAX_CHAIN } from './open'
+export { openImage, probeImage, probeSmallContainer, MAX_CHAIN } from './open'
 export type { ContainerFormat, ContainerRegion, FileLocation, GuestMapping, GuestRange, VirtualDisk } from './types'

@@ -151,3 +151,42 @@ export async function probeImage(p: string): Promise<string | null> {
     await file.close().catch(() => undefined)
   }
 }
+
+/** Headers of the containers that can be smaller than the disk they hold (a raw image never is). */
+function looksLikeSparseContainer(head: Buffer): boolean {
+  const ascii = (at: number, s: string) => head.toString('latin1', at, at + s.length) === s
+  return (
+    ascii(0, 'QFI\xfb') || // qcow2
+    ascii(0, 'KDMV') || // VMDK sparse extent
+    ascii(0, 'COWD') || // VMDK COWD
+    ascii(0, '# Disk DescriptorFile') || // VMDK text descriptor
+    ascii(0, 'conectix') || // VHD dynamic or differencing (footer copy at 0)
+    (head.length >= 0x44 && head.readUInt32LE(0x40) === 0xbeda107f) // VDI
+  )
+}
+
+/**
+ * Whether a file too small to be a raw disk image is a container whose virtual
+ * disk is at least `minVirtual` bytes (a fresh `qemu-img create -f qcow2 vm.qcow2
+ * 1G` is about 200 KiB on disk): its format, or null. Cheap for the files that
+ * are not: one read of 512 bytes.
+ */
+export async function probeSmallContainer(p: string, minVirtual: number, storeRoot?: string): Promise<string | null> {
+  const file = await FileReader.open(p)
+  let head: Buffer
+  try {
+    if (file.size < 512) return null
+    head = await file.read(0, 512)
+  } finally {
+    await file.close().catch(() => undefined)
+  }
+  if (!looksLikeSparseContainer(head)) return null
+  const format = await probeImage(p)
+  if (!format || format === 'raw') return null
+  const disk = await openImage(p, { storeRoot })
+  try {
+    return disk.size >= minVirtual ? format : null
+  } finally {
+    await disk.close().catch(() => undefined)
+  }
+}

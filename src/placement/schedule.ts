@@ -1,0 +1,105 @@
+// Background work shared fairly by every image of the mount (issue 18): scans
+// run a few at once (they are short: every attached image's scan starts at
+// once, up to MAX_SCANS); preloads are one queue of spans across images, taken
+// by class priority (every image's meta-data before any image's small and boot
+// files' data), images whose guest is doing I/O first. The small-file sweep
+// reads only while its own guest pauses, and an image whose guest is busy
+// never holds up another image's sweep.
+
+import type { BlockRun } from './blocks'
+
+/** Scans running at once, mount-wide. */
+export const MAX_SCANS = 4
+
+/** A counting semaphore. */
+export class Slots {
+  private free: number
+  private readonly waiting: (() => void)[] = []
+
+  constructor(n: number) {
+    this.free = n
+  }
+
+  /** Runs fn when a slot is free; the slot is held until it settles. */
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--
+    else await new Promise<void>((r) => this.waiting.push(r))
+    try {
+      return await fn()
+    } finally {
+      const next = this.waiting.shift()
+      if (next) next()
+      else this.free++
+    }
+  }
+}
+
+/** One image's preload, as the scheduler sees it. */
+export interface PreloadJob {
+  /** Meta-data spans still to read, then small and boot files' data spans (read only while the guest pauses). */
+  meta: BlockRun[]
+  small: BlockRun[]
+  /** Reads one span of the given phase. */
+  read: (span: BlockRun, phase: 'meta' | 'small') => Promise<void>
+  /** The image's last guest request (ms since the epoch). */
+  lastGuestIo: () => number
+  /** The job cannot go on (unmount, image gone, SSD store full or failed). */
+  stopped: () => boolean
+  /** Called once, when the job ends: whether it read every span. */
+  done: (complete: boolean) => void
+}
+
+/** The mount's preload queue: one span at a time, fairly across images. */
+export class PreloadScheduler {
+  private readonly jobs: PreloadJob[] = []
+  private running = false
+
+  constructor(private readonly idleMs: number) {}
+
+  /** Queues an image's spans; resolves when they are read, or the job stopped (false). */
+  submit(job: Omit<PreloadJob, 'done'>): Promise<boolean> {
+    return new Promise((resolve) => {
+      this.jobs.push({ ...job, done: resolve })
+      if (!this.running) void this.loop()
+    })
+  }
+
+  /** Images whose preload is queued or running. */
+  get pending(): number {
+    return this.jobs.length
+  }
+
+  private async loop(): Promise<void> {
+    this.running = true
+    try {
+      for (;;) {
+        for (let i = this.jobs.length - 1; i >= 0; i--) {
+          const j = this.jobs[i]
+          const finished = !j.meta.length && !j.small.length
+          if (finished || j.stopped()) {
+            this.jobs.splice(i, 1)
+            j.done(finished)
+          }
+        }
+        if (!this.jobs.length) return
+        // Meta-data first, across every image; the busiest guest's first.
+        const byActivity = [...this.jobs].sort((a, b) => b.lastGuestIo() - a.lastGuestIo())
+        const meta = byActivity.find((j) => j.meta.length)
+        if (meta) {
+          await meta.read(meta.meta.shift()!, 'meta')
+          continue
+        }
+        // Then small and boot files' data of an image whose guest pauses; the one idle longest first.
+        const now = Date.now()
+        const idle = byActivity.reverse().find((j) => now - j.lastGuestIo() >= this.idleMs)
+        if (idle) {
+          await idle.read(idle.small.shift()!, 'small')
+          continue
+        }
+        await new Promise((r) => setTimeout(r, this.idleMs))
+      }
+    } finally {
+      this.running = false
+    }
+  }
+}
