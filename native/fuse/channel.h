@@ -32,8 +32,16 @@
 struct fuse_chan;
 
 /* The kernel protocol's numbers we use (linux/fuse.h). */
+#define VMDI_FUSE_LOOKUP 1
+#define VMDI_FUSE_GETATTR 3
+#define VMDI_FUSE_SETATTR 4
+#define VMDI_FUSE_SYMLINK 6
+#define VMDI_FUSE_MKNOD 8
+#define VMDI_FUSE_MKDIR 9
+#define VMDI_FUSE_LINK 13
 #define VMDI_FUSE_OPEN 14
 #define VMDI_FUSE_CREATE 35
+#define VMDI_FUSE_NOTIFY_INVAL_INODE 2
 #define VMDI_FOPEN_DIRECT_IO (1 << 0)
 #define VMDI_FOPEN_PARALLEL_DIRECT_WRITES (1 << 6)
 
@@ -52,6 +60,17 @@ void vmdi_chan_note_request (const char *buf, size_t len);
  * open reply with direct_io of a handle the direct path serves; forgets the id of a
  * failed one. */
 void vmdi_chan_mark_reply (vmdi_direct_t *direct, const struct iovec iov[], size_t count);
+
+/* Added to the generation of every node id but the root's in entry replies (a
+ * value of this daemon start, never used by an earlier one): file handles of an
+ * earlier daemon, whose node ids the new one hands to other files, fail with
+ * ESTALE instead of opening another file. */
+void vmdi_chan_set_generation_base (uint32_t base);
+
+/* The node id a successful LINK reply's file was linked from (its other name,
+ * whose cached attributes the kernel must drop), or 0. Call from the thread that
+ * received the request, as vmdi_chan_mark_reply. */
+uint64_t vmdi_chan_link_source (const struct iovec iov[], size_t count);
 
 /* Open replies flagged so far, over every mount of the process. */
 uint64_t vmdi_chan_parallel_opens (void);

@@ -9,6 +9,7 @@
 #define FUSE_USE_VERSION 29
 
 #include "vmdi_fuse.h"
+#include "channel.h"
 
 #include <napi-macros.h>
 #include <fuse.h>
@@ -191,6 +192,14 @@ static NAPI_METHOD(fuse_native_ram_stats) {
   return arr;
 }
 
+// fuse_native_set_generation_base(base): see vmdi_chan_set_generation_base.
+static NAPI_METHOD(fuse_native_set_generation_base) {
+  NAPI_ARGV(1)
+  NAPI_ARGV_UINT32(base, 0);
+  vmdi_chan_set_generation_base(base);
+  return NULL;
+}
+
 // The constants this addon was compiled with (vmdi_constants.h), for
 // test/native/constants.test.ts to hold against src/native/constants.ts.
 static void export_constants (napi_env env, napi_value exports) {
@@ -223,5 +232,6 @@ void vmdi_fuse_export (napi_env env, napi_value exports, size_t offset) {
   NAPI_EXPORT_FUNCTION(fuse_native_ram_drain)
   NAPI_EXPORT_FUNCTION(fuse_native_ram_fh)
   NAPI_EXPORT_FUNCTION(fuse_native_ram_stats)
+  NAPI_EXPORT_FUNCTION(fuse_native_set_generation_base)
   export_constants(env, exports);
 }

@@ -21,9 +21,8 @@ afterAll(() => {
   spawnSync('rm', ['-rf', base])
 })
 
-function py(script: string, args: string[], opts: { cwd?: string; user?: string } = {}): string {
-  const cmd = opts.user ? ['setpriv', `--reuid=${opts.user}`, `--regid=${opts.user === 'nobody' ? 'nogroup' : opts.user}`, '--clear-groups', 'python3'] : ['python3']
-  const r = spawnSync(cmd[0], [...cmd.slice(1), '-c', script, ...args], { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000 })
+function py(script: string, args: string[], opts: { cwd?: string } = {}): string {
+  const r = spawnSync('python3', ['-c', script, ...args], { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000 })
   if (r.status !== 0) throw new Error(`python3 failed (${r.status}): ${r.stderr}`)
   return r.stdout
 }
@@ -101,4 +100,66 @@ describe('long paths', () => {
       expect(await m.stop()).toBe(0)
     }
   }, 120_000)
+})
+
+/** The attributes a stat shows, bigint nanoseconds (atime left out: reads through either side move it). */
+function attrs(p: string): string {
+  const s = fs.lstatSync(p, { bigint: true })
+  return `mode=${s.mode.toString(8)} uid=${s.uid} gid=${s.gid} size=${s.size} nlink=${s.nlink} ino=${s.ino} mtime=${s.mtimeNs} ctime=${s.ctimeNs}`
+}
+
+describe('hard links', () => {
+  it('shows every name the store\'s attributes at once after a change through another name, and checks permissions on them', async () => {
+    const store = path.join(base, 'links')
+    fs.mkdirSync(store)
+    const mnt = path.join(base, 'links-mnt')
+    const m = await mount(store, mnt)
+    const at = (n: string) => path.join(mnt, n)
+    /** Every listed name, through the mount and on the store, right after a step. */
+    const check = (step: string, names: string[]) => {
+      for (const n of names) expect(`${step}: ${n} ${attrs(at(n))}`).toBe(`${step}: ${n} ${attrs(path.join(store, n))}`)
+    }
+    /** nobody reads a name: its content, or the errno. */
+    const nobodyReads = (n: string) => {
+      const r = spawnSync('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'cat', at(n)], { encoding: 'utf8' })
+      return r.status === 0 ? r.stdout : r.stderr.includes('Permission denied') ? 'Permission denied' : `cat failed: ${r.stderr}`
+    }
+    try {
+      fs.writeFileSync(at('a'), 'secret')
+      fs.chmodSync(at('a'), 0o644)
+      check('created', ['a'])
+      fs.linkSync(at('a'), at('b'))
+      check('link a b', ['a', 'b'])
+      expect(nobodyReads('a')).toBe('secret')
+      fs.chmodSync(at('b'), 0o600)
+      check('chmod 600 b', ['a', 'b'])
+      expect(nobodyReads('a')).toBe('Permission denied')
+      fs.chmodSync(at('a'), 0o644)
+      check('chmod 644 a', ['a', 'b'])
+      expect(nobodyReads('b')).toBe('secret')
+      fs.chownSync(at('b'), 65534, 65534)
+      check('chown b', ['a', 'b'])
+      fs.utimesSync(at('a'), new Date(1_000_000), new Date(2_000_000))
+      check('utimens a', ['a', 'b'])
+      fs.truncateSync(at('b'), 3)
+      check('truncate b', ['a', 'b'])
+      fs.appendFileSync(at('a'), 'more bytes')
+      check('write a', ['a', 'b'])
+      expect(fs.readFileSync(at('b'), 'utf8')).toBe('secmore bytes')
+      fs.linkSync(at('b'), at('c'))
+      check('link b c', ['a', 'b', 'c'])
+      fs.unlinkSync(at('a'))
+      check('unlink a', ['b', 'c'])
+      fs.unlinkSync(at('c'))
+      check('unlink c', ['b'])
+      fs.linkSync(at('b'), at('d'))
+      fs.chownSync(at('d'), 0, 0)
+      check('chown d', ['b', 'd'])
+      expect(nobodyReads('b')).toBe('secmore bytes')
+      fs.chmodSync(at('d'), 0o600)
+      expect(nobodyReads('b')).toBe('Permission denied')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 60_000)
 })
