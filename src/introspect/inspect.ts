@@ -4,6 +4,7 @@
 // (map/image-map.ts: ImageMap.fromInspection(ins, imageFile)).
 
 import fs from 'fs'
+import { budgetFor, ScanBudget, TooCostlyError } from './budget'
 import { BlockClass, className } from './classes'
 import { openImage } from './container'
 import type { OpenOptions } from './container/open'
@@ -29,6 +30,14 @@ export interface InspectOptions {
   smallFileBytes?: number
   /** Class the data of the guest's boot files (by name) boot-file (ExtScanOptions.bootFiles; default false). */
   bootFiles?: boolean
+  /**
+   * Bytes of the daemon's introspection memory ceiling this scan may still
+   * take (default: no ceiling). The scan's objects are bounded by it as well
+   * as by the image's files (budget.ts); past it: TooCostlyError.
+   */
+  memoryLeft?: number
+  /** No scan budget (default false): for tools reading known-good images. */
+  unbounded?: boolean
 }
 
 export interface FsReport {
@@ -89,6 +98,8 @@ export interface Inspection {
   fileMaps: FileMap[] | null
   /** Volumes whose file system was restored from a saved state instead of scanned. */
   restored: number[]
+  /** What the scan read and visited against its limits. */
+  budget: ScanBudget
   close(): Promise<void>
 }
 
@@ -101,40 +112,69 @@ export async function inspectImage(image: string, opts: InspectOptions = {}): Pr
     const filesystems: { volume: Volume; fs: ExtFs }[] = []
     const errors: { volume: number; message: string }[] = []
     const restored: number[] = []
+    const budget = opts.unbounded ? ScanBudget.unlimited() : new ScanBudget(budgetFor(onDiskBytes(disk), opts.memoryLeft), { file: image })
+    // Disk byte ranges of the volumes scanned so far: a volume overlapping one of them is not scanned
+    // again (1,024 GPT entries naming one partition are one scan).
+    const scannedRanges: { index: number; start: number; end: number }[] = []
     if (opts.scan !== false) {
       for (const v of layout.volumes) {
         if (!EXT_CONTENT.has(v.content)) continue
+        const ranges = [...volumeToDisk(v, 0, v.size)].map((p) => ({ index: v.index, start: p.diskOffset, end: p.diskOffset + p.length }))
+        const twin = scannedRanges.find((a) => ranges.some((r) => r.start < a.end && a.start < r.end))
+        if (twin) {
+          errors.push({ volume: v.index, message: `overlaps volume ${twin.index}, whose file system was scanned: not scanned again (served as data)` })
+          continue
+        }
+        scannedRanges.push(...ranges)
         const what = `${v.content} in ${v.scheme === 'none' ? 'the whole disk' : `volume ${v.index}`}`
         try {
           const saved = opts.restore?.get(v.index)
           if (saved) {
             try {
-              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved, { smallFileBytes: opts.smallFileBytes, bootFiles: opts.bootFiles }) })
+              filesystems.push({ volume: v, fs: await ExtFs.restore(volumeReader(disk, v), saved, { smallFileBytes: opts.smallFileBytes, bootFiles: opts.bootFiles, budget }) })
               restored.push(v.index)
               continue
             } catch (e) {
-              if (!(e instanceof IntrospectError)) throw e
+              if (!(e instanceof IntrospectError) || e instanceof TooCostlyError) throw e
             }
           }
           const fs = await scanExt(volumeReader(disk, v), {
             smallFileBytes: opts.smallFileBytes,
             bootFiles: opts.bootFiles,
+            budget,
             onProgress: opts.onProgress ? (d, t) => opts.onProgress?.(what, d, t) : undefined,
           })
           filesystems.push({ volume: v, fs })
         } catch (e) {
-          if (!(e instanceof IntrospectError)) throw e
+          // Past the budget the whole image is too costly (the budget is the image's, not the volume's).
+          if (!(e instanceof IntrospectError) || e instanceof TooCostlyError) throw e
           errors.push({ volume: v.index, message: e.message })
         }
       }
     }
     const fileMaps = opts.scan !== false ? foldMaps(disk, layout, filesystems) : null
     const report = makeReport(image, disk, layout, filesystems, errors, fileMaps)
-    return { report, disk, layout, filesystems, fileMaps, restored, close: () => disk.close() }
+    return { report, disk, layout, filesystems, fileMaps, restored, budget, close: () => disk.close() }
   } catch (e) {
     await disk.close().catch(() => undefined)
     throw e
   }
+}
+
+/** Bytes the image's files (parents included) hold on disk (st_blocks): what its scan budget is relative to. */
+function onDiskBytes(disk: VirtualDisk): number {
+  let n = 0
+  for (let d: VirtualDisk | null = disk; d; d = d.parent) {
+    for (const p of d.files) {
+      try {
+        const st = fs.statSync(p)
+        n += Math.min(st.size, st.blocks * 512)
+      } catch {
+        /* a file we cannot stat adds nothing */
+      }
+    }
+  }
+  return n
 }
 
 /** Guest offset of byte `offset` of volume `v` (LVs may have several segments). */

@@ -4,6 +4,7 @@
 // how much is used) as coalesced large reads; then every in-use inode's
 // block map is walked level by level (walk.ts).
 
+import { ScanBudget } from '../../budget'
 import { BlockClass, isMetadata } from '../../classes'
 import { CorruptError, IntrospectError, NotThisFormatError } from '../../errors'
 import { ExtentMap, type Run } from '../../map/extent-map'
@@ -32,6 +33,8 @@ export interface ExtScanOptions {
    * blocks BootFile (default false). Part of a saved state too.
    */
   bootFiles?: boolean
+  /** What the scan may read and visit (default: unlimited); shared by every volume of one image. */
+  budget?: ScanBudget
 }
 
 export interface ExtInfo {
@@ -141,10 +144,12 @@ export class ExtFs implements ClassifiedFs {
   private bootInodes = new Map<number, number>()
   /** Directory reads the boot-file lookup may still make. */
   private lookupBudget = 0
+  private readonly budget: ScanBudget
 
   constructor(private readonly r: Reader, private readonly opts: ExtScanOptions = {}) {
     this.smallFileBytes = Math.max(0, Math.floor(opts.smallFileBytes ?? 0))
     this.bootFiles = opts.bootFiles ?? false
+    this.budget = opts.budget ?? ScanBudget.unlimited()
   }
 
   /** The inodes classed boot-file (for reports and tests). */
@@ -164,7 +169,9 @@ export class ExtFs implements ClassifiedFs {
     const sb = parseSuperblock(sbBytes, this.r.size, this.r.name)
     this.sb = sb
     const bs = sb.blockSize
-    this.src = new CoalescingReader(this.r, bs, sb.blocksCount, this.opts.maxReadBytes ?? 4 << 20, this.opts.concurrency ?? 4)
+    // Checked before any per-group array exists: a superblock claiming 2^27 groups costs nothing but this message.
+    this.budget.visit(sb.groupCount * 3, `${sb.groupCount} block groups`)
+    this.src = new CoalescingReader(this.r, bs, sb.blocksCount, this.opts.maxReadBytes ?? 4 << 20, this.opts.concurrency ?? 4, this.budget)
     const journal = (sb.compat & COMPAT.has_journal) !== 0
     this.info = Object.freeze({
       type: sb.incompat & (INCOMPAT.extent | INCOMPAT['64bit'] | INCOMPAT.flex_bg | INCOMPAT.inline_data | INCOMPAT.meta_bg) ||
@@ -198,19 +205,7 @@ export class ExtFs implements ClassifiedFs {
     if (this.bootFiles) await this.findBootFiles()
 
     // Inode tables: the used part of each, coalesced across groups (flex_bg packs them together).
-    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
-    const want: { group: number; start: number; blocks: number; inodes: number }[] = []
-    for (let g = 0; g < sb.groupCount; g++) {
-      let used = sb.inodesPerGroup
-      if (csum) used = this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])
-      if (used === 0) continue
-      const blocks = Math.ceil((used * sb.inodeSize) / bs)
-      if (this.inodeTable[g] + blocks > sb.blocksCount || this.inodeTable[g] === 0) {
-        this.skip(`group ${g}: inode table at ${this.inodeTable[g]} is outside the file system`)
-        continue
-      }
-      want.push({ group: g, start: this.inodeTable[g], blocks, inodes: used })
-    }
+    const want = this.inodeTableParts('scan')
     const totalBytes = want.reduce((a, w) => a + w.blocks * bs, 0)
     const gap = Math.max(1, Math.floor((256 << 10) / bs))
     const maxPer = Math.max(1, Math.floor((this.opts.maxReadBytes ?? 4 << 20) / bs))
@@ -228,24 +223,37 @@ export class ExtFs implements ClassifiedFs {
     })
     const targets: WalkTarget[] = []
     let done = 0
-    // Read in batches so a huge file system never holds all its inode tables at once.
+    // Read in batches so a huge file system never holds all its inode tables at once; a table
+    // larger than one read (inodes per group x inode size reaches 16 GiB) is read in pieces.
+    const perRead = maxPer
     for (let i = 0; i < reads.length; i += 16) {
       const batch = reads.slice(i, i + 16)
-      const bufs = await this.src.readRuns(batch)
-      batch.forEach(([start], j) => {
+      const small = batch.every(([, c]) => c <= maxPer)
+      const bufs = small ? await this.src.readRuns(batch) : null
+      for (let j = 0; j < batch.length; j++) {
+        const [start] = batch[j]
         for (const k of owners[i + j]) {
           const w = want[k]
-          const base = (w.start - start) * bs
-          for (let n = 0; n < w.inodes; n++) {
-            const ino = w.group * sb.inodesPerGroup + n + 1
-            const inode = parseInode(bufs[j], base + n * sb.inodeSize, ino)
-            const t = this.target(inode, runs)
-            if (inUse(inode)) this.addXattrRef(inode.fileAcl, 1)
-            if (t) targets.push(t)
+          this.budget.visit(w.inodes, `${w.inodes} inodes of group ${w.group}`)
+          const perBlock = bs / sb.inodeSize
+          for (let b0 = 0; b0 < w.blocks; b0 += perRead) {
+            const nb = Math.min(perRead, w.blocks - b0)
+            const buf = bufs ? bufs[j] : (await this.src.readRuns([[w.start + b0, nb]]))[0]
+            const base = bufs ? (w.start - start + b0) * bs : 0
+            const n0 = b0 * perBlock
+            const n1 = Math.min(w.inodes, (b0 + nb) * perBlock)
+            for (let n = n0; n < n1; n++) {
+              if ((n & 1023) === 0) await this.budget.tick()
+              const ino = w.group * sb.inodesPerGroup + n + 1
+              const inode = parseInode(buf, base + (n - n0) * sb.inodeSize, ino)
+              const t = this.target(inode, runs)
+              if (inUse(inode)) this.addXattrRef(inode.fileAcl, 1)
+              if (t) targets.push(t)
+            }
           }
           done += w.blocks * bs
         }
-      })
+      }
       this.opts.onProgress?.(done, totalBytes)
       if (targets.length > 65536) await this.walk(targets.splice(0), runs)
     }
@@ -256,6 +264,43 @@ export class ExtFs implements ClassifiedFs {
     this.stats.reads = this.src.reads + 1
     this.stats.metadataBlocks = metadataBlocks(this.map)
     this.stats.ms = Number(process.hrtime.bigint() - t0) / 1e6
+  }
+
+  /**
+   * The used part of each group's inode table, in block order, each table
+   * once: a table that starts inside an earlier one (a hostile image whose
+   * descriptors all name one table) is a counted skip, not read again.
+   */
+  private inodeTableParts(what: string): { group: number; start: number; blocks: number; inodes: number }[] {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
+    const want: { group: number; start: number; blocks: number; inodes: number }[] = []
+    for (let g = 0; g < sb.groupCount; g++) {
+      let used = sb.inodesPerGroup
+      if (csum) used = this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])
+      if (used === 0) continue
+      const blocks = Math.ceil((used * sb.inodeSize) / bs)
+      if (this.inodeTable[g] + blocks > sb.blocksCount || this.inodeTable[g] === 0) {
+        if (what === 'scan') this.skip(`group ${g}: inode table at ${this.inodeTable[g]} is outside the file system`)
+        continue
+      }
+      want.push({ group: g, start: this.inodeTable[g], blocks, inodes: used })
+    }
+    want.sort((a, b) => a.start - b.start || a.group - b.group)
+    const out: typeof want = []
+    let end = 0
+    let shared = 0
+    for (const w of want) {
+      if (w.start < end) {
+        shared++
+        continue
+      }
+      out.push(w)
+      end = w.start + this.itableBlocks
+    }
+    if (shared && what === 'scan') this.skip(`${shared} group(s) name an inode table that overlaps another group's: each table is read once`)
+    return out
   }
 
   /**
@@ -454,13 +499,16 @@ export class ExtFs implements ClassifiedFs {
   }
 
   private async walk(targets: WalkTarget[], runs: Run[]): Promise<void> {
+    const budget = this.budget
     await walkInodes(this.src, targets, {
       meta: (start, count, cls, ino, logical) => {
+        budget.visit(1, `inode ${ino}'s block map`)
         runs.push([start, count, cls])
         if (cls === BlockClass.Journal && logical !== undefined) this.journalExtents.push({ logical, start, count })
         if (cls === BlockClass.Indirect || cls === BlockClass.ExtentTree) this.mappingOwner.set(start, ino)
       },
       skip: (reason) => this.skip(reason),
+      tick: () => budget.tick(),
     })
   }
 
@@ -605,16 +653,19 @@ export class ExtFs implements ClassifiedFs {
   private async forEachInode(fn: (i: Inode) => void): Promise<void> {
     const sb = this.sb
     const bs = sb.blockSize
-    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
-    for (let g = 0; g < sb.groupCount; g++) {
-      const used = csum ? (this.gdFlags[g] & INODE_UNINIT ? 0 : Math.max(0, sb.inodesPerGroup - this.itableUnused[g])) : sb.inodesPerGroup
-      if (!used || this.inodeTable[g] === 0) continue
-      const blocks = Math.ceil((used * sb.inodeSize) / bs)
-      if (this.inodeTable[g] + blocks > sb.blocksCount) continue
-      const buf = await this.r.read(this.inodeTable[g] * bs, blocks * bs)
-      for (let n = 0; n < used; n++) {
-        const inode = parseInode(buf, n * sb.inodeSize, g * sb.inodesPerGroup + n + 1)
-        if (inUse(inode)) fn(inode)
+    // In pieces of at most 4 MiB: a table can be far larger than one Buffer may be.
+    const per = Math.max(1, Math.floor((4 << 20) / bs))
+    for (const w of this.inodeTableParts('objects')) {
+      for (let b0 = 0; b0 < w.blocks; b0 += per) {
+        const nb = Math.min(per, w.blocks - b0)
+        const buf = await this.r.read((w.start + b0) * bs, nb * bs)
+        const n0 = (b0 * bs) / sb.inodeSize
+        const n1 = Math.min(w.inodes, ((b0 + nb) * bs) / sb.inodeSize)
+        for (let n = n0; n < n1; n++) {
+          const inode = parseInode(buf, (n - n0) * sb.inodeSize, w.group * sb.inodesPerGroup + n + 1)
+          if (inUse(inode)) fn(inode)
+        }
+        await this.budget.tick()
       }
     }
   }

@@ -116,6 +116,11 @@ export function parseSuperblock(b: Buffer, size: number, file: string): Superblo
   if (sb.inodesCount !== sb.groupCount * sb.inodesPerGroup) {
     throw new CorruptError(`s_inodes_count ${sb.inodesCount} is not ${sb.groupCount} groups x ${sb.inodesPerGroup}`, ctx)
   }
+  // Every group's inode table lies inside the file system, each its own: together they fit in it.
+  const itableBlocks = Math.ceil((sb.inodesPerGroup * sb.inodeSize) / blockSize)
+  if (sb.groupCount * itableBlocks > sb.blocksCount) {
+    throw new CorruptError(`${sb.groupCount} inode tables of ${itableBlocks} blocks (s_inodes_per_group ${sb.inodesPerGroup} x ${sb.inodeSize} bytes) exceed the ${sb.blocksCount}-block file system`, ctx)
+  }
   if (sb.firstIno < 11 || sb.firstIno > sb.inodesCount) throw new CorruptError(`s_first_ino ${sb.firstIno} is out of range`, ctx)
   return Object.freeze(sb)
 }

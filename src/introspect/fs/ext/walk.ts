@@ -5,6 +5,7 @@
 // mapping block reached twice is a counted skip (loops end).
 
 import { BlockClass } from '../../classes'
+import type { ScanBudget } from '../../budget'
 import type { Reader } from '../../reader'
 import { extentEntries, extentHeader, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, type Inode, MAX_EXTENT_DEPTH, S_IFLNK, S_IFMT } from './inode'
 
@@ -14,6 +15,8 @@ export interface WalkSink {
   /** A data block run (only reported when the walk asks for all data). */
   data?(start: number, count: number, ino: number, logical: number): void
   skip(reason: string): void
+  /** Called every few thousand inodes or mapping blocks: a long walk yields the event loop there. */
+  tick?(): Promise<void>
 }
 
 export interface WalkTarget {
@@ -49,6 +52,8 @@ export class CoalescingReader implements BlockSource {
     readonly blocksCount: number,
     private readonly maxRead: number,
     private readonly concurrency: number,
+    /** Counts every byte read against the scan's budget (throws past it, before reading). */
+    private readonly budget?: ScanBudget,
   ) {}
 
   async readRuns(runs: [number, number][]): Promise<Buffer[]> {
@@ -58,6 +63,7 @@ export class CoalescingReader implements BlockSource {
       while (next < runs.length) {
         const k = next++
         const [s, c] = runs[k]
+        this.budget?.read(c * this.blockSize, `reading ${c} ext block(s) at block ${s}`)
         out[k] = await this.r.read(s * this.blockSize, c * this.blockSize)
         this.bytesRead += c * this.blockSize
         this.reads++
@@ -115,7 +121,9 @@ export async function walkInodes(src: BlockSource, targets: Iterable<WalkTarget>
     return true
   }
 
+  let n = 0
   for (const { inode, dataClass } of targets) {
+    if ((++n & 4095) === 0) await sink.tick?.()
     const ino = inode.ino
     if (inode.flags & EXT4_INLINE_DATA_FL) continue
     // Fast symlinks keep the target in i_block.
@@ -154,6 +162,7 @@ export async function walkInodes(src: BlockSource, targets: Iterable<WalkTarget>
     const bufs = await src.readBlocks(tasks.map((t) => t.block))
     const next: Task[] = []
     for (const t of tasks) {
+      if ((++n & 4095) === 0) await sink.tick?.()
       const b = bufs.get(t.block) as Buffer
       if (t.kind === 'ind') {
         const span = ptrs ** (t.level - 1)
