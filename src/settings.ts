@@ -44,6 +44,8 @@ export interface MountConfig {
   newData?: string
   /** --no-boot-files: false; the guests' boot files are placed with the meta-data otherwise. */
   bootFiles?: boolean
+  /** --introspect-memory SIZE: RAM all images' maps and running scans may take together. */
+  introspectMemory?: string
 }
 
 /** What the datapath is built with (src/placement/datapath.ts, DatapathOptions). */
@@ -65,6 +67,8 @@ export interface DatapathSettings {
   bootFiles: boolean
   /** The background destage tick, ms (VMDI_DESTAGE_INTERVAL_MS; undefined: the datapath's default). */
   destageIntervalMs: number | undefined
+  /** RAM all images' maps and running scans may take together (--introspect-memory; default 1/8 of RAM, at most 4 GiB). */
+  introspectMemoryBytes: number
 }
 
 export interface Settings {
@@ -194,7 +198,15 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
     newDataBytes,
     bootFiles: cfg.bootFiles !== false,
     destageIntervalMs: Number(process.env.VMDI_DESTAGE_INTERVAL_MS) || undefined,
+    introspectMemoryBytes: introspectMemory(cfg),
   }
+}
+
+/** --introspect-memory: default 1/8 of RAM, at most 4 GiB; at least 16 MiB (an image's map needs some). */
+function introspectMemory(cfg: MountConfig): number {
+  const bytes = sizeOption(cfg.introspectMemory, '--introspect-memory', Math.min(4 * 2 ** 30, Math.floor(os.totalmem() / 8)))
+  if (bytes < 16 << 20) throw new CliError(`--introspect-memory ${cfg.introspectMemory} is below 16 MiB: images' maps need some RAM; use --no-introspect to introspect nothing`, 2)
+  return bytes
 }
 
 /** Whether `p` is `dir` or lies below it. */

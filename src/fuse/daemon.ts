@@ -19,6 +19,7 @@ import { Datapath } from '../placement/datapath'
 import { VERSION } from '../root'
 import { datapathSummary, emulatedDisk, readSettings, type EmulatedDisk, type MountConfig, type Settings } from '../settings'
 import { buildOps, OpTracker } from './ops'
+import { ssdLockPath, storeLockPath, takeLock } from './lock'
 import { StoreFs } from './passthrough'
 import { lazyUnmount, loadFuseBinding, readMounts } from './preflight'
 import { pidAlive, readRecord, removeRecord, runtimePaths, serveControl, writeRecord } from './runtime'
@@ -34,7 +35,11 @@ const SLOW_OP_MS = 10_000
 /** Mounts in this process and serves until the mount ends. Resolves once mounted. */
 export async function runForeground(cfg: MountConfig, onReady?: () => void): Promise<void> {
   if (cfg.debug) setLogLevel('debug')
-  const m = new Mount(readSettings(cfg))
+  const s = readSettings(cfg)
+  // One daemon per datastore and per SSD store, before anything is opened or mounted.
+  takeLock(storeLockPath(s.store), `the store ${s.store}`, s.mountpoint)
+  if (s.datapath) takeLock(ssdLockPath(s.datapath.ssdPath), `the SSD store ${s.datapath.ssdPath}`, s.mountpoint)
+  const m = new Mount(s)
   await m.mount()
   m.serveRamNatively()
   await m.serveControl()
