@@ -28,6 +28,8 @@ program
       'over NFS (--nfs) to hypervisors, or run VMs and benchmarks on it directly.',
   )
   .version(VERSION, '-V, --version', 'print the version and exit')
+  // A subcommand's options are its own (inspect --small-files, recover --ssd), not the mount's of the same name.
+  .enablePositionalOptions()
   .argument('<store>', 'directory that holds the disk images (the HDD datastore)')
   .argument('<mountpoint>', 'empty directory to mount on (outside STORE)')
   .option('-f, --foreground', 'stay attached to the terminal (systemd, tests); otherwise detach once mounted')
@@ -55,6 +57,7 @@ program
   .option('--no-boot-files', "do not look for the guests' boot files: by default the data of kernels and initial RAM disks in / and /boot, and of /sbin/init (symlinks followed), is placed with the meta-data, so a VM's boot reads them from RAM or the SSD store")
   .option('--new-data <size>', "writes to blocks the guest has just allocated (free in its file system's on-disk bitmaps: new files, appends) are held on the SSD store, like meta-data writes, while it holds less than SIZE of unwritten blocks, and written to the HDD in long runs while the guests pause (default 1G, at most half of --ssd-max; 0: off, new data goes straight to the HDD)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
+  .option('--introspect-memory <size>', "RAM all images' maps and running scans may take together (default 1/8 of RAM, at most 4G); an image whose scan would pass it is not introspected (served as data, a log line names it)")
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
   .addHelpText(
     'after',
@@ -89,6 +92,7 @@ program
       smallFiles: o.smallFiles as string | undefined,
       newData: o.newData as string | undefined,
       bootFiles: o.bootFiles !== false,
+      introspectMemory: o.introspectMemory as string | undefined,
     }
     if (cfg.foreground) {
       const detached = typeof process.send === 'function' && process.env.VMDI_FUSE_DETACHED === '1'

@@ -6,7 +6,9 @@
 
 import { BlockClass, isFastData, isFastTier, isMetadata } from '../introspect/classes'
 import type { DiskFile } from '../introspect/container/disk'
+import { TooCostlyError } from '../introspect/budget'
 import { IntrospectError, IntrospectIOError } from '../introspect/errors'
+import { formatSize } from '../size'
 import { inspectImage, type Inspection } from '../introspect/inspect'
 import { ImageMap } from '../introspect/map/image-map'
 import { FileReader } from '../introspect/reader'
@@ -28,6 +30,8 @@ export interface ScanContext {
   bootFiles: boolean
   ssd: SsdStore
   closed: () => boolean
+  /** Bytes of the daemon's introspection memory ceiling (--introspect-memory) this image may take (default: no ceiling). */
+  memoryLeft?: () => number
 }
 
 /** Scans an image (again while the guest races it), installs the map, and returns whether it is done (then the warm start may run). */
@@ -57,8 +61,14 @@ export async function scanImage(entry: ImageEntry, ctx: ScanContext): Promise<bo
     entry.keeper.keep(SCAN_KEEP_MAX)
     try {
       const openFile = async (p: string): Promise<DiskFile> => (p === entry.abs ? new RouterFile(entry, ctx.closed) : FileReader.open(p))
-      ins = await inspectImage(entry.abs, { storeRoot: ctx.storeRoot, openFile, restore: entry.restore ?? undefined, onProgress, smallFileBytes: ctx.smallFileBytes, bootFiles: ctx.bootFiles })
+      const memoryLeft = ctx.memoryLeft?.() ?? Infinity
+      ins = await inspectImage(entry.abs, { storeRoot: ctx.storeRoot, openFile, restore: entry.restore ?? undefined, onProgress, smallFileBytes: ctx.smallFileBytes, bootFiles: ctx.bootFiles, memoryLeft })
       fileMap = ImageMap.fromInspection(ins, entry.abs, { warn: (m) => warnRepeated(`image ${entry.rel}`, repeatKind(m), `image ${entry.rel}: ${m}`) })
+      const mapBytes = fileMap.memoryBytes() + ins.disk.mapBytes()
+      if (mapBytes > memoryLeft) {
+        await fileMap.close().catch(() => undefined)
+        throw new TooCostlyError(`its map takes ${formatSize(mapBytes)}, more than the ${formatSize(Math.max(0, memoryLeft))} the introspection memory ceiling (--introspect-memory) leaves`, { file: entry.abs })
+      }
     } catch (e) {
       entry.scanWrites = null
       entry.keeper.drop()
