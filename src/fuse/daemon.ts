@@ -22,6 +22,7 @@ import { buildOps, OpTracker } from './ops'
 import { ssdLockPath, storeLockPath, takeLock } from './lock'
 import { StoreFs } from './passthrough'
 import { lazyUnmount, loadFuseBinding, readMounts } from './preflight'
+import { nextGenerationBase, setGenerationBase } from './generation'
 import { pidAlive, readRecord, removeRecord, runtimePaths, serveControl, writeRecord } from './runtime'
 
 export { VERSION }
@@ -95,6 +96,8 @@ class Mount {
   /** Mounts; a failed mount leaves nothing mounted behind. */
   async mount(): Promise<void> {
     const FuseCtor = loadFuseBinding()
+    // File handles of an earlier daemon must fail (ESTALE), not name the new holder of their node id.
+    setGenerationBase(nextGenerationBase())
     const fuse = new FuseCtor(this.s.mountpoint, buildOps(this.store, this.tracker, () => this.fuse), {
       allowOther: true,
       defaultPermissions: true,

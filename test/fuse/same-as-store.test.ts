@@ -163,3 +163,71 @@ describe('hard links', () => {
     }
   }, 60_000)
 })
+
+// name_to_handle_at of every name given (hex), or open_by_handle_at of each
+// handle given and its first bytes (or the errno name), as knfsd does.
+const HANDLES = `
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class FH(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+mnt, mode, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+if mode == "take":
+    for name in args:
+        fh = FH(); fh.handle_bytes = 128
+        mount_id = ctypes.c_int()
+        if libc.name_to_handle_at(-100, os.path.join(mnt, name).encode(), ctypes.byref(fh), ctypes.byref(mount_id), 0) != 0:
+            sys.exit("name_to_handle_at: " + os.strerror(ctypes.get_errno()))
+        out[name] = [fh.handle_type, bytes(fh.f_handle[:fh.handle_bytes]).hex()]
+else:
+    os.sync()
+    open("/proc/sys/vm/drop_caches", "w").write("2\\n")
+    mfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    for name, (htype, hexbytes) in args.items():
+        raw = bytes.fromhex(hexbytes)
+        fh = FH(); fh.handle_bytes = len(raw); fh.handle_type = htype
+        ctypes.memmove(fh.f_handle, raw, len(raw))
+        fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), os.O_RDONLY)
+        if fd < 0:
+            out[name] = errno.errorcode[ctypes.get_errno()]
+        else:
+            out[name] = os.read(fd, 100).decode()
+            os.close(fd)
+print(json.dumps(out))
+`
+
+describe('file handles across a daemon restart', () => {
+  it('resolve to the same file or fail with ESTALE, never to another file (an inode number reused in between)', async () => {
+    const store = path.join(base, 'handles')
+    fs.mkdirSync(store)
+    const mnt = path.join(base, 'handles-mnt')
+    const names = ['vm1.img', 'vm2.qcow2', 'hello.txt', 'gone.txt']
+    for (const n of names) fs.writeFileSync(path.join(store, n), `bytes of ${n}`)
+    let m = await mount(store, mnt, ['--nfs'])
+    let handles: Record<string, [number, string]>
+    try {
+      for (const n of names) fs.statSync(path.join(mnt, n)) // node ids in this order
+      handles = JSON.parse(py(HANDLES, [mnt, 'take', JSON.stringify(names)]))
+      // Within one daemon, every handle opens its own file.
+      const same = JSON.parse(py(HANDLES, [mnt, 'open', JSON.stringify(handles)]))
+      for (const n of names) expect(same[n]).toBe(`bytes of ${n}`)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+    const goneIno = fs.statSync(path.join(store, 'gone.txt')).ino
+    fs.unlinkSync(path.join(store, 'gone.txt'))
+    fs.writeFileSync(path.join(store, 'new.txt'), 'bytes of new.txt')
+    const reused = fs.statSync(path.join(store, 'new.txt')).ino === goneIno
+    m = await mount(store, mnt, ['--nfs'])
+    try {
+      // The new daemon hands its node ids out in another order.
+      for (const n of ['new.txt', 'hello.txt', 'vm2.qcow2', 'vm1.img']) fs.statSync(path.join(mnt, n))
+      const after = JSON.parse(py(HANDLES, [mnt, 'open', JSON.stringify(handles)]))
+      for (const n of names) expect([`bytes of ${n}`, 'ESTALE'], `${n} (inode number reused: ${reused})`).toContain(after[n])
+      expect(after['gone.txt']).toBe('ESTALE')
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
+  }, 120_000)
+})
