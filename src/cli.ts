@@ -236,6 +236,26 @@ program
   })
 
 program
+  .command('export')
+  .description('print a ready NFS-Ganesha EXPORT block (FSAL_VFS) for the vmdi-fuse mount at MOUNTPOINT; with --full a whole ganesha.conf')
+  .argument('<mountpoint>', 'the mount point of a running vmdi-fuse (mounted with --nfs)')
+  .option('--ganesha', 'for NFS-Ganesha (for knfsd see the README: /etc/exports with fsid=)')
+  .option('--pseudo <path>', 'the NFSv4 pseudo path clients mount (NFSv3 too: mount_path_pseudo)', '/ds')
+  .option('--export-id <n>', 'Export_Id, unique per Ganesha server (1-65535)', '1')
+  .option('--full', 'a whole ganesha.conf: NFS_CORE_PARAM (NFSv3 and v4 over TCP), NFSv4 (graceless), NFS_KRB5 off, then the EXPORT')
+  .option('--recovery-root <dir>', 'NFSv4 RecoveryRoot of the --full config', '/var/lib/nfs/ganesha')
+  .addHelpText(
+    'after',
+    '\nExamples:\n' +
+      '  vmdi-fuse export --ganesha /export >> /etc/ganesha/ganesha.conf\n' +
+      '  vmdi-fuse export --ganesha --full --pseudo /vms /export > /etc/ganesha/ganesha.conf\n',
+  )
+  .action(async (mountpoint: string, o: import('./cmd/export').ExportOptions) => {
+    const { runExport } = await import('./cmd/export')
+    await runExport(mountpoint, o)
+  })
+
+program
   .command('inspect')
   .description(
     'look inside one disk image without mounting: container format and files, volumes, and for every\n' +
