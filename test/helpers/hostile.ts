@@ -108,10 +108,10 @@ export function sharedInodeTableRaw(dir: string): string {
   return f
 }
 
-/** Runs `node args` under /usr/bin/time -v: exit status, output, wall time and the child's max RSS. */
+/** Runs `node args` under /usr/bin/time -v (killed past `timeoutMs`, exit 137): exit status, output, wall time and the child's max RSS. */
 export function timed(args: string[], timeoutMs: number): { status: number | null; stdout: string; stderr: string; ms: number; maxRssKiB: number } {
   const t0 = Date.now()
-  const r = require('child_process').spawnSync('/usr/bin/time', ['-v', process.execPath, ...args], { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 })
+  const r = require('child_process').spawnSync('/usr/bin/time', ['-v', 'timeout', '-s', 'KILL', String(Math.ceil(timeoutMs / 1000)), process.execPath, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 })
   const ms = Date.now() - t0
   const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(String(r.stderr))
   const code = /Exit status: (\d+)/.exec(String(r.stderr))
