@@ -11,6 +11,7 @@ APT_PACKAGES=(
   e2fsprogs qemu-utils fdisk gdisk dosfstools lvm2 util-linux     # images and oracles for tests
   xfsprogs                                                        # a foreign file system for content detection
   attr fio kmod                                                   # xattr tools, benchmarks
+  time                                                            # /usr/bin/time -v: max RSS of inspect in the hostile-image tests
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev     # NFS re-export in user space (test/fuse/nfs.test.ts, bench:nfs)
 )
 
