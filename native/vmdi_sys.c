@@ -1,6 +1,6 @@
 // Syscalls the pass-through needs and Node's fs module lacks: utimensat with
 // nanoseconds (and UTIME_NOW/UTIME_OMIT), mknod (fifos, sockets, devices),
-// the l*xattr family and statvfs. All never follow a final symlink
+// the l*xattr family, statvfs, and sd_notify's datagram. All never follow a final symlink
 // (AT_SYMLINK_NOFOLLOW, l* variants). Every function returns a negative errno
 // on failure instead of throwing: the FUSE layer answers with it unchanged.
 #define _GNU_SOURCE
@@ -12,9 +12,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -254,6 +257,35 @@ static napi_value sys_punch_hole(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : 0);
 }
 
+// sdNotify(socket, message) -> 0 | -errno: one datagram to systemd's
+// $NOTIFY_SOCKET (sd_notify(3) without libsystemd). A leading '@' names an
+// abstract socket (the '@' becomes a NUL byte, the name is not NUL-terminated).
+static napi_value sys_sd_notify(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char sock[sizeof(((struct sockaddr_un *) 0)->sun_path) + 1];
+  char msg[PATH_MAX_BYTES];
+  int e = get_str(env, argv[0], sock, sizeof sock);
+  if (e) return num(env, e);
+  e = get_str(env, argv[1], msg, sizeof msg);
+  if (e) return num(env, e);
+  size_t n = strlen(sock);
+  if (n == 0 || (sock[0] != '/' && sock[0] != '@')) return num(env, -EINVAL);
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, sock, n);
+  if (sock[0] == '@') addr.sun_path[0] = 0;
+  socklen_t len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + (sock[0] == '@' ? 0 : 1));
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return num(env, -errno);
+  ssize_t r = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *) &addr, len);
+  int err = r < 0 ? -errno : 0;
+  close(fd);
+  return num(env, err);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "utimensat", NULL, sys_utimensat, NULL, NULL, NULL, napi_default, NULL },
@@ -267,6 +299,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "pwriteNowait", NULL, sys_pwrite_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "dataRanges", NULL, sys_data_ranges, NULL, NULL, NULL, napi_default, NULL },
     { "punchHole", NULL, sys_punch_hole, NULL, NULL, NULL, napi_default, NULL },
+    { "sdNotify", NULL, sys_sd_notify, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -11,8 +11,9 @@ import { log } from './log'
 import { describeAcceptedOptions, FIXED_OPTIONS } from './fuse/options'
 import { runDetached, runForeground, unmount, VERSION } from './fuse/daemon'
 import type { MountConfig } from './settings'
-import { readRecord } from './fuse/runtime'
-import { askControl, type AnswerTo, type ControlRequest } from './control/protocol'
+import { pidAlive, readRecord } from './fuse/runtime'
+import { daemonExited } from './fuse/daemon'
+import { askControl, type AnswerTo, type ControlRequest, type StatusAnswer } from './control/protocol'
 import fs from 'fs'
 import path from 'path'
 import { runInspect, type InspectCliOptions } from './cmd/inspect'
@@ -59,6 +60,7 @@ program
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--introspect-memory <size>', "RAM all images' maps and running scans may take together (default 1/8 of RAM, at most 4G); an image whose scan would pass it is not introspected (served as data, a log line names it)")
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
+  .option('--metrics <[host:]port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (HOST defaults to 127.0.0.1): per image and class hits and writes, dirty blocks, scan and preload progress, SSD store and RAM use, FUSE op counts and latencies')
   .addHelpText(
     'after',
     '\nAlways set: ' +
@@ -92,6 +94,7 @@ program
       smallFiles: o.smallFiles as string | undefined,
       newData: o.newData as string | undefined,
       bootFiles: o.bootFiles !== false,
+      metrics: o.metrics as string | undefined,
       introspectMemory: o.introspectMemory as string | undefined,
     }
     if (cfg.foreground) {
@@ -118,7 +121,7 @@ program
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--lazy', 'detach even while files are open (the daemon exits after they close or after a grace period)')
   .action(async (mountpoint: string, o: { lazy?: boolean }) => {
-    const real = await unmount(mountpoint, { lazy: Boolean(o.lazy) })
+    const real = await unmount(mountpoint, { lazy: Boolean(o.lazy), progress: (line) => process.stderr.write(`vmdi-fuse: ${line}\n`) })
     process.stdout.write(`vmdi-fuse: unmounted ${real}\n`)
   })
 
@@ -132,12 +135,22 @@ async function askDaemon<R extends ControlRequest>(mountpoint: string, req: R, t
   }
   const rec = readRecord(real)
   if (!rec) throw new CliError(`no vmdi-fuse daemon serves ${mountpoint} (no record in /run/vmdi-fuse): mount it first`)
+  // A daemon that dies during the request (kill -9, a crash) ends the request within a second or two.
+  let watch: NodeJS.Timeout | undefined
+  const died = new Promise<never>((_, reject) => {
+    watch = setInterval(() => {
+      if (!pidAlive(rec.pid)) reject(new Error('exited'))
+    }, 500)
+  })
   try {
-    return await askControl(rec.socket, req, timeoutMs)
+    return await Promise.race([askControl(rec.socket, req, timeoutMs), died])
   } catch (e) {
     const m = (e as Error).message
+    if (!pidAlive(rec.pid)) throw new CliError(daemonExited(mountpoint, rec))
     if (/ECONNREFUSED|ENOENT|no answer/.test(m)) throw new CliError(`the daemon of ${mountpoint} (pid ${rec.pid}) does not answer on ${rec.socket}: ${m}`)
     throw new CliError(m)
+  } finally {
+    clearInterval(watch)
   }
 }
 
@@ -146,30 +159,55 @@ program
   .description('what the daemon serving MOUNTPOINT is doing: store, options, open files, operations, per-thread state')
   .argument('<mountpoint>', 'the mount point of a running vmdi-fuse')
   .option('--json', 'machine-readable output')
-  .action(async (mountpoint: string, o: { json?: boolean }) => {
-    const st = await askDaemon(mountpoint, { cmd: 'status' })
-    if (o.json) {
-      process.stdout.write(JSON.stringify(st, null, 2) + '\n')
+  .option('--watch', 'redraw every second until Ctrl-C (with --json: one JSON document per line)')
+  .action(async (mountpoint: string, o: { json?: boolean; watch?: boolean }) => {
+    const show = async () => {
+      const st = await askDaemon(mountpoint, { cmd: 'status' })
+      if (o.json) return JSON.stringify(st, null, o.watch ? undefined : 2) + '\n'
+      return formatStatus(st)
+    }
+    if (!o.watch) {
+      process.stdout.write(await show())
       return
     }
-    const { ops, threads, direct, ramNative } = st
-    process.stdout.write(
-      [
-        `mount point  ${st.mountpoint}`,
-        `store        ${st.store}`,
-        `daemon       pid ${st.pid}, version ${st.version}`,
-        `options      ${st.options.join(',')}`,
-        `open files   ${st.openFiles}`,
-        `in flight    ${st.inFlight}`,
-        `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
-        `direct I/O   ${direct.reads} reads (${formatSize(direct.readBytes, { unit: 'MiB' })}), ${direct.writes} writes (${formatSize(direct.writeBytes, { unit: 'MiB' })}) served on the FUSE threads`,
-        ...(ramNative && ramNative.hits + ramNative.fallbacks > 0
-          ? [`RAM native   ${ramNative.requests} image reads (${ramNative.hits} blocks) answered from the RAM tier on the FUSE threads, ${ramNative.fallbacks} sent to the datapath`]
-          : []),
-        `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
-      ].join('\n') + '\n',
-    )
+    const tty = process.stdout.isTTY && !o.json
+    for (;;) {
+      const text = await show()
+      process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : text)
+      await new Promise((r) => setTimeout(r, 1000))
+    }
   })
+
+/** A job's progress on one line: blocks done of total, rate, time left. */
+function formatProgress(p: StatusAnswer['images'][number]['progress']['scan']): string {
+  if (p.state === 'pending') return 'pending'
+  const pct = p.totalBlocks ? ` (${Math.floor((100 * p.doneBlocks) / p.totalBlocks)}%)` : ''
+  const rate = p.mibPerSec === null ? '' : `, ${p.mibPerSec.toFixed(1)} MiB/s`
+  const eta = p.state === 'running' && p.etaSec !== null ? `, ETA ${Math.ceil(p.etaSec)} s` : ''
+  return `${p.state} ${p.doneBlocks}/${p.totalBlocks} blocks${pct}${rate}${eta}`
+}
+
+/** `vmdi-fuse status`, human. */
+function formatStatus(st: StatusAnswer): string {
+  const { ops, threads, direct, ramNative } = st
+  return (
+    [
+      `mount point  ${st.mountpoint}`,
+      `store        ${st.store}`,
+      `daemon       pid ${st.pid}, version ${st.version}`,
+      `options      ${st.options.join(',')}`,
+      `open files   ${st.openFiles}`,
+      `in flight    ${st.inFlight}`,
+      `threads      ${threads.created} per-thread states made, ${threads.parked} parked for reuse`,
+      `direct I/O   ${direct.reads} reads (${formatSize(direct.readBytes, { unit: 'MiB' })}), ${direct.writes} writes (${formatSize(direct.writeBytes, { unit: 'MiB' })}) served on the FUSE threads`,
+      ...(ramNative && ramNative.hits + ramNative.fallbacks > 0
+        ? [`RAM native   ${ramNative.requests} image reads (${ramNative.hits} blocks) answered from the RAM tier on the FUSE threads, ${ramNative.fallbacks} sent to the datapath`]
+        : []),
+      `operations   ${Object.entries(ops).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
+      ...st.images.flatMap((im) => [`image        ${im.path}: scan ${im.scan}`, `  scan       ${formatProgress(im.progress.scan)}`, `  preload    ${formatProgress(im.progress.preload)}`]),
+    ].join('\n') + '\n'
+  )
+}
 
 program
   .command('stats')
@@ -217,6 +255,21 @@ program
     const r = await askDaemon(mountpoint, image === undefined ? { cmd: 'destage' } : { cmd: 'destage', image }, 3_600_000)
     if (o.json) process.stdout.write(JSON.stringify(r) + '\n')
     else for (const x of r) process.stdout.write(`vmdi-fuse: ${x.path}: ${x.blocks} block(s) written back to the HDD\n`)
+  })
+
+program
+  .command('install-service')
+  .description('write a systemd unit that mounts STORE on MOUNTPOINT at boot (Type=notify, Restart=on-failure, before nfs-server and nfs-ganesha); mount options go after --')
+  .argument('<store>', 'directory that holds the disk images')
+  .argument('<mountpoint>', 'where to mount it')
+  .argument('[options...]', 'the mount options, after --, as on the command line (e.g. -- --nfs --ssd /ssd/vmdi.sqlite)')
+  .option('--name <unit>', 'unit name (default vmdi-fuse-<mount point, escaped>.service)')
+  .option('--unit-dir <dir>', 'where to write it', '/etc/systemd/system')
+  .option('--print', 'print the unit instead of writing it')
+  .addHelpText('after', '\nExample:\n  vmdi-fuse install-service /hdd/store /export -- --nfs --ssd /ssd/vmdi.sqlite --ram-cache 2G\n  systemctl enable --now vmdi-fuse-export.service\n')
+  .action(async (store: string, mountpoint: string, options: string[], o: import('./cmd/service').ServiceOptions) => {
+    const { runInstallService } = await import('./cmd/service')
+    await runInstallService(store, mountpoint, options, o)
   })
 
 program

@@ -12,6 +12,7 @@ import { CliError } from './errors'
 import { escapeOptionValue, FIXED_OPTIONS, parseUserOptions } from './fuse/options'
 import type { DeviceFor } from './fuse/passthrough'
 import { checkFuseDevice, checkMountpoint, checkStore, loadFuseBinding } from './fuse/preflight'
+import { parseMetricsAddress } from './fuse/metrics'
 import { runtimeId } from './fuse/runtime'
 import { sys } from './native/sys'
 import { formatSize, parseSize } from './size'
@@ -44,6 +45,8 @@ export interface MountConfig {
   newData?: string
   /** --no-boot-files: false; the guests' boot files are placed with the meta-data otherwise. */
   bootFiles?: boolean
+  /** --metrics HOST:PORT: Prometheus metrics served there. */
+  metrics?: string
   /** --introspect-memory SIZE: RAM all images' maps and running scans may take together. */
   introspectMemory?: string
 }
@@ -85,6 +88,8 @@ export interface Settings {
   datapath: DatapathSettings | null
   /** The emulated disk under every HDD file (--emulate-hdd), or null. */
   hdd: HddProfile | null
+  /** Where GET /metrics is served (--metrics), or null. */
+  metrics: { host: string; port: number } | null
   /** Options not given, left at their defaults (the mount's log says so). */
   defaulted: { ramCache: boolean; ssd: boolean; ssdMax: boolean; smallFiles: boolean; newData: boolean }
 }
@@ -115,6 +120,7 @@ export function readSettings(cfg: MountConfig): Settings {
     log: cfg.log,
     hdd: hddProfile(cfg.emulateHdd),
     datapath: datapathSettings(cfg, store, mountpoint),
+    metrics: cfg.metrics === undefined ? null : parseMetricsAddress(cfg.metrics),
     defaulted: {
       ramCache: !cfg.ramCache,
       ssd: !cfg.ssd,

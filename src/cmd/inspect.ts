@@ -31,14 +31,19 @@ export interface InspectCliOptions {
   store?: string
 }
 
-/** A one-line progress bar on stderr, only when stderr is a terminal. */
+/** Scans shorter than this show no bar. */
+const BAR_AFTER_MS = 1000
+
+/** A one-line progress bar on stderr, only when stderr is a terminal and the scan has run for BAR_AFTER_MS. */
 function progressBar(): { update: (what: string, done: number, total: number) => void; end: () => void } {
   if (!process.stderr.isTTY) return { update: () => undefined, end: () => undefined }
+  const t0 = Date.now()
   let last = 0
   let shown = false
   return {
     update(what, done, total) {
       const now = Date.now()
+      if (now - t0 < BAR_AFTER_MS) return
       if (now - last < 100 && done < total) return
       last = now
       shown = true

@@ -36,6 +36,8 @@ export interface StatusAnswer {
   ramNative: ReturnType<Fuse['ramStats']>
   /** null: --no-introspect. */
   datapath: { images: number; dirtyBlocks: number } | null
+  /** Per attached image: its scan's and preload's progress (empty for --no-introspect). */
+  images: { path: string; scan: ImageStats['scan']['state']; progress: ImageStats['progress'] }[]
   memory: NodeJS.MemoryUsage
 }
 

@@ -7,23 +7,27 @@
 // the one-line error over an IPC channel, then cuts it.
 import { execFile, spawn } from 'child_process'
 import fs from 'fs'
+import type http from 'http'
 import type net from 'net'
 import path from 'path'
 import { promisify } from 'util'
 import type Fuse from 'fuse-native'
-import { dispatch, type ControlHandlers, type DestageAnswer, type MapAnswer, type StatsAnswer, type StatusAnswer } from '../control/protocol'
+import { askControl, dispatch, type ControlHandlers, type DestageAnswer, type MapAnswer, type StatsAnswer, type StatusAnswer } from '../control/protocol'
 import { CliError } from '../errors'
 import { className } from '../introspect/classes'
 import { log, setLogLevel } from '../log'
 import { Datapath } from '../placement/datapath'
+import { progressStats } from '../placement/stats'
 import { VERSION } from '../root'
 import { datapathSummary, emulatedDisk, readSettings, type EmulatedDisk, type MountConfig, type Settings } from '../settings'
 import { buildOps, OpTracker } from './ops'
 import { ssdLockPath, storeLockPath, takeLock } from './lock'
+import { serveMetrics } from './metrics'
+import { sdNotify } from './notify'
 import { StoreFs } from './passthrough'
 import { lazyUnmount, loadFuseBinding, readMounts } from './preflight'
 import { nextGenerationBase, setGenerationBase } from './generation'
-import { pidAlive, readRecord, removeRecord, runtimePaths, serveControl, writeRecord } from './runtime'
+import { pidAlive, readRecord, removeRecord, runtimePaths, serveControl, writeRecord, type RuntimeRecord } from './runtime'
 
 export { VERSION }
 export type { MountConfig }
@@ -32,6 +36,19 @@ export type { MountConfig }
 const SHUTDOWN_GRACE_MS = 30_000
 /** Operations running longer than this are logged (never abandoned: see README). */
 const SLOW_OP_MS = 10_000
+/** `vmdi-fuse umount` gives up on a daemon that has made no progress (no block written back) for this long. */
+const UNMOUNT_STUCK_MS = 60_000
+/** How often systemd hears the scans' progress (STATUS=). */
+const NOTIFY_STATUS_MS = 2_000
+
+/** A file's size, 0 when it is missing. */
+function fileBytes(p: string): number {
+  try {
+    return fs.statSync(p).size
+  } catch {
+    return 0
+  }
+}
 
 /** Mounts in this process and serves until the mount ends. Resolves once mounted. */
 export async function runForeground(cfg: MountConfig, onReady?: () => void): Promise<void> {
@@ -41,6 +58,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   takeLock(storeLockPath(s.store), `the store ${s.store}`, s.mountpoint)
   if (s.datapath) takeLock(ssdLockPath(s.datapath.ssdPath), `the SSD store ${s.datapath.ssdPath}`, s.mountpoint)
   const m = new Mount(s)
+  await m.serveMetrics()
   await m.mount()
   m.serveRamNatively()
   await m.serveControl()
@@ -48,6 +66,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   m.watchSlowOps()
   m.handleSignals()
   log.info(`mounted ${m.s.store} on ${m.s.mountpoint} (pid ${process.pid}, options ${m.s.fuseOptions.join(',')})`)
+  m.notifySystemd()
   onReady?.()
 }
 
@@ -70,6 +89,7 @@ class Mount {
   readonly datapath: Datapath | null
   private fuse: Fuse | null = null
   private control: net.Server | null = null
+  private metrics: http.Server | null = null
   private ending = false
   /** The binding's loop has ended (the mount is gone); `loopEndedWaiter` hears of it. */
   private loopEnded = false
@@ -157,6 +177,50 @@ class Mount {
     }
   }
 
+  /** --metrics: GET /metrics, listening before the mount exists (a port in use mounts nothing). */
+  async serveMetrics(): Promise<void> {
+    if (!this.s.metrics) return
+    const ssdPath = this.s.datapath?.ssdPath ?? null
+    this.metrics = await serveMetrics(this.s.metrics, () => ({
+      status: this.status(),
+      stats: this.stats(),
+      latency: this.tracker.latency,
+      ssdFileBytes: ssdPath ? fileBytes(ssdPath) + fileBytes(`${ssdPath}-wal`) : null,
+    }))
+    log.info(`metrics on http://${this.s.metrics.host.includes(':') ? `[${this.s.metrics.host}]` : this.s.metrics.host}:${this.s.metrics.port}/metrics`)
+  }
+
+  /** Under systemd (Type=notify): READY=1 now, then a STATUS= line with the scans' and preloads' progress every few seconds. */
+  notifySystemd(): void {
+    if (!sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${this.serviceStatus()}`)) return
+    let last = ''
+    const t = setInterval(() => {
+      const line = this.serviceStatus()
+      if (line !== last && !this.ending) sdNotify(`STATUS=${line}`)
+      last = line
+    }, NOTIFY_STATUS_MS)
+    t.unref()
+  }
+
+  /** One line for `systemctl status`: what is mounted, and the scans and preloads still running. */
+  serviceStatus(): string {
+    const head = `serving ${this.s.store} on ${this.s.mountpoint}`
+    if (!this.datapath) return `${head} (pass-through)`
+    const st = this.datapath.stats()
+    const busy: string[] = []
+    let done = 0
+    for (const im of st.images) {
+      const p = im.progress.scan.state === 'running' ? ['scan', im.progress.scan] as const : im.progress.preload.state === 'running' ? ['preload', im.progress.preload] as const : null
+      if (!p) {
+        if (im.scan.state === 'done') done++
+        continue
+      }
+      const pct = p[1].totalBlocks ? Math.floor((100 * p[1].doneBlocks) / p[1].totalBlocks) : 0
+      busy.push(`${im.path} ${p[0]} ${pct}%`)
+    }
+    return `${head}; ${st.images.length} image(s), ${done} scanned${busy.length ? `; ${busy.slice(0, 3).join(', ')}${busy.length > 3 ? ` and ${busy.length - 3} more` : ''}` : ''}; ${st.ssd.dirtyBlocks} dirty block(s)`
+  }
+
   /** /run/vmdi-fuse/<id>.json: how `vmdi-fuse umount`, status and stats find this daemon. */
   writeRecord(): void {
     writeRecord({
@@ -210,6 +274,7 @@ class Mount {
       direct: fuse.directStats(),
       ramNative: fuse.ramStats(),
       datapath: this.datapath ? { images: this.datapath.images().length, dirtyBlocks: this.datapath.stats().ssd.dirtyBlocks } : null,
+      images: this.datapath ? this.datapath.images().map((e) => ({ path: e.rel, scan: e.scan.state, progress: { scan: progressStats(e.progress.scan), preload: progressStats(e.progress.preload) } })) : [],
       memory: process.memoryUsage(),
     }
   }
@@ -255,6 +320,8 @@ class Mount {
   async finish(why: string): Promise<void> {
     if (this.ending) return
     this.ending = true
+    sdNotify(`STOPPING=1\nSTATUS=${why}: destaging and closing`)
+    this.metrics?.close()
     const n = this.tracker.inFlight.size
     if (n) log.info(`waiting for ${n} operation(s) in flight`)
     await this.tracker.idle()
@@ -321,7 +388,7 @@ export async function runDetached(cfg: MountConfig, argv: string[]): Promise<{ p
 }
 
 /** `vmdi-fuse umount`: unmount and wait for the daemon to exit. */
-export async function unmount(mountpoint: string, opts: { lazy: boolean; timeoutMs?: number }): Promise<string> {
+export async function unmount(mountpoint: string, opts: { lazy: boolean; timeoutMs?: number; progress?: (line: string) => void }): Promise<string> {
   let real: string
   try {
     real = fs.realpathSync(mountpoint)
@@ -336,8 +403,12 @@ export async function unmount(mountpoint: string, opts: { lazy: boolean; timeout
     throw new CliError(`${mountpoint} is not mounted`)
   }
   if (mounted.fstype !== 'fuse.vmdi-fuse') throw new CliError(`${mountpoint} is a ${mounted.fstype} mount, not vmdi-fuse: use umount`)
-  const args = opts.lazy ? ['-u', '-z', real] : ['-u', real]
-  await new Promise<void>((resolve, reject) => {
+  if (opts.lazy && rec && pidAlive(rec.pid)) {
+    // The daemon's own SIGTERM path: unmount, or when busy detach lazily and serve open files
+    // for up to SHUTDOWN_GRACE_MS more, then destage and exit (README, "the mount").
+    process.kill(rec.pid, 'SIGTERM')
+  } else await new Promise<void>((resolve, reject) => {
+    const args = opts.lazy ? ['-u', '-z', real] : ['-u', real]
     execFile('fusermount', args, (err, _o, stderr) => {
       if (!err) return resolve()
       const msg = String(stderr).trim()
@@ -346,10 +417,52 @@ export async function unmount(mountpoint: string, opts: { lazy: boolean; timeout
       } else reject(new CliError(`unmounting ${mountpoint} failed: ${msg || err.message}`))
     })
   })
-  if (rec && pidAlive(rec.pid)) {
-    const deadline = Date.now() + (opts.timeoutMs ?? 60_000)
-    while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-    if (pidAlive(rec.pid)) throw new CliError(`${mountpoint} is unmounted but daemon pid ${rec.pid} has not exited yet: see ${rec.log ?? 'its log'}`)
-  }
+  if (rec) await waitForExit(real, rec, opts)
   return real
+}
+
+/** The line for a daemon that died under a CLI request. */
+export function daemonExited(mountpoint: string, rec: RuntimeRecord): string {
+  return `the daemon of ${mountpoint} (pid ${rec.pid}) exited during the request without ending cleanly: see ${rec.log ?? 'its log'}; clear its dead mount (fusermount -u -z ${mountpoint}) and mount again (the next mount finishes writing back what the SSD store holds)`
+}
+
+/**
+ * `vmdi-fuse umount`'s wait for the daemon's exit: as long as it progresses (its unmount destage
+ * writes the SSD store's blocks back, shown on stderr), however long that takes; an error when it
+ * makes no progress for `timeoutMs` (stuck), or dies before ending cleanly (its record left behind).
+ */
+async function waitForExit(real: string, rec: RuntimeRecord, opts: { timeoutMs?: number; progress?: (line: string) => void }): Promise<void> {
+  const stuckMs = opts.timeoutMs ?? UNMOUNT_STUCK_MS
+  let lastDirty: number | null = null
+  let lastProgress = Date.now()
+  let lastShown = 0
+  let ssd: string | null = null
+  while (pidAlive(rec.pid)) {
+    try {
+      const st = await askControl(rec.socket, { cmd: 'status' }, 2_000)
+      const dirty = st.datapath?.dirtyBlocks ?? 0
+      if (lastDirty === null || dirty < lastDirty) lastProgress = Date.now()
+      if (ssd === null && dirty > 0) ssd = (await askControl(rec.socket, { cmd: 'stats' }, 2_000).catch(() => null))?.ssd?.path ?? null
+      lastDirty = dirty
+      if (dirty > 0 && Date.now() - lastShown >= 2_000) {
+        lastShown = Date.now()
+        opts.progress?.(`${real}: daemon pid ${rec.pid} is writing back what the SSD store holds to the HDD files: ${dirty} block(s) left`)
+      }
+    } catch {
+      /* between its last answer and its exit, or busy: the clock below decides */
+    }
+    if (!pidAlive(rec.pid)) break
+    if (Date.now() - lastProgress > stuckMs) {
+      throw new CliError(`${real} is unmounted but daemon pid ${rec.pid} has made no progress for ${Math.round(stuckMs / 1000)} s${lastDirty ? ` (${lastDirty} block(s) still to write back to the HDD files)` : ''}: it looks stuck; see ${rec.log ?? 'its log'}`)
+    }
+    await new Promise((r) => setTimeout(r, 250))
+  }
+  // A clean end removes the record; a daemon that died (kill -9, a crash) leaves it.
+  if (!readRecord(real)) return
+  removeRecord(real)
+  const where = ssd ? `the SSD store ${ssd}` : 'the SSD store'
+  if (lastDirty === 0) throw new CliError(`the daemon of ${real} (pid ${rec.pid}) died before ending cleanly (no block was left to write back when last asked): see ${rec.log ?? 'its log'}`)
+  throw new CliError(
+    `the daemon of ${real} (pid ${rec.pid}) died during its unmount destage with ${lastDirty ?? 'an unknown number of'} block(s) still only in ${where}: the HDD files are not whole (do not copy them); mount the store again (the next mount writes them back), then vmdi-fuse umount ${real}; see ${rec.log ?? 'its log'}`,
+  )
 }

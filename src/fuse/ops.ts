@@ -12,6 +12,17 @@ export interface InFlight {
   op: string
   path: string
   started: number
+  /** performance.now() at the start (latency). */
+  t0: number
+}
+
+/** Upper bounds (seconds) of the FUSE op latency histogram's buckets (`--metrics`); the last bucket is +Inf. */
+export const LATENCY_BOUNDS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10]
+
+/** One op's latencies: per-bucket counts (not cumulative; one more than LATENCY_BOUNDS) and their sum. */
+export interface Latency {
+  buckets: number[]
+  sumSec: number
 }
 
 /** Counts and watches operations in flight (clean shutdown, slow-op log). */
@@ -20,16 +31,27 @@ export class OpTracker {
   readonly inFlight = new Map<number, InFlight>()
   readonly counts: Record<string, number> = {}
   readonly errors: Record<string, number> = {}
+  /** Latencies of the ops answered in JavaScript, by op (the binding's direct and RAM paths are counted apart). */
+  readonly latency: Record<string, Latency> = {}
   private idleWaiters: Array<() => void> = []
 
   begin(op: string, path: string): number {
     const id = this.nextId++
-    this.inFlight.set(id, { op, path, started: Date.now() })
+    this.inFlight.set(id, { op, path, started: Date.now(), t0: performance.now() })
     this.counts[op] = (this.counts[op] ?? 0) + 1
     return id
   }
 
   end(id: number, op: string, rc: number): void {
+    const o = this.inFlight.get(id)
+    if (o) {
+      const sec = (performance.now() - o.t0) / 1000
+      const l = (this.latency[op] ??= { buckets: new Array<number>(LATENCY_BOUNDS.length + 1).fill(0), sumSec: 0 })
+      let i = 0
+      while (i < LATENCY_BOUNDS.length && sec > LATENCY_BOUNDS[i]) i++
+      l.buckets[i]++
+      l.sumSec += sec
+    }
     this.inFlight.delete(id)
     if (rc < 0) this.errors[op] = (this.errors[op] ?? 0) + 1
     if (this.inFlight.size === 0 && this.idleWaiters.length) {

@@ -19,6 +19,8 @@ export interface VmdiSys {
   dataRanges(fd: number, start: number, end: number, max: number): number[] | number
   /** fallocate(PUNCH_HOLE | KEEP_SIZE): 0, or a negative errno. */
   punchHole(fd: number, offset: number, length: number): number
+  /** One datagram to systemd's NOTIFY_SOCKET (a path, or '@name' for an abstract socket): 0, or a negative errno. */
+  sdNotify(socket: string, message: string): number
 }
 
 /** Kernel special values for utimensat's tv_nsec. */
