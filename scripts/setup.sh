@@ -47,3 +47,10 @@ fi
 
 # TypeScript build: tsc --build is incremental and does nothing when up to date.
 npx tsc -p tsconfig.json
+
+# mount(8)'s helper for fstab entries of type fuse.vmdi-fuse (libmount looks for
+# /sbin/mount.<type> first, then falls back to fuse's own mount.fuse).
+helper="$PWD/scripts/mount.fuse.vmdi-fuse"
+if [ "$(readlink /sbin/mount.fuse.vmdi-fuse 2>/dev/null)" != "$helper" ]; then
+  ln -sfn "$helper" /sbin/mount.fuse.vmdi-fuse
+fi
