@@ -128,5 +128,11 @@ export function requestControl(socketPath: string, req: Record<string, unknown>,
       clearTimeout(timer)
       reject(e)
     })
+    // The daemon died (or closed us) before answering: the kernel closed its end. Without
+    // this the request would wait forever (a settled promise ignores the later reject).
+    conn.on('close', () => {
+      clearTimeout(timer)
+      reject(new Error(`the connection to ${socketPath} closed without an answer`))
+    })
   })
 }

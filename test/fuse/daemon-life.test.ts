@@ -6,7 +6,8 @@ import fs from 'fs'
 import path from 'path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { CLI, runCli } from '../helpers/cli'
-import { isMounted, mount, tmpdir } from '../helpers/mount'
+import { stats } from '../helpers/control'
+import { isMounted, mount, tmpdir, waitFor, type Mounted } from '../helpers/mount'
 
 let base = ''
 beforeAll(() => {
@@ -45,4 +46,66 @@ describe('one daemon per store and per SSD store', () => {
     const third = await mount(store, path.join(dir, 'mnt2'), ['--ssd', ssd])
     expect(await third.stop()).toBe(0)
   }, 120_000)
+})
+
+/** Days: the held blocks stay in the SSD store until a command writes them back. */
+const NO_BACKGROUND_DESTAGE = { VMDI_DESTAGE_INTERVAL_MS: String(24 * 3600 * 1000) }
+
+/** A mount on an emulated slow disk whose SSD store holds ~2,800 scattered new-data blocks of vm.img: a destage of seconds. */
+async function heldBack(name: string): Promise<Mounted> {
+  const dir = path.join(base, name)
+  const store = path.join(dir, 'store')
+  fs.mkdirSync(store, { recursive: true })
+  execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', path.join(store, 'vm.img'), '128M'])
+  const m = await mount(store, path.join(dir, 'mnt'), ['--emulate-hdd', 'laptop5400'], NO_BACKGROUND_DESTAGE)
+  const fd = fs.openSync(path.join(m.mnt, 'vm.img'), 'r+')
+  await waitFor(() => stats(m.mnt).images.some((i) => i.path === 'vm.img' && i.scan.state === 'done'), 60_000, 'the scan')
+  const blk = Buffer.alloc(4096, 0x5a)
+  for (let at = 32 << 20; at < 120 << 20; at += 32 << 10) fs.writeSync(fd, blk, 0, 4096, at) // free blocks: new data, held
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  expect(stats(m.mnt).ssd.dirtyBlocks).toBeGreaterThan(1000)
+  return m
+}
+
+/** Runs the CLI in the background; resolves with its status, output and how long it took. */
+function cliAsync(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string; ms: number }> {
+  const t0 = Date.now()
+  const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  p.stdout.on('data', (d) => (stdout += d))
+  p.stderr.on('data', (d) => (stderr += d))
+  return new Promise((res) => p.on('exit', (status) => res({ status, stdout, stderr, ms: Date.now() - t0 })))
+}
+
+describe('CLI commands when the daemon dies under them', () => {
+  it('destage ends within seconds, non-zero, saying the daemon exited and naming the mount point and log', async () => {
+    const m = await heldBack('destage-killed')
+    const cmd = cliAsync(['destage', m.mnt])
+    await new Promise((r) => setTimeout(r, 1500)) // the destage is under way (seconds on the emulated disk)
+    m.proc.kill('SIGKILL')
+    await m.exited
+    const r = await Promise.race([cmd, new Promise<null>((res) => setTimeout(() => res(null), 20_000))])
+    spawnSync('fusermount', ['-u', '-z', m.mnt])
+    expect(r, 'vmdi-fuse destage still waits 20 s after the daemon died').not.toBeNull()
+    expect(r!.status).not.toBe(0)
+    expect(r!.stdout).toBe('')
+    expect(r!.stderr).toMatch(new RegExp(`daemon of ${m.mnt} \\(pid ${m.proc.pid}\\) exited during the request`))
+  }, 180_000)
+
+  it('umount shows the destage\'s progress, and says the HDD files are not whole and what to run when the daemon dies during it', async () => {
+    const m = await heldBack('umount-killed')
+    const cmd = cliAsync(['umount', m.mnt])
+    await new Promise((r) => setTimeout(r, 4000))
+    m.proc.kill('SIGKILL')
+    await m.exited
+    const r = await Promise.race([cmd, new Promise<null>((res) => setTimeout(() => res(null), 20_000))])
+    spawnSync('fusermount', ['-u', '-z', m.mnt])
+    expect(r).not.toBeNull()
+    expect(r!.stdout).not.toMatch(/unmounted/)
+    expect(r!.status).not.toBe(0)
+    expect(r!.stderr).toMatch(/writing back what the SSD store holds to the HDD files: \d+ block\(s\) left/)
+    expect(r!.stderr).toMatch(/died during its unmount destage with [1-9]\d* block\(s\) still only in the SSD store .*: the HDD files are not whole .*mount the store again/)
+  }, 180_000)
 })
