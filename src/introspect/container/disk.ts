@@ -6,7 +6,7 @@
 
 import { IntrospectIOError } from './../errors'
 import type { Reader } from '../reader'
-import { GuestTable, RunKind } from './guest-table'
+import { FILE_BYTES_PER_RUN, GuestTable, maxRunsFor, MIN_RUNS, RunKind } from './guest-table'
 import type { ContainerFormat, ContainerRegion, FileLocation, GuestMapping, GuestRange, VirtualDisk } from './types'
 
 /** A file of the disk, opened read-only, that counts what it serves. */
@@ -26,6 +26,8 @@ export interface DiskInit {
   files: DiskFile[]
   parent?: VirtualDisk | null
   readOnlyReason?: string | null
+  /** The tables that make the map, for the "too costly" message ("the qcow2 L2 tables"). */
+  mapTables?: string
 }
 
 /** Largest single read the read path issues to a file. */
@@ -53,6 +55,9 @@ export abstract class MappedDisk implements VirtualDisk {
     this.name = this.files[0]
     this.parent = init.parent ?? null
     this.readOnlyReason = init.readOnlyReason ?? null
+    // The map's bound is a function of the layer's own files (parents have their own).
+    const fileBytes = init.files.reduce((a, f) => a + f.size, 0)
+    this.table.setLimit(maxRunsFor(fileBytes), init.mapTables ?? `the ${init.format} tables`, { file: this.name, layer: init.format, structure: init.mapTables?.replace(new RegExp(`^the (${init.format} )?`, 'i'), '') }, `at most max(${MIN_RUNS}, file bytes / ${FILE_BYTES_PER_RUN}) for ${fileBytes} bytes of files`)
   }
 
   /** Registers container meta-data; call setRegions once after parsing (sorted and merged there). */

@@ -59,6 +59,7 @@ function makeContext(storeRoot: string, chain: string[], modules: readonly Conta
     resolveRelated(from, candidates, what, structure, offset) {
       const base = path.dirname(from)
       let outside: string | undefined
+      let notFile: { name: string; real: string; kind: string } | undefined
       for (const name of candidates) {
         if (!name || name.includes('\0')) continue
         const abs = path.resolve(base, name)
@@ -73,7 +74,11 @@ function makeContext(storeRoot: string, chain: string[], modules: readonly Conta
           outside ??= real
           continue
         }
-        if (!fs.statSync(real).isFile()) continue
+        const st = fs.statSync(real)
+        if (!st.isFile()) {
+          notFile ??= { name, real, kind: st.isDirectory() ? 'a directory' : 'not a regular file' }
+          continue
+        }
         return real
       }
       if (outside !== undefined) {
@@ -82,6 +87,9 @@ function makeContext(storeRoot: string, chain: string[], modules: readonly Conta
           structure,
           offset,
         })
+      }
+      if (notFile !== undefined) {
+        throw new CorruptError(`${what} "${notFile.name}" names ${notFile.real}, which is ${notFile.kind}, not an image file`, { file: from, structure, offset })
       }
       throw new IntrospectIOError(`${what} "${candidates.find((c) => c) ?? ''}" does not exist (looked in ${base})`, {
         file: from,

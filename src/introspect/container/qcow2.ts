@@ -45,6 +45,7 @@ export class Qcow2Disk extends MappedDisk {
       size: h.size,
       files: [file],
       parent,
+      mapTables: 'the qcow2 L2 tables',
     })
     this.file = file
     this.header = h
@@ -94,7 +95,14 @@ export class Qcow2Disk extends MappedDisk {
     for (let i = 0; i < h.l1Size; i++) {
       const off = this.l1Offset(l1buf.readBigUInt64BE(i * 8), i)
       this.l1[i] = off
-      if (off) l2s.push([off, i])
+      if (!off) continue
+      // One L2 table named twice would map its entries twice (8,192 runs each time): corrupt, as qemu's refcounts say.
+      const prev = this.l2Owner.get(off)
+      if (prev !== undefined) {
+        throw new CorruptError(`L1 entries ${prev} and ${i} both name the L2 table at ${off}`, { file: this.file.name, layer: 'qcow2', structure: 'L1 table', object: i, offset: h.l1TableOffset + i * 8 })
+      }
+      this.l2Owner.set(off, i)
+      l2s.push([off, i])
     }
     l2s.sort((a, b) => a[0] - b[0])
     let compressed = false
@@ -112,8 +120,7 @@ export class Qcow2Disk extends MappedDisk {
         const [k, j] = groups[next++]
         const buf = await file.read(l2s[k][0], (j - k) * cluster)
         for (let t = k; t < j; t++) {
-          const [off, i] = l2s[t]
-          this.l2Owner.set(off, i)
+          const i = l2s[t][1]
           compressed = this.addL2(i, buf.subarray((t - k) * cluster, (t - k + 1) * cluster), 0, this.l2Entries) || compressed
         }
       }
@@ -171,7 +178,10 @@ export class Qcow2Disk extends MappedDisk {
       const off = Number(desc & this.coffsetMask)
       const sectors = Number((desc >> BigInt(this.csizeShift)) & this.csizeMask) + 1
       const stored = sectors * 512 - (off & 511)
-      if (off + stored > this.file.size + 512) throw new CorruptError(`compressed cluster at ${off} (+${stored}) ends past the file`, at)
+      // The last compressed cluster's sector count may round past the end of the file, by less than a sector.
+      if (off >= this.file.size || off + stored > this.file.size + 512) {
+        throw new CorruptError(`compressed cluster at ${off} (+${stored} bytes) ${off >= this.file.size ? 'starts' : 'ends'} past the end of the ${this.file.size}-byte file`, at)
+      }
       if (this.header.compressionType !== 0) {
         const name = this.header.compressionType === 1 ? 'zstd' : `type ${this.header.compressionType}`
         throw new UnsupportedError(`${name}-compressed clusters are not supported (only zlib)`, at)
@@ -356,8 +366,11 @@ export class Qcow2Disk extends MappedDisk {
         if (at >= wFrom && at + 8 <= wTo) throw err
         m = null
       }
+      const mapping = m ? { file: 0, fileOffset: m.fileOffset, kind: m.kind, storedLength: m.storedLength } : null
+      // qemu rewrites whole L2 tables: an unchanged entry costs a lookup (a remap shifts the whole table).
+      if (this.table.matches(guest, len, mapping)) continue
       const before = this.mapGuest(guest)
-      this.table.remap(guest, len, m ? { file: 0, fileOffset: m.fileOffset, kind: m.kind, storedLength: m.storedLength } : null)
+      this.table.remap(guest, len, mapping)
       if (m?.kind === RunKind.Compressed && !this.readOnlyReason) this.readOnlyReason = 'compressed clusters are mapped read-only'
       const after = this.mapGuest(guest)
       if (before.kind !== after.kind || mappingKey(before) !== mappingKey(after)) out.push({ offset: guest, length: len })

@@ -66,7 +66,7 @@ export class VdiDisk extends MappedDisk {
   private readonly map: Uint32Array
 
   private constructor(file: DiskFile, h: VdiHeader) {
-    super({ format: 'vdi', subformat: h.imageType === TYPE_STATIC ? 'static' : 'dynamic', size: h.diskSize, files: [file] })
+    super({ format: 'vdi', subformat: h.imageType === TYPE_STATIC ? 'static' : 'dynamic', size: h.diskSize, files: [file], mapTables: 'the VDI block map' })
     this.h = h
     this.map = new Uint32Array(h.blocks)
   }
@@ -74,10 +74,24 @@ export class VdiDisk extends MappedDisk {
   static async open(file: DiskFile): Promise<VdiDisk> {
     const h = parseVdiHeader(await file.read(0, Math.min(file.size, 512)), file.name, file.size)
     const d = new VdiDisk(file, h)
-    const raw = await file.read(h.offBlocks, h.blocks * 4)
-    for (let i = 0; i < h.blocks; i++) {
-      d.map[i] = raw.readUInt32LE(i * 4)
-      d.mapBlock(i, true)
+    // Blocks already named: a map naming one block twice (a map that is a hole names block 0 everywhere) is corrupt.
+    const named = new Uint8Array(Math.ceil(h.blocks / 8))
+    const CHUNK = 1 << 20 // entries per read (4 MiB)
+    for (let first = 0; first < h.blocks; first += CHUNK) {
+      const count = Math.min(CHUNK, h.blocks - first)
+      const raw = await file.read(h.offBlocks + first * 4, count * 4)
+      for (let k = 0; k < count; k++) {
+        const i = first + k
+        const e = raw.readUInt32LE(k * 4)
+        d.map[i] = e
+        if (e < h.blocks && i * h.blockSize < h.diskSize) {
+          if (named[e >>> 3] & (1 << (e & 7))) {
+            throw new CorruptError(`entry ${i} names block ${e}, which an earlier entry names too`, { file: file.name, layer: 'vdi', structure: 'vdi block map', object: i, offset: h.offBlocks + i * 4 })
+          }
+          named[e >>> 3] |= 1 << (e & 7)
+        }
+        d.mapBlock(i, true)
+      }
     }
     d.table.finish()
     d.setRegions([

@@ -88,7 +88,7 @@ export class VhdDisk extends MappedDisk {
   private bitmapBytes = 0
 
   private constructor(file: DiskFile, size: number, subformat: string, parent: VirtualDisk | null) {
-    super({ format: 'vhd', subformat, size, files: [file], parent })
+    super({ format: 'vhd', subformat, size, files: [file], parent, mapTables: 'the VHD BAT and sector bitmaps' })
   }
 
   static async open(file: DiskFile, ctx: OpenContext): Promise<VhdDisk> {
@@ -169,6 +169,7 @@ export class VhdDisk extends MappedDisk {
       this.checkBlock(i, s, reserved)
       regions.push({ file: 0, offset: s * SECTOR, length: this.bitmapBytes, structure: 'vhd sector bitmap' })
     }
+    this.checkOverlap(need)
     for (let i = 0; i < need; i++) {
       if (this.bat[i] === UNUSED) continue
       const bitmap = this.parent ? await f.read(this.bat[i] * SECTOR, this.bitmapBytes) : null
@@ -176,6 +177,27 @@ export class VhdDisk extends MappedDisk {
     }
     this.table.finish()
     this.setRegions(regions)
+  }
+
+  /** Two BAT entries naming one block (or overlapping ones) would map it twice: corrupt. */
+  private checkOverlap(need: number): void {
+    const span = this.bitmapBytes + (this.dyn as DynHeader).blockSize
+    const at: number[] = []
+    for (let i = 0; i < need; i++) if (this.bat[i] !== UNUSED) at.push(this.bat[i] * SECTOR)
+    const sorted = Float64Array.from(at).sort()
+    for (let k = 1; k < sorted.length; k++) {
+      if (sorted[k] < sorted[k - 1] + span) {
+        const j = this.bat.indexOf(sorted[k - 1] / SECTOR)
+        const i = this.bat.findIndex((s, x) => x !== j && s === sorted[k] / SECTOR)
+        throw new CorruptError(`entries ${j} and ${i} name blocks at ${sorted[k - 1]} and ${sorted[k]}, which overlap (${span} bytes each with the bitmap)`, {
+          file: this.fileReaders[0].name,
+          layer: 'vhd',
+          structure: 'vhd BAT',
+          object: i,
+          offset: this.batAt + i * 4,
+        })
+      }
+    }
   }
 
   private checkBlock(i: number, s: number, reserved: number): void {
@@ -193,29 +215,41 @@ export class VhdDisk extends MappedDisk {
     }
   }
 
-  /** Maps block i: all of it (dynamic; as qemu reads it), or the sectors its bitmap marks (differencing). */
-  private mapBlock(i: number, bitmap: Buffer | null, bulk: boolean): void {
+  /**
+   * Maps block i: all of it (dynamic; as qemu reads it), or the sectors its
+   * bitmap marks (differencing). After a write (not bulk): returns whether the
+   * mapping changed; an unchanged block costs lookups, not remaps.
+   */
+  private mapBlock(i: number, bitmap: Buffer | null, bulk: boolean): boolean {
     const dyn = this.dyn as DynHeader
     const guest = i * dyn.blockSize
     const len = Math.min(dyn.blockSize, this.size - guest)
     const data = this.bat[i] * SECTOR + this.bitmapBytes
-    const put = (g: number, n: number, off: number) => (bulk ? this.table.add(g, n, 0, off, RunKind.Data) : this.table.remap(g, n, { file: 0, fileOffset: off, kind: RunKind.Data }))
-    if (!bulk) this.table.remap(guest, len, null)
-    if (this.bat[i] === UNUSED) return
-    if (!bitmap) {
-      put(guest, len, data)
-      return
+    // The block as runs [guest, length, file offset or -1 for unmapped].
+    const runs: [number, number, number][] = []
+    if (this.bat[i] === UNUSED) runs.push([guest, len, -1])
+    else if (!bitmap) runs.push([guest, len, data])
+    else {
+      // Runs of set bits (bit 7 of byte 0 is sector 0).
+      const sectors = len / SECTOR
+      let k = 0
+      while (k < sectors) {
+        const set = (bitmap[k >> 3] >> (7 - (k & 7))) & 1
+        let j = k + 1
+        while (j < sectors && ((bitmap[j >> 3] >> (7 - (j & 7))) & 1) === set) j++
+        runs.push([guest + k * SECTOR, (j - k) * SECTOR, set ? data + k * SECTOR : -1])
+        k = j
+      }
     }
-    // Runs of set bits (bit 7 of byte 0 is sector 0).
-    const sectors = len / SECTOR
-    let k = 0
-    while (k < sectors) {
-      const set = (bitmap[k >> 3] >> (7 - (k & 7))) & 1
-      let j = k + 1
-      while (j < sectors && ((bitmap[j >> 3] >> (7 - (j & 7))) & 1) === set) j++
-      if (set) put(guest + k * SECTOR, (j - k) * SECTOR, data + k * SECTOR)
-      k = j
+    const mapping = (off: number) => (off < 0 ? null : { file: 0, fileOffset: off, kind: RunKind.Data })
+    if (bulk) {
+      for (const [g, n, off] of runs) if (off >= 0) this.table.add(g, n, 0, off, RunKind.Data)
+      return true
     }
+    if (runs.every(([g, n, off]) => this.table.matches(g, n, mapping(off)))) return false
+    this.table.remap(guest, len, null)
+    for (const [g, n, off] of runs) if (off >= 0) this.table.remap(g, n, mapping(off))
+    return true
   }
 
   override async applyWrite(file: number, fileOffset: number, bytes: Buffer): Promise<GuestRange[]> {
@@ -253,8 +287,7 @@ export class VhdDisk extends MappedDisk {
         const hi = Math.min(at + this.bitmapBytes, fileOffset + bytes.length)
         if (hi > lo) bytes.copy(bitmap, lo - at, lo - fileOffset, hi - fileOffset)
       }
-      this.mapBlock(i, bitmap, false)
-      out.push({ offset: i * dyn.blockSize, length: Math.min(dyn.blockSize, this.size - i * dyn.blockSize) })
+      if (this.mapBlock(i, bitmap, false)) out.push({ offset: i * dyn.blockSize, length: Math.min(dyn.blockSize, this.size - i * dyn.blockSize) })
     }
     return out
   }

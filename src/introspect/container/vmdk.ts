@@ -144,7 +144,7 @@ export class VmdkDisk extends MappedDisk {
   private pendingCompressed: [guest: number, length: number, file: number, offset: number][] = []
 
   private constructor(files: DiskFile[], size: number, subformat: string, parent: VirtualDisk | null, readOnly: string | null) {
-    super({ format: 'vmdk', subformat, size, files, parent, readOnlyReason: readOnly })
+    super({ format: 'vmdk', subformat, size, files, parent, readOnlyReason: readOnly, mapTables: 'the VMDK grain tables' })
   }
 
   static async open(file: DiskFile, ctx: OpenContext): Promise<VmdkDisk> {
@@ -208,6 +208,11 @@ export class VmdkDisk extends MappedDisk {
         parent = await ctx.openParent(p)
       }
       const size = entries.reduce((a, e) => a + e.line.sectors * SECTOR, 0)
+      // Each extent is checked when parsed; their sum (ZERO extents cost nothing to claim) is checked here.
+      if (!Number.isSafeInteger(size)) {
+        const sectors = entries.reduce((a, e) => a + BigInt(e.line.sectors), 0n)
+        throw new CorruptError(`extents add up to ${sectors} sectors, more than the ${Number.MAX_SAFE_INTEGER} bytes a disk can have`, { file: file.name, layer: 'vmdk', structure: 'descriptor', offset: descAt })
+      }
       let stream = false
       for (const e of entries) if (e.line.type === 'SPARSE' && desc.createType === 'streamOptimized') stream = true
       const disk = new VmdkDisk(files, size, desc.createType || 'unknown', parent, stream ? 'streamOptimized grains are compressed: mapped read-only' : null)
@@ -289,6 +294,16 @@ export class VmdkDisk extends MappedDisk {
     }
     const ext: SparseExtent = { file, header: h, gd, gtAt: new Float64Array(0), gtGd: new Uint32Array(0), stream }
     indexTables(ext)
+    // One grain table named by two directory entries (or two overlapping) would map its grains twice: corrupt.
+    for (let t = 1; t < ext.gtAt.length; t++) {
+      if (ext.gtAt[t] < ext.gtAt[t - 1] + gtBytes) {
+        throw new CorruptError(`entries ${ext.gtGd[t - 1]} and ${ext.gtGd[t]} name grain tables at ${ext.gtAt[t - 1]} and ${ext.gtAt[t]}, which overlap (${gtBytes} bytes each)`, {
+          ...ctx,
+          object: ext.gtGd[t],
+          offset: gdAt + ext.gtGd[t] * 4,
+        })
+      }
+    }
     this.sparse.push({ ext, guest })
     // Grain tables: sorted by position, adjacent ones in one read of up to 4 MiB. Tables
     // that lie in holes of the file are all zeros (qemu preallocates them as holes): not read.
@@ -365,8 +380,11 @@ export class VmdkDisk extends MappedDisk {
         else if (m) this.table.add(g, len, ext.file, m.fileOffset, m.kind)
         continue
       }
+      const mapping = m ? { file: ext.file, fileOffset: m.fileOffset, kind: m.kind } : null
+      // A rewritten table with unchanged entries costs lookups, not remaps.
+      if (this.table.matches(g, len, mapping)) continue
       const before = this.mapGuest(g)
-      this.table.remap(g, len, m ? { file: ext.file, fileOffset: m.fileOffset, kind: m.kind } : null)
+      this.table.remap(g, len, mapping)
       const after = this.mapGuest(g)
       if (before.kind !== after.kind || (before as { fileOffset?: number }).fileOffset !== (after as { fileOffset?: number }).fileOffset) changed.push({ offset: g, length: len })
     }
