@@ -31,8 +31,8 @@ export interface InspectCliOptions {
   store?: string
 }
 
-/** Scans shorter than this show no bar. */
-const BAR_AFTER_MS = 1000
+/** Scans shorter than this show no bar (VMDI_BAR_AFTER_MS overrides it: the tests draw one at once). */
+const BAR_AFTER_MS = Number(process.env.VMDI_BAR_AFTER_MS ?? 1000)
 
 /** A one-line progress bar on stderr, only when stderr is a terminal and the scan has run for BAR_AFTER_MS. */
 function progressBar(): { update: (what: string, done: number, total: number) => void; end: () => void } {

@@ -98,10 +98,11 @@ describe('vmdi-fuse inspect', () => {
     }
   })
 
-  it('draws a scan progress bar on a terminal (script(1) supplies one) and none when piped', () => {
+  it('draws a scan progress bar on a terminal (script(1) supplies one) once a scan has run its delay, and none when piped', () => {
     const image = path.join(dir, 'gpt.raw')
-    const tty = execFileSync('script', ['-qec', `${process.execPath} ${CLI} inspect ${image}`, '/dev/null'], { encoding: 'utf8' })
-    expect(tty).toMatch(/\r\[#+\] 100% scanning ext4 in volume \d+ \(/)
+    const run = (afterMs: number) => execFileSync('script', ['-qec', `${process.execPath} ${CLI} inspect ${image}`, '/dev/null'], { encoding: 'utf8', env: { ...process.env, VMDI_BAR_AFTER_MS: String(afterMs) } })
+    expect(run(0)).toMatch(/\r\[#+\] 100% scanning ext4 in volume \d+ \(/)
+    expect(run(60_000)).not.toMatch(/scanning/) // a scan shorter than the delay shows none
     const piped = runCli(['inspect', image])
     expect(piped.stderr).toBe('')
     expect(piped.stdout).not.toMatch(/scanning/)
