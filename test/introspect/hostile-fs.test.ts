@@ -3,9 +3,11 @@
 // --json` must end within a time and memory bound with exit 1 and a "too
 // costly" or structure message, no stack trace — or, where the structure is
 // merely redundant (shared inode tables), exit 0 having read each table once.
+import { execFileSync } from 'child_process'
 import fs from 'fs'
 import os from 'os'
 import path from 'path'
+import zlib from 'zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { inspectImage } from '../../src/introspect/inspect'
 import { CLI } from '../helpers/cli'
@@ -62,6 +64,39 @@ describe('hostile ext images: inspect ends, bounded', () => {
     expect(ins.budget.bytes).toBeLessThan(2 * table)
     expect(ins.budget.bytes).toBeGreaterThanOrEqual(table)
     await ins.close()
+  }, 60_000)
+
+  it('128 GPT entries naming one partition: its file system is scanned once, the others are named as overlapping', async () => {
+    const img = path.join(dir, 'gpt-twins.raw')
+    fs.rmSync(img, { force: true })
+    execFileSync('truncate', ['-s', '64M', img])
+    execFileSync('sgdisk', ['-o', '-n', '1:2048:+32M', '-t', '1:8300', img], { stdio: 'ignore' })
+    const part = path.join(dir, 'gpt-twins.part')
+    fs.rmSync(part, { force: true })
+    execFileSync('mke2fs', ['-q', '-t', 'ext4', part, '32M'])
+    execFileSync('dd', [`if=${part}`, `of=${img}`, 'bs=512', 'seek=2048', 'conv=notrunc', 'status=none'])
+    // Every entry of the primary array a copy of entry 0, the array's and the header's CRC32 made anew.
+    const fd = fs.openSync(img, 'r+')
+    const header = Buffer.alloc(512)
+    fs.readSync(fd, header, 0, 512, 512)
+    const entries = Buffer.alloc(128 * 128)
+    fs.readSync(fd, entries, 0, entries.length, 1024)
+    for (let i = 1; i < 128; i++) {
+      entries.copy(entries, i * 128, 0, 128)
+      entries.writeUInt32LE(i, i * 128 + 16) // a unique GUID of its own
+    }
+    fs.writeSync(fd, entries, 0, entries.length, 1024)
+    header.writeUInt32LE(zlib.crc32(entries), 88)
+    header.writeUInt32LE(0, 16)
+    header.writeUInt32LE(zlib.crc32(header.subarray(0, header.readUInt32LE(12))), 16)
+    fs.writeSync(fd, header, 0, 512, 512)
+    fs.closeSync(fd)
+    const r = inspectBounded(img)
+    expect(r.status).toBe(0)
+    const rep = JSON.parse(r.stdout)
+    expect(rep.partitions.length).toBe(128)
+    expect(rep.filesystems.length).toBe(1)
+    expect(rep.errors.filter((e: { message: string }) => /overlaps volume \d+, whose file system was scanned/.test(e.message)).length).toBe(127)
   }, 60_000)
 
   it('inspect --small-files is the subcommand\'s: validated, and it classes small files', () => {
