@@ -283,7 +283,7 @@ export class Qcow2Disk extends MappedDisk {
         if (off) {
           this.l2Owner.set(off, i)
           try {
-            this.remapEntries(i, await this.file.read(off, this.cluster), 0, this.l2Entries)
+            await this.remapEntries(i, await this.file.read(off, this.cluster), 0, this.l2Entries)
           } catch (e) {
             if (!torn) throw e
             // A torn L1 entry pointing at no L2 table yet: nothing mapped until its other bytes arrive.
@@ -303,7 +303,7 @@ export class Qcow2Disk extends MappedDisk {
       const from = Math.floor((Math.max(fileOffset, c) - c) / 8)
       const to = Math.ceil((Math.min(end, c + this.cluster) - c) / 8)
       const entries = await this.entriesAfterWrite(c + from * 8, (to - from) * 8, fileOffset, bytes)
-      for (const r of this.remapEntries(i, entries, from, to, fileOffset, end)) changed.push(r)
+      for (const r of await this.remapEntries(i, entries, from, to, fileOffset, end)) changed.push(r)
     }
     if (regionsChanged) this.rebuildRegions()
     return changed
@@ -352,9 +352,17 @@ export class Qcow2Disk extends MappedDisk {
    * Re-parses L2 entries [from, to) of table `l1Index`; `buf` holds them starting with entry `from`.
    * Entries only partly inside the written range [wFrom, wTo) that do not parse yet map nothing until the rest arrives.
    */
-  private remapEntries(l1Index: number, buf: Buffer, from: number, to: number, wFrom = -Infinity, wTo = Infinity): GuestRange[] {
+  private async remapEntries(l1Index: number, buf: Buffer, from: number, to: number, wFrom = -Infinity, wTo = Infinity): Promise<GuestRange[]> {
     const out: GuestRange[] = []
+    // A changed entry of a fragmented table costs time in proportion to the table (the run
+    // arrays shift): a whole L2 table of changes yields to the event loop every few ms, so
+    // other images' I/O goes on while this image's write waits for its map.
+    let slice = performance.now()
     for (let e = from; e < to; e++) {
+      if (performance.now() - slice > YIELD_MS) {
+        await new Promise((r) => setImmediate(r))
+        slice = performance.now()
+      }
       const guest = (l1Index * this.l2Entries + e) * this.cluster
       if (guest >= this.size) break
       const len = Math.min(this.cluster, this.size - guest)
@@ -378,6 +386,9 @@ export class Qcow2Disk extends MappedDisk {
     return out
   }
 }
+
+/** Longest stretch of table updates between yields to the event loop (ms). */
+const YIELD_MS = 5
 
 function mappingKey(m: GuestMapping): string {
   return m.kind === 'data' ? `d${m.file}:${m.fileOffset}` : m.kind === 'compressed' ? `c${m.file}:${m.fileOffset}:${m.storedLength}:${m.grainOffset}` : m.kind
