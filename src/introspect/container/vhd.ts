@@ -278,7 +278,14 @@ export class VhdDisk extends MappedDisk {
       }
     }
     const out: GuestRange[] = []
+    // A changed block of a fragmented map costs time in proportion to it (the run arrays shift):
+    // a live update yields to the event loop every few ms, so other images' I/O goes on.
+    let slice = performance.now()
     for (const i of changed) {
+      if (performance.now() - slice > YIELD_MS) {
+        await new Promise((r) => setImmediate(r))
+        slice = performance.now()
+      }
       let bitmap: Buffer | null = null
       if (this.parent && this.bat[i] !== UNUSED) {
         bitmap = Buffer.from(await f.read(this.bat[i] * SECTOR, this.bitmapBytes))
@@ -292,6 +299,9 @@ export class VhdDisk extends MappedDisk {
     return out
   }
 }
+
+/** Longest stretch of live table updates between yields to the event loop (ms). */
+const YIELD_MS = 5
 
 export const vhdFormat: ContainerModule = {
   format: 'vhd',

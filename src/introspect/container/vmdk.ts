@@ -13,6 +13,10 @@ import type { ContainerModule, OpenContext } from './open'
 import type { ContainerRegion, GuestRange, VirtualDisk } from './types'
 
 const SECTOR = 512
+
+/** Longest stretch of live table updates between yields to the event loop (ms). */
+const YIELD_MS = 5
+
 export const SPARSE_MAGIC = 0x564d444b // "KDMV"
 const COWD_MAGIC = 0x44574f43 // "COWD": ESX vmfsSparse
 const GD_AT_END = 0xffffffffffffffffn
@@ -324,7 +328,7 @@ export class VmdkDisk extends MappedDisk {
       let j = k + 1
       while (j < used.length && gd[used[j]] * SECTOR === gd[used[j - 1]] * SECTOR + gtBytes && (j - k + 1) * gtBytes <= 4 << 20) j++
       const buf = await f.read(gd[used[k]] * SECTOR, (j - k) * gtBytes)
-      for (let t = k; t < j; t++) this.addGT(ext, guest, bytes, used[t], buf.subarray((t - k) * gtBytes, (t - k + 1) * gtBytes), true)
+      for (let t = k; t < j; t++) await this.addGT(ext, guest, bytes, used[t], buf.subarray((t - k) * gtBytes, (t - k + 1) * gtBytes), true)
       k = j
     }
     if (stream) {
@@ -348,15 +352,22 @@ export class VmdkDisk extends MappedDisk {
   }
 
   /** Entries of GT `gdIndex` into the table: bulk (add) at open, remap after a write. */
-  private addGT(ext: SparseExtent, guest: number, extentBytes: number, gdIndex: number, gt: Buffer, bulk: boolean): GuestRange[] {
+  private async addGT(ext: SparseExtent, guest: number, extentBytes: number, gdIndex: number, gt: Buffer, bulk: boolean): Promise<GuestRange[]> {
     const h = ext.header
     const grain = h.grainSize * SECTOR
     const f = this.fileReaders[ext.file]
     const changed: GuestRange[] = []
     // A 32-bit view to skip unallocated entries fast (a 2 TiB disk has 33 million of them).
     const words = gt.byteOffset % 4 === 0 ? new Uint32Array(gt.buffer, gt.byteOffset, gt.length >>> 2) : new Uint32Array(Uint8Array.from(gt).buffer)
+    // A changed entry of a fragmented map costs time in proportion to it (the run arrays shift):
+    // a live update yields to the event loop every few ms, so other images' I/O goes on.
+    let slice = performance.now()
     for (let e = 0; e < h.numGTEsPerGT; e++) {
       if (bulk && words[e] === 0) continue
+      if (!bulk && performance.now() - slice > YIELD_MS) {
+        await new Promise((r) => setImmediate(r))
+        slice = performance.now()
+      }
       const inExtent = (gdIndex * h.numGTEsPerGT + e) * grain
       if (inExtent >= extentBytes) break
       const g = guest + inExtent
@@ -431,7 +442,7 @@ export class VmdkDisk extends MappedDisk {
         ext.gd[i] = s
         indexTables(ext)
         if (s) {
-          changed.push(...this.addGT(ext, guest, extentBytes, i, await f.read(s * SECTOR, gtBytes), false))
+          changed.push(...(await this.addGT(ext, guest, extentBytes, i, await f.read(s * SECTOR, gtBytes), false)))
         }
       }
       // Grain-table entries written: the tables overlapping the write (binary search by position).
@@ -449,7 +460,7 @@ export class VmdkDisk extends MappedDisk {
         const from = Math.max(c, fileOffset)
         const to = Math.min(c + gtBytes, fileOffset + bytes.length)
         if (to > from) bytes.copy(gt, from - c, from - fileOffset, to - fileOffset)
-        changed.push(...this.addGT(ext, guest, extentBytes, ext.gtGd[t], gt, false))
+        changed.push(...(await this.addGT(ext, guest, extentBytes, ext.gtGd[t], gt, false)))
       }
     }
     return changed
