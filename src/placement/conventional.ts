@@ -74,6 +74,7 @@ export class ConventionalRouter implements Router {
       else s.ram.delete(s.key(b))
     }
     await pwriteFull(s.dev, buf, 0, len, pos)
+    s.lastHddWrite = Date.now()
     return len
   }
 

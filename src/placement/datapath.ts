@@ -13,7 +13,6 @@
 // close (the map stays warm); that last close starts a full destage so the
 // HDD file is whole while no VM has it open.
 
-import crypto from 'crypto'
 import fs from 'fs'
 import path from 'path'
 import { probeImage, probeSmallContainer } from '../introspect/container'
@@ -27,51 +26,21 @@ import { SsdStore } from '../store/ssd'
 import { hddDevice } from '../store/hdd-device'
 import type { HddModel } from '../store/hdd-model'
 import { backgroundTick, failover } from './destage'
-import { registerImage } from './identity'
+import { changedAfter, registerImage, sameStat, signatureOf } from './identity'
 import { imageParts, ImageRefused, newProgress, type ImageEntry } from './image'
 import { Ledger } from './ledger'
 import { MAX_SCANS, PreloadScheduler, Slots } from './schedule'
 import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
+import { MIN_IMAGE_BYTES, OPT_OUT_XATTR, type DatapathOptions } from './options'
 import { warmStart } from './warm-start'
 
 export { ImageRefused, type ImageEntry, type ScanState } from './image'
 export type { DatapathStats } from './stats'
+export { MIN_IMAGE_BYTES, OPT_OUT_XATTR, type DatapathOptions } from './options'
 
-export interface DatapathOptions {
-  /** Real path of the store directory. */
-  storeRoot: string
-  ramBytes: number
-  ssdPath: string
-  /** Cap of the SSD store in bytes (blocks held, clean and dirty). */
-  ssdMaxBytes: number
-  /** Globs (relative to the store) of files never introspected. */
-  exclude: string[]
-  /** Background destage: blocks per tick, tick interval, and how long guest I/O must have paused. */
-  destageBlocks?: number
-  destageIntervalMs?: number
-  destageIdleMs?: number
-  /** 'conventional': benchmark configuration (b), a plain LRU of every block with read-ahead; no scans, no SSD. */
-  cacheMode?: 'introspect' | 'conventional'
-  /** The emulated disk every image file is on (--emulate-hdd), or none. */
-  hdd?: HddModel | null
-  /** Data of regular files up to this many bytes is placed with the meta-data (--small-files; default 0: off). */
-  smallFileBytes?: number
-  /** The data of the guests' boot files (kernels, initial RAM disks, init; found by name) is placed with the meta-data (--boot-files; default false). */
-  bootFiles?: boolean
-  /**
-   * Writes to blocks the guest has newly allocated are held on the SSD store
-   * while it holds fewer unwritten bytes than this (--new-data; default 0: off).
-   */
-  newDataBytes?: number
-  /** RAM all images' maps and running scans may take together (--introspect-memory; default: no ceiling). */
-  introspectMemoryBytes?: number
-}
-
-/** Raw files smaller than this are never taken for disk images, nor containers of smaller disks. */
-export const MIN_IMAGE_BYTES = 1 << 20
-/** The extended attribute a VM's owner sets to keep an image out of introspection. */
-export const OPT_OUT_XATTR = 'user.vmdi.introspect'
+/** How often each image's last HDD write is recorded in the SSD store (identity.ts: changedAfter's slack covers it). */
+const NOTE_WRITES_MS = 250
 /** How often the blocks the binding served from RAM are counted and touched in the LRU. */
 const NATIVE_DRAIN_MS = 25
 
@@ -92,6 +61,7 @@ export class Datapath {
   /** Preloads of every image, one span at a time, meta-data first. */
   private readonly preloads: PreloadScheduler
   private timer: NodeJS.Timeout | null = null
+  private readonly noteTimer: NodeJS.Timeout
   private closed = false
   /** The SSD store's failover (what it held written to the HDD files), once it has failed. */
   private failover: Promise<void> | null = null
@@ -116,6 +86,11 @@ export class Datapath {
     }
     this.timer = setInterval(() => void this.tick(), opts.destageIntervalMs ?? 250)
     this.timer.unref()
+    // When each image's HDD file was last written, into the SSD store (a crash's next mount compares its ctime).
+    this.noteTimer = setInterval(() => {
+      for (const e of this.byKey.values()) e.state.noteWrites()
+    }, NOTE_WRITES_MS)
+    this.noteTimer.unref()
   }
 
   /** Bytes of the introspection memory ceiling (--introspect-memory) left for `entry`'s scan: what the other images' maps do not take. */
@@ -197,10 +172,13 @@ export class Datapath {
     const head = Buffer.alloc(BLOCK)
     fs.readSync(fd, head, 0, BLOCK, 0)
     const reg = registerImage(this.ssd, { path: abs, dev: st.dev, ino: st.ino, size: st.size, signature: signatureOf(head) })
-    if (reg.status === 'conflict') {
+    // After a crash (no clean-unmount record) the store's unwritten blocks are the latest writes
+    // only if nobody changed the file since this daemon's last write to it (e2fsck -y, a restore).
+    const behind = reg.status === 'same' && !reg.clean && reg.dirtyBlocks > 0 ? changedAfter(abs, reg.written) : null
+    if (reg.status === 'conflict' || behind) {
       fs.closeSync(fd)
       const msg =
-        `image ${rel} changed on the HDD behind the SSD store's back while the store holds ${reg.dirtyBlocks} unwritten block(s) of it; ` +
+        `image ${rel} changed on the HDD behind the SSD store's back${behind ? ` (${behind})` : ''} while the store holds ${reg.dirtyBlocks} unwritten block(s) of it; ` +
         `refused until resolved: unmount, then run "vmdi-fuse recover --apply ${abs}" (write the store's blocks over it) or "vmdi-fuse recover --discard ${abs}" (drop them), with --ssd ${this.opts.ssdPath}`
       this.refused.set(abs, msg)
       log.error(msg)
@@ -240,6 +218,8 @@ export class Datapath {
       },
       ssdFailover: () => this.failover ?? Promise.resolve(),
     })
+    // The file as it is now is the one this daemon serves: a later change not made through it is someone else's.
+    parts.state.lastHddWrite = Date.now()
     const entry: ImageEntry = {
       ...parts,
       rel,
@@ -259,8 +239,8 @@ export class Datapath {
     }
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never
-      // closed cleanly). Another tool may have written the file since; only its first 4 KiB are
-      // checked, so clean copies are not trusted. Dirty ones are the latest writes: kept.
+      // closed cleanly). Clean copies are not trusted; dirty ones are the latest writes (the
+      // file's ctime was checked against this daemon's last recorded write above): kept.
       const dropped = entry.state.held.dropAllClean()
       if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${entry.state.held.dirtyCount} unwritten block(s) kept`)
     }
@@ -473,6 +453,7 @@ export class Datapath {
   async close(): Promise<void> {
     this.closed = true
     if (this.timer) clearInterval(this.timer)
+    clearInterval(this.noteTimer)
     if (this.drainTimer) clearInterval(this.drainTimer)
     this.drainServed()
     await Promise.all([...this.background])
@@ -496,19 +477,6 @@ export class Datapath {
     }
     await this.ssd.close()
   }
-}
-
-function sameStat(rec: { mtimeNs: bigint; size: number }, abs: string): boolean {
-  try {
-    const st = fs.statSync(abs, { bigint: true })
-    return st.mtimeNs === rec.mtimeNs && Number(st.size) === rec.size
-  } catch {
-    return false
-  }
-}
-
-function signatureOf(block0: Buffer): Buffer {
-  return crypto.createHash('sha256').update(block0).digest()
 }
 
 function optedOut(abs: string): boolean {

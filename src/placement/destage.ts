@@ -82,6 +82,7 @@ export class Destager {
         n++
       }
       // A store failing meanwhile: the blocks are on the HDD (synced above) all the same.
+      s.noteWrites()
       await s.ssd.commitUnlessFailed()
       s.counters.destaged += n
       return n
@@ -103,7 +104,11 @@ export class Destager {
       const len = Math.min(out.length, s.size - first * BLOCK)
       if (len <= 0) return
       if (first === 0) await s.beforeBlockZero(out, 0)
-      await pwriteFull(s.dev, out, 0, len, first * BLOCK)
+      try {
+        await pwriteFull(s.dev, out, 0, len, first * BLOCK)
+      } finally {
+        s.lastHddWrite = Date.now()
+      }
     }
     for (const b of run) {
       const data = this.dirtyCopy(b)

@@ -109,6 +109,13 @@ export class ImageState {
   size: number
   /** Last time a guest request arrived (background work yields to guest I/O). */
   lastGuestIo = 0
+  /**
+   * Last time this daemon changed the HDD file (a write, a truncate), and the last
+   * such time recorded in the SSD store (noteWrites): after a crash, a file changed
+   * later than that was changed by someone else.
+   */
+  lastHddWrite = 0
+  private notedHddWrite = 0
   /** Told of every block written (warm start drops its kept copy of it). */
   onTouched: ((b: number) => void) | null = null
 
@@ -159,6 +166,13 @@ export class ImageState {
     await this.onBlockZero(blk)
   }
 
+  /** Records in the SSD store when this daemon last changed the HDD file, if that moved since (the background tick, every fsync). */
+  noteWrites(): void {
+    if (this.lastHddWrite <= this.notedHddWrite) return
+    this.notedHddWrite = this.lastHddWrite
+    this.ssd.noteWritten(this.image, this.lastHddWrite)
+  }
+
   /** Writes buf[off, off+len) at pos to the HDD file, the blocks' watches told at start and end. */
   async hddWrite(buf: Buffer, off: number, len: number, pos: number): Promise<void> {
     const first = Math.floor(pos / BLOCK)
@@ -168,6 +182,7 @@ export class ImageState {
       if (pos < BLOCK) await this.beforeBlockZero(buf.subarray(off, off + Math.min(len, BLOCK - pos)), pos)
       await pwriteFull(this.dev, buf, off, len, pos)
     } finally {
+      this.lastHddWrite = Date.now()
       for (let b = first; b <= last; b++) this.watch.endHddWrite(b)
     }
   }
@@ -175,6 +190,7 @@ export class ImageState {
   /** A write past the end: the HDD file grows first, so its size is the file's whichever tier holds the bytes. */
   async grow(size: number): Promise<void> {
     fs.ftruncateSync(this.fd, size)
+    this.lastHddWrite = Date.now()
     this.size = size
   }
 
@@ -198,6 +214,7 @@ export class ImageState {
       this.dropCopies(last)
     }
     fs.ftruncateSync(this.fd, size)
+    this.lastHddWrite = Date.now()
     this.size = size
   }
 }
@@ -220,6 +237,7 @@ export interface Router {
 
 /** The fsync both request paths share: the SSD transaction holding every redirected write, then the HDD file. */
 export async function syncImage(s: ImageState): Promise<void> {
+  s.noteWrites()
   await s.ssd.commitUnlessFailed()
   if (s.ssd.failed) {
     // The commit failed (a full disk, an I/O error): the guest's redirected writes are durable

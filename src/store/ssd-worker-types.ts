@@ -16,6 +16,8 @@ export type WriteOp =
   /** Nothing to write but a durable commit (a frame, so the FULL commit syncs the WAL). */
   | { op: 'sync' }
   | { op: 'cleanRecord'; id: number; data: Uint8Array | null }
+  /** When the daemon last wrote the image's HDD file (ms since the epoch): a later change is someone else's. */
+  | { op: 'written'; id: number; ms: number }
 
 export interface Batch {
   seq: number

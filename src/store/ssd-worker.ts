@@ -24,6 +24,7 @@ const signature = db.prepare('UPDATE images SET prev_signature = signature, sign
 const syncRow = db.prepare("INSERT INTO meta(key, value) VALUES ('sync', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
 const cleanRecord = db.prepare('UPDATE images SET clean = ? WHERE id = ?')
 const rename = db.prepare('UPDATE images SET path = ? WHERE id = ?')
+const written = db.prepare('UPDATE images SET written = ? WHERE id = ?')
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
 const apply = db.transaction((m: Batch) => {
@@ -41,6 +42,7 @@ const apply = db.transaction((m: Batch) => {
     else if (o.op === 'rename') rename.run(o.path, o.id)
     else if (o.op === 'sync') syncRow.run(String(Date.now()))
     else if (o.op === 'cleanRecord') cleanRecord.run(o.data ? buf(o.data) : null, o.id)
+    else if (o.op === 'written') written.run(o.ms, o.id)
     else {
       forgetBlocks.run(o.id)
       forgetImage.run(o.id)

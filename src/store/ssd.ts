@@ -14,7 +14,7 @@ import { splitKey } from '../native/constants'
 import { blockKey } from './ram'
 import { PUT_FIELDS, type Batch, type WriteOp } from './ssd-worker-types'
 
-export const SCHEMA_VERSION = 3
+export const SCHEMA_VERSION = 4
 /** How long queued writes gather before they go to the writer thread (a commit() sends them at once). */
 const FLUSH_GATHER_MS = 5
 
@@ -41,6 +41,8 @@ export interface ImageRecord extends ImageIdentity {
   prev: Buffer | null
   map: Buffer | null
   clean: Buffer | null
+  /** When the daemon last wrote the file, as last recorded (ms since the epoch; null: never recorded). */
+  written: number | null
 }
 
 export class SsdError extends Error {
@@ -96,7 +98,7 @@ export class SsdStore {
     this.idStmt = db.prepare('SELECT id FROM images WHERE path = ?')
     this.blocksStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ?')
     this.dirtyStmt = db.prepare('SELECT block, dirty FROM blocks WHERE image = ? AND dirty = 1')
-    this.recordStmt = db.prepare('SELECT id, path, dev, ino, size, signature, prev_signature AS prev, map, clean FROM images WHERE path = ?')
+    this.recordStmt = db.prepare('SELECT id, path, dev, ino, size, signature, prev_signature AS prev, map, clean, written FROM images WHERE path = ?')
     const max = db.prepare('SELECT max(id) AS m FROM images').get() as { m: number | null }
     this.nextImage = (max.m ?? 0) + 1
     worker.on('message', (m: { seq?: number; error?: string }) => {
@@ -143,13 +145,14 @@ export class SsdStore {
           cls INTEGER NOT NULL, dirty INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(image, block));
         CREATE INDEX IF NOT EXISTS blocks_dirty ON blocks(image, dirty);
         CREATE TABLE IF NOT EXISTS images(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, dev INTEGER NOT NULL,
-          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB, prev_signature BLOB, clean BLOB);
+          ino INTEGER NOT NULL, size INTEGER NOT NULL, signature BLOB NOT NULL, map BLOB, prev_signature BLOB, clean BLOB, written INTEGER);
       `)
       const v = db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined
       if (!v) db.prepare("INSERT INTO meta(key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION))
-      else if (Number(v.value) === 2) {
-        // Version 3 added the clean-unmount record.
-        db.exec('ALTER TABLE images ADD COLUMN clean BLOB')
+      else if (Number(v.value) === 2 || Number(v.value) === 3) {
+        // Version 3 added the clean-unmount record, version 4 when the daemon last wrote each image.
+        if (Number(v.value) === 2) db.exec('ALTER TABLE images ADD COLUMN clean BLOB')
+        db.exec('ALTER TABLE images ADD COLUMN written INTEGER')
         db.prepare("UPDATE meta SET value = ? WHERE key = 'schema'").run(String(SCHEMA_VERSION))
       } else if (Number(v.value) !== SCHEMA_VERSION) throw new SsdError(`schema version ${v.value}, this vmdi-fuse reads ${SCHEMA_VERSION}`)
       // The reader never checkpoints: the writer thread owns that.
@@ -267,7 +270,7 @@ export class SsdStore {
   imageRecord(p: string): ImageRecord | null {
     const stored = this.recordStmt.get(p) as ImageRecord | undefined
     const mine = this.registered.get(p)
-    if (mine) return { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null, clean: null }
+    if (mine) return { ...mine, prev: null, map: stored?.id === mine.id ? stored.map : null, clean: null, written: stored?.id === mine.id ? stored.written : null }
     return stored ?? null
   }
 
@@ -287,6 +290,11 @@ export class SsdStore {
   updateIdentity(id: number, who: ImageIdentity, write = true): void {
     this.registered.set(who.path, { ...who, signature: Buffer.from(who.signature), id })
     if (write) this.enqueue({ op: 'image', id, path: who.path, dev: who.dev, ino: who.ino, size: who.size, signature: Buffer.from(who.signature) }, null, null)
+  }
+
+  /** The daemon wrote image `id`'s HDD file at `ms` (ms since the epoch): a later change of the file is someone else's. */
+  noteWritten(id: number, ms: number): void {
+    this.enqueue({ op: 'written', id, ms }, null, null)
   }
 
   /**

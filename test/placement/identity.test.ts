@@ -37,7 +37,7 @@ describe('registerImage', () => {
     const file = path.join(dir, 'new.sqlite')
     const s = SsdStore.open(file)
     const a = registerImage(s, who)
-    expect(a).toEqual({ id: expect.any(Number), status: 'new', map: null, dirtyBlocks: 0, clean: null })
+    expect(a).toEqual({ id: expect.any(Number), status: 'new', map: null, dirtyBlocks: 0, clean: null, written: null })
     const b = registerImage(s, { ...who, path: '/store/vm2.img', ino: 101 })
     expect(b.status).toBe('new')
     expect(b.id).not.toBe(a.id)
@@ -102,7 +102,7 @@ describe('registerImage', () => {
     await s.close()
     const t = SsdStore.open(file)
     const r = registerImage(t, { ...who, ino: 202 })
-    expect(r).toEqual({ id: a.id, status: 'reset', map: null, dirtyBlocks: 0, clean: null })
+    expect(r).toEqual({ id: a.id, status: 'reset', map: null, dirtyBlocks: 0, clean: null, written: null })
     expect(t.get(a.id, 9)).toBeUndefined()
     await t.close()
     const u = SsdStore.open(file)
@@ -124,7 +124,7 @@ describe('registerImage', () => {
     await s.close()
     const t = SsdStore.open(file)
     const changed = { ...who, signature: Buffer.from('header-x') }
-    expect(registerImage(t, changed)).toEqual({ id: a.id, status: 'conflict', map: null, dirtyBlocks: 1, clean: null })
+    expect(registerImage(t, changed)).toEqual({ id: a.id, status: 'conflict', map: null, dirtyBlocks: 1, clean: null, written: null })
     expect(t.get(a.id, 3)?.dirty).toBe(true)
     // Asked again, and at a new name: the store did not take the changed file for the image.
     expect(registerImage(t, changed)).toMatchObject({ status: 'conflict' })
