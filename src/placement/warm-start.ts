@@ -22,6 +22,8 @@ import { ramWorthy, type ImageState, type Router } from './image-state'
 const PRELOAD_SPAN = 1024
 /** Preload runs at most this many blocks apart are read as one request (256 KiB): on a disk a seek costs more than the gap's transfer. */
 const PRELOAD_GAP = 64
+/** One all-zero block, shared by every kept copy of one (never written to: the tiers copy what they take). */
+const ZERO_BLOCK = Buffer.alloc(BLOCK)
 /** RAM refill from the SSD store: point reads between yields to guest requests. */
 const REFILL_CHUNK = 256
 
@@ -67,7 +69,10 @@ export class ScanKeeper {
       for (let b = first; b < end && (b + 1) * BLOCK <= pos + n; b++) {
         if (kept.size >= this.max || this.kept !== kept) break
         if (w.written(b) || s.held.isHeld(b) || kept.has(b)) continue
-        kept.set(b, Buffer.from(buf.subarray(b * BLOCK - pos, (b + 1) * BLOCK - pos)))
+        // All-zero blocks (unused tables, holes: most of what a hostile image's scan reads) share
+        // one buffer: a copy each would be one small allocation per block, and GC pauses.
+        const blk = buf.subarray(b * BLOCK - pos, (b + 1) * BLOCK - pos)
+        kept.set(b, blk.equals(ZERO_BLOCK) ? ZERO_BLOCK : Buffer.from(blk))
       }
       return n
     } finally {
