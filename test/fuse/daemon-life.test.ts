@@ -109,3 +109,29 @@ describe('CLI commands when the daemon dies under them', () => {
     expect(r!.stderr).toMatch(/died during its unmount destage with [1-9]\d* block\(s\) still only in the SSD store .*: the HDD files are not whole .*mount the store again/)
   }, 180_000)
 })
+
+describe('vmdi-fuse umount --lazy', () => {
+  it('detaches a busy mount at once, serves the open file until it is closed, then waits for the daemon to exit cleanly', async () => {
+    const dir = path.join(base, 'lazy')
+    const store = path.join(dir, 'store')
+    fs.mkdirSync(store, { recursive: true })
+    fs.writeFileSync(path.join(store, 'notes.txt'), 'still here\n'.repeat(1000))
+    const m = await mount(store, path.join(dir, 'mnt'))
+    const fd = fs.openSync(path.join(m.mnt, 'notes.txt'), 'r')
+    const plain = runCli(['umount', m.mnt])
+    expect(plain.status).not.toBe(0)
+    expect(plain.stderr).toMatch(/is busy: .*fuser -vm .*umount --lazy/)
+    const cmd = cliAsync(['umount', '--lazy', m.mnt])
+    await waitFor(() => !isMounted(m.mnt), 10_000, 'the lazy detach')
+    // Detached, and the open file is still served by the daemon.
+    const buf = Buffer.alloc(11)
+    expect(fs.readSync(fd, buf, 0, 11, 11 * 500)).toBe(11)
+    expect(buf.toString()).toBe('still here\n')
+    expect(m.proc.exitCode).toBeNull()
+    fs.closeSync(fd)
+    const r = await cmd
+    expect(r.status, r.stderr).toBe(0)
+    expect(r.ms).toBeLessThan(25_000) // ends once the file is closed, not at the 30 s grace
+    expect(await m.exited).toBe(0)
+  }, 60_000)
+})

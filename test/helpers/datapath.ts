@@ -11,6 +11,7 @@ import { inspectImage } from '../../src/introspect/inspect'
 import type { ExtentMap } from '../../src/introspect/map/extent-map'
 import { Datapath, type DatapathOptions, type DatapathStats, type ImageEntry } from '../../src/placement/datapath'
 import { rng } from './rng'
+import { ranges } from './e2oracle'
 
 export const BLOCK = 4096
 /** Days: no background destage unless a test asks for it. */
@@ -151,15 +152,7 @@ export function fsck(file: string): { status: number | null; out: string } {
 export function freeBlocksOfGroup0(file: string): [number, number][] {
   const dump = execFileSync('dumpe2fs', [file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 64 << 20 })
   const g0 = dump.split(/^Group 1: /m)[0].split(/^Group 0: /m)[1] ?? ''
-  const list = /^\s+Free blocks: ([0-9, -]*)$/m.exec(g0)?.[1] ?? ''
-  return list
-    .split(',')
-    .map((x) => x.trim())
-    .filter(Boolean)
-    .map((x) => {
-      const [a, b] = x.split('-').map(Number)
-      return [a, b ?? a] as [number, number]
-    })
+  return ranges(/^\s+Free blocks: ([0-9, -]*)$/m.exec(g0)?.[1] ?? '')
 }
 
 /** The fs blocks of a file (debugfs `blocks`). */

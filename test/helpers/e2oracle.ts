@@ -16,7 +16,8 @@ export interface Oracle {
   inUse: number[]
 }
 
-function ranges(s: string): [number, number][] {
+/** e2fsprogs' block lists ("1-5, 9, 12-14") as [first, last] pairs. */
+export function ranges(s: string): [number, number][] {
   return s
     .split(',')
     .map((x) => x.trim())

@@ -132,7 +132,14 @@ export class VdiDisk extends MappedDisk {
     await this.fileReaders[0].refresh()
     const out: GuestRange[] = []
     const first = Math.max(0, Math.ceil((fileOffset - h.offBlocks) / 4))
+    // A changed entry of a fragmented map costs time in proportion to it (the run arrays shift):
+    // a live update yields to the event loop every few ms, so other images' I/O goes on.
+    let slice = performance.now()
     for (let i = first; i < h.blocks; i++) {
+      if (performance.now() - slice > YIELD_MS) {
+        await new Promise((r) => setImmediate(r))
+        slice = performance.now()
+      }
       const at = h.offBlocks + i * 4
       if (at + 4 > fileOffset + bytes.length) break
       const e = bytes.readUInt32LE(at - fileOffset)
@@ -144,6 +151,9 @@ export class VdiDisk extends MappedDisk {
     return out
   }
 }
+
+/** Longest stretch of live table updates between yields to the event loop (ms). */
+const YIELD_MS = 5
 
 export const vdiFormat: ContainerModule = {
   format: 'vdi',
