@@ -75,14 +75,17 @@ export function* guestToFiles(disk: VirtualDisk, offset: number, length: number)
  * asks.
  */
 export function* fileToGuest(disk: VirtualDisk, ref: FileRef, offset: number, length: number): Generator<StoredPiece> {
-  const above = layersOf(disk)
-  const depth = above.indexOf(ref.layer)
-  if (depth < 0) return
-  above.length = depth
+  // The layers above ref's (top first); none for the top layer, the common case (no walk, no copy).
+  const above: VirtualDisk[] = []
+  let d: VirtualDisk | null = disk
+  for (; d && d !== ref.layer; d = d.parent) above.push(d)
+  if (!d) return
   for (let at = offset; at < offset + length; ) {
     const loc = ref.layer.locate(ref.file, at)
     const n = Math.max(1, Math.min(loc.length, offset + length - at))
-    if (loc.kind === 'guest') {
+    if (loc.kind === 'guest' && above.length === 0) {
+      yield { layer: ref.layer, file: ref.file, guestOffset: loc.guestOffset, guestLength: n, fileOffset: at, fileLength: n, compressed: false }
+    } else if (loc.kind === 'guest') {
       for (const [g, k] of visible(above, loc.guestOffset, n)) {
         yield { ...ref, guestOffset: g, guestLength: k, fileOffset: at + (g - loc.guestOffset), fileLength: k, compressed: false }
       }
