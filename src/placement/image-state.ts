@@ -60,7 +60,8 @@ export interface RouterCounters {
   absorbed: number
 }
 
-const ZERO_BLOCK = Buffer.alloc(BLOCK)
+/** One all-zero block, shared (never written to: the tiers copy what they take). */
+export const ZERO_BLOCK = Buffer.alloc(BLOCK)
 
 /**
  * Whether a copy goes to RAM when the store takes it (preload, refill): all-zero

@@ -23,8 +23,8 @@ import { preadFull } from '../store/device'
 import { countServedFromRam, ImageState, syncImage, type Router } from './image-state'
 
 /** Read-ahead, in blocks: Linux's initial and maximum window (128 KiB). */
-export const RA_MIN = 4
-export const RA_MAX = 32
+const RA_MIN = 4
+const RA_MAX = 32
 
 /** Data-routed writes remembered for the deferred count (oldest forgotten past this). */
 const RECENT_DATA_MAX = 65536

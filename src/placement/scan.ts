@@ -20,7 +20,7 @@ import type { ImageEntry } from './image'
 /** Scans retried when the guest wrote meta-data while they ran. */
 const MAX_SCAN_TRIES = 3
 /** Blocks written during a scan remembered for the retry decision (past this: retry). */
-export const MAX_SCAN_WRITES = 1 << 16
+const MAX_SCAN_WRITES = 1 << 16
 /** What the scan read and the preload takes instead of reading it again: at most this many bytes (512 MiB). */
 const SCAN_KEEP_MAX = 512 << 20
 

@@ -16,14 +16,12 @@ import { spansOf, type BlockRun } from './blocks'
 import type { PreloadScheduler } from './schedule'
 import { preadFull } from '../store/device'
 import type { Progress } from './image'
-import { ramWorthy, type ImageState, type Router } from './image-state'
+import { ramWorthy, ZERO_BLOCK, type ImageState, type Router } from './image-state'
 
 /** Largest preload read, in blocks (4 MiB). */
 const PRELOAD_SPAN = 1024
 /** Preload runs at most this many blocks apart are read as one request (256 KiB): on a disk a seek costs more than the gap's transfer. */
 const PRELOAD_GAP = 64
-/** One all-zero block, shared by every kept copy of one (never written to: the tiers copy what they take). */
-const ZERO_BLOCK = Buffer.alloc(BLOCK)
 /** RAM refill from the SSD store: point reads between yields to guest requests. */
 const REFILL_CHUNK = 256
 
