@@ -38,6 +38,9 @@ const SHUTDOWN_GRACE_MS = 30_000
 const SLOW_OP_MS = 10_000
 /** `vmdi-fuse umount` gives up on a daemon that has made no progress (no block written back) for this long. */
 const UNMOUNT_STUCK_MS = 60_000
+/** While ending, how often the log says what the daemon still waits for; a step other than destage that makes no progress this long ends the process. */
+const ENDING_REPORT_MS = 10_000
+const ENDING_STUCK_MS = 90_000
 /** How often systemd hears the scans' progress (STATUS=). */
 const NOTIFY_STATUS_MS = 2_000
 
@@ -94,6 +97,10 @@ class Mount {
   /** The binding's loop has ended (the mount is gone); `loopEndedWaiter` hears of it. */
   private loopEnded = false
   private loopEndedWaiter: (() => void) | null = null
+  /** What the end is waiting for now (logged while it takes long), and since when. */
+  private endingStep = ''
+  private endingStepSince = 0
+  private endingWatch: NodeJS.Timeout | null = null
 
   constructor(readonly s: Settings) {
     this.store = new StoreFs(s.store)
@@ -299,9 +306,11 @@ class Mount {
 
   /** SIGINT/SIGTERM: unmount (lazily when busy, serving open files for up to SHUTDOWN_GRACE_MS), then finish. */
   async unmountAndFinish(): Promise<void> {
-    if (this.ending) return
+    if (this.ending || this.endingWatch) return
+    this.step('fusermount -u')
     const busy = !(await fusermountU(this.s.mountpoint))
     if (busy && !this.loopEnded) {
+      this.step('open files to close after a lazy unmount')
       log.warn(`${this.s.mountpoint} is busy: detaching it lazily; open files are served for up to ${SHUTDOWN_GRACE_MS / 1000} s more`)
       try {
         lazyUnmount(this.s.mountpoint)
@@ -316,6 +325,27 @@ class Mount {
     await this.finish(busy ? 'lazy unmount' : 'unmounted')
   }
 
+  /**
+   * The end's current step. From the first step on, the log says every
+   * ENDING_REPORT_MS what the end still waits for; a step other than the
+   * destage that makes no progress for ENDING_STUCK_MS ends the process
+   * (exit 1): what the SSD store holds is committed and written back by the
+   * next mount, and a daemon that never exits keeps the store locked.
+   */
+  private step(what: string): void {
+    this.endingStep = what
+    this.endingStepSince = Date.now()
+    this.endingWatch ??= setInterval(() => {
+      const ms = Date.now() - this.endingStepSince
+      const ops = [...this.tracker.inFlight.values()].slice(0, 5).map((o) => `${o.op} ${o.path}`)
+      log.warn(`ending: still waiting for ${this.endingStep} after ${Math.round(ms / 1000)} s (${this.tracker.inFlight.size} operation(s) in flight${ops.length ? `: ${ops.join(', ')}` : ''})`)
+      if (ms >= ENDING_STUCK_MS && !this.endingStep.startsWith('destage')) {
+        log.error(`ending: ${this.endingStep} made no progress for ${Math.round(ms / 1000)} s: exiting without it (the SSD store keeps what it holds for the next mount)`)
+        process.exit(1)
+      }
+    }, ENDING_REPORT_MS)
+  }
+
   /** The end, once: in-flight operations finish, the datapath destages and closes, store files close, exit 0. */
   async finish(why: string): Promise<void> {
     if (this.ending) return
@@ -324,8 +354,10 @@ class Mount {
     this.metrics?.close()
     const n = this.tracker.inFlight.size
     if (n) log.info(`waiting for ${n} operation(s) in flight`)
+    this.step('operations in flight')
     await this.tracker.idle()
     if (this.datapath) {
+      this.step('destage and close of the datapath')
       this.store.stopRamServe()
       try {
         await this.datapath.close()
@@ -334,6 +366,7 @@ class Mount {
       }
     }
     const open = this.store.openFiles()
+    this.step('closing store files')
     await this.store.closeAll()
     this.control?.close()
     removeRecord(this.s.mountpoint)

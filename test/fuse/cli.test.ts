@@ -7,7 +7,7 @@ import fs from 'fs'
 import path from 'path'
 import { CLI, runCli, ROOT } from '../helpers/cli'
 import { status } from '../helpers/control'
-import { isMounted, mount, tmpdir, waitFor } from '../helpers/mount'
+import { exitWithin, isMounted, mount, tmpdir, waitFor } from '../helpers/mount'
 import { pidAlive } from '../../src/fuse/runtime'
 
 let base: string
@@ -148,7 +148,7 @@ describe('lifecycle', () => {
       fs.readFileSync(path.join(mnt, 'disk.img'))
       if (how === 'fusermount -u') execFileSync('fusermount', ['-u', mnt])
       else m.proc.kill(how)
-      expect(await m.exited).toBe(0)
+      expect(await exitWithin(m, 60_000)).toBe(0)
       expect(isMounted(mnt)).toBe(false)
     })
   }

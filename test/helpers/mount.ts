@@ -44,6 +44,43 @@ export async function waitFor(cond: () => boolean, ms = 20_000, what = 'conditio
   }
 }
 
+/** What a daemon that will not exit is doing: each thread's name, state, wait channel and kernel stack. */
+export function threadReport(pid: number): string {
+  const lines: string[] = []
+  let tasks: string[] = []
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return `pid ${pid} is gone`
+  }
+  for (const t of tasks) {
+    const read = (f: string) => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/task/${t}/${f}`, 'utf8').trim()
+      } catch (e) {
+        return `(${(e as Error).message})`
+      }
+    }
+    const state = /State:\s*(.*)/.exec(read('status'))?.[1] ?? '?'
+    lines.push(`thread ${t} ${read('comm')} ${state} wchan=${read('wchan')}\n  ${read('stack').split('\n').join('\n  ')}`)
+  }
+  return lines.join('\n')
+}
+
+/** The daemon's exit status, or an error carrying its log and its threads' stacks after `ms`. */
+export async function exitWithin(m: Mounted, ms: number): Promise<number | null> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'late'>((res) => (timer = setTimeout(() => res('late'), ms)))
+  const r = await Promise.race([m.exited, late])
+  clearTimeout(timer)
+  if (r !== 'late') return r
+  const report = threadReport(m.proc.pid!)
+  // Clear the way for the tests that follow: the daemon and its mount go.
+  m.proc.kill('SIGKILL')
+  spawnSync('fusermount', ['-u', '-z', m.mnt])
+  throw new Error(`the daemon (pid ${m.proc.pid}) has not exited ${ms / 1000} s after it was asked to\n--- its log ---\n${m.log()}\n--- its threads ---\n${report}`)
+}
+
 export async function mount(store: string, mnt: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Mounted> {
   fs.mkdirSync(mnt, { recursive: true })
   let out = ''
