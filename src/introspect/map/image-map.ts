@@ -73,6 +73,10 @@ export interface ClassifiedFs {
   update(fsBlock: number, bytes: Buffer): Promise<FsChange[]>
   /** Whether every fs block of [start, start + count) is free in the allocation bitmaps as they are now. */
   unallocated(start: number, count: number): Promise<boolean>
+  /** Every run [start, count] of fs blocks unallocated() answers true for, to `each` in ascending order, in pieces small enough to map between yields (ext: never across a group); yields to the event loop at least every `yieldMs` ms. */
+  freeRuns(each: (start: number, count: number) => void, yieldMs?: number): Promise<void>
+  /** The fs blocks whose allocation the bitmap blocks among fs blocks [start, start + count) record, as ascending merged runs [start, count]; empty when none lies there. */
+  bitmapCover(start: number, count: number): [number, number][]
   /** Inode-table space no inode uses yet, in fs blocks: meta-data, but nothing to read ahead. */
   unusedInodeTableRuns(): Iterable<Run>
   /** What a later restore of the same, unchanged file system needs instead of a scan. */
@@ -264,6 +268,106 @@ export class ImageMap {
     return covered === len
   }
 
+  /**
+   * The file blocks that are wholly new-data space now: runs [firstBlock,
+   * count] of the image file, ascending and merged, such that every byte of
+   * each block lies in a scanned file system in fs blocks its bitmaps show
+   * free (what unallocated() answers true for, block by block). Each file
+   * system's bitmaps are read once (ClassifiedFs.freeRuns); free fs runs go
+   * volume → disk → file (guestToFiles: a qcow2 or VMDK stores clusters
+   * anywhere), and only uncompressed pieces of this file count. Memory goes
+   * with the number of runs; the Node main thread is yielded to
+   * (setImmediate) at least every `yieldMs` ms (default 5). A bitmap that
+   * cannot be read makes its group in use; no scan: [].
+   */
+  async freeFileRuns(opts: { yieldMs?: number } = {}): Promise<Array<[number, number]>> {
+    const ins = this.inspection
+    const ref = this.top.ref
+    if (!ins || !ref) return []
+    const yieldMs = opts.yieldMs ?? 5
+    let last = performance.now()
+    const tick = async () => {
+      if (performance.now() - last < yieldMs) return
+      await new Promise((r) => setImmediate(r))
+      last = performance.now()
+    }
+    // File byte spans [lo, hi), merged with the previous one when they touch (a raw image's runs come in file order).
+    let spans: [number, number][] = []
+    let sorted = true
+    const add = (lo: number, hi: number) => {
+      const prev = spans[spans.length - 1]
+      if (prev && lo >= prev[0] && lo <= prev[1]) prev[1] = Math.max(prev[1], hi)
+      else {
+        if (prev && lo < prev[1]) sorted = false
+        spans.push([lo, hi])
+      }
+    }
+    for (const { volume, fs } of ins.filesystems) {
+      const bs = fs.blockSize
+      try {
+        await fs.freeRuns((s, c) => fileSpans(ins, ref, volume, s * bs, c * bs, add), yieldMs)
+      } catch (e) {
+        this.warn(`file system in volume ${volume.index}: its free blocks not read (${(e as Error).message}): none counted free`)
+      }
+      await tick()
+    }
+    if (!sorted) spans = await sortSpans(spans, tick)
+    const out: [number, number][] = []
+    for (let i = 0, k = 0; i < spans.length; k++) {
+      let [lo, hi] = spans[i++]
+      while (i < spans.length && spans[i][0] <= hi) hi = Math.max(hi, spans[i++][1])
+      if ((k & 0xffff) === 0xffff) await tick()
+      const b0 = Math.ceil(lo / FILE_BLOCK)
+      const b1 = Math.floor(hi / FILE_BLOCK)
+      if (b1 <= b0) continue
+      const prev = out[out.length - 1]
+      if (prev && prev[0] + prev[1] === b0) prev[1] += b1 - b0
+      else out.push([b0, b1 - b0])
+    }
+    return out
+  }
+
+  /**
+   * A write of image bytes [pos, pos + len) that touches the home of a
+   * block bitmap of a scanned file system (flex_bg: several groups' bitmaps
+   * in one block) changes what freeFileRuns() answers for the blocks those
+   * bitmaps record: those groups' fs blocks as runs [firstBlock, count] of
+   * this file (ascending, merged; every file block holding a byte of them,
+   * partly covered ones too). [] when the write touches no bitmap: a bitmap's
+   * file block is meta-data in the map, so a write over data only is one
+   * lookup.
+   */
+  bitmapCoverage(pos: number, len: number): Array<[number, number]> {
+    const ins = this.inspection
+    const ref = this.top.ref
+    if (!ins || !ref || len <= 0) return []
+    const first = Math.floor(pos / FILE_BLOCK)
+    let meta = false
+    for (const [, , cls] of this.top.map.runsIn(first, Math.floor((pos + len - 1) / FILE_BLOCK) - first + 1)) {
+      if (cls === BlockClass.Data) continue
+      meta = true
+      break
+    }
+    if (!meta) return []
+    const spans: [number, number][] = []
+    const add = (lo: number, hi: number) => {
+      spans.push([Math.floor(lo / FILE_BLOCK), Math.ceil(hi / FILE_BLOCK)])
+    }
+    for (const p of fsPieces(ins, ref, pos, len, false)) {
+      const bs = p.fs.blockSize
+      const f0 = Math.floor(p.vlo / bs)
+      for (const [s, c] of p.fs.bitmapCover(f0, Math.ceil(p.vhi / bs) - f0)) fileSpans(ins, ref, p.volume, s * bs, c * bs, add)
+    }
+    spans.sort((a, b) => a[0] - b[0])
+    const out: [number, number][] = []
+    for (const [b0, b1] of spans) {
+      const prev = out[out.length - 1]
+      if (prev && b0 <= prev[0] + prev[1]) prev[1] = Math.max(prev[1], b1 - prev[0])
+      else out.push([b0, b1 - b0])
+    }
+    return out
+  }
+
   /** Whether file block `block` is wholly unused inode-table space: meta-data with nothing to read ahead (the set is made at the first call, after the scan). */
   preloadSkip(block: number): boolean {
     const f = this.top
@@ -370,6 +474,45 @@ function* fsPieces(ins: Inspection, f: FileRef, pos: number, len: number, compre
   }
 }
 
+/** The bytes [lo, hi) of `f` (uncompressed pieces only) that store volume bytes [offset, offset + length), to `each`. */
+function fileSpans(ins: Inspection, f: FileRef, volume: Volume, offset: number, length: number, each: (lo: number, hi: number) => void): void {
+  for (const q of volumeToDisk(volume, offset, length)) {
+    for (const p of guestToFiles(ins.disk, q.diskOffset, q.length)) {
+      if (p.layer === f.layer && p.file === f.file && !p.compressed && p.fileLength > 0) each(p.fileOffset, p.fileOffset + p.fileLength)
+    }
+  }
+}
+
+/** Spans sorted by start, a chunk sorted or merged at a time with `tick` between (a million spans never hold the thread at once). Exported for tests. */
+export async function sortSpans(spans: [number, number][], tick: () => Promise<void>): Promise<[number, number][]> {
+  const CHUNK = 8192
+  let parts: [number, number][][] = []
+  for (let i = 0; i < spans.length; i += CHUNK) {
+    parts.push(spans.slice(i, i + CHUNK).sort((a, b) => a[0] - b[0]))
+    await tick()
+  }
+  while (parts.length > 1) {
+    const next: [number, number][][] = []
+    for (let k = 0; k < parts.length; k += 2) {
+      const a = parts[k]
+      const b = parts[k + 1]
+      if (!b) {
+        next.push(a)
+        continue
+      }
+      const m: [number, number][] = new Array(a.length + b.length)
+      let i = 0
+      let j = 0
+      for (let o = 0; o < m.length; o++) {
+        m[o] = j >= b.length || (i < a.length && a[i][0] <= b[j][0]) ? a[i++] : b[j++]
+        if ((o & 0x3fff) === 0x3fff) await tick()
+      }
+      next.push(m)
+    }
+    parts = next
+  }
+  return parts[0] ?? []
+}
 
 /** Whole file blocks of `f` that unused inode-table space fills. */
 function unusedBlocks(ins: Inspection, f: FileRef): ExtentMap {

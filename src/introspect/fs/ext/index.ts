@@ -137,6 +137,8 @@ export class ExtFs implements ClassifiedFs {
   private parents: Map<number, { parent: number; name: string }> | null = null
   private journal: JournalLayout | null = null
   private journalExtents: JournalLayout['extents'] = []
+  /** Block-bitmap home block → the groups whose bitmap it is (built at the first bitmapCover, dropped when a descriptor is parsed). */
+  private bitmapHomes: Map<number, number[]> | null = null
 
   private readonly smallFileBytes: number
   private readonly bootFiles: boolean
@@ -437,6 +439,7 @@ export class ExtFs implements ClassifiedFs {
 
   private parseDescriptor(g: number, b: Buffer, o: number, is64: boolean): void {
     const hi = (off: number) => (is64 ? b.readUInt32LE(o + off) * 2 ** 32 : 0)
+    this.bitmapHomes = null
     this.blockBitmap[g] = b.readUInt32LE(o + 0x0) + hi(0x20)
     this.inodeBitmap[g] = b.readUInt32LE(o + 0x4) + hi(0x24)
     this.inodeTable[g] = b.readUInt32LE(o + 0x8) + hi(0x28)
@@ -570,6 +573,104 @@ export class ExtFs implements ClassifiedFs {
       b += n
     }
     return true
+  }
+
+  /**
+   * Every run [start, count] of fs blocks that unallocated() answers true
+   * for, passed to `each` in ascending order: merged within a group, never
+   * across a group boundary (so a caller's work per call stays bounded).
+   * Each group's bitmap is read once, through the reader as unallocated()
+   * reads it, and walked a byte at a time where a byte is all free or all
+   * used; a BLOCK_UNINIT group (uninit_bg/metadata_csum) is free whole; a
+   * group whose bitmap lies outside the file system or cannot be read is in
+   * use. Yields to the event loop (setImmediate) between groups once
+   * `yieldMs` ms have passed since the last yield.
+   */
+  async freeRuns(each: (start: number, count: number) => void, yieldMs = 5): Promise<void> {
+    const sb = this.sb
+    const bs = sb.blockSize
+    const csum = (sb.roCompat & (RO_COMPAT.uninit_bg | RO_COMPAT.metadata_csum)) !== 0
+    let last = performance.now()
+    for (let g = 0; g < sb.groupCount; g++) {
+      const base = sb.firstDataBlock + g * sb.blocksPerGroup
+      const n = Math.min(sb.blocksPerGroup, sb.blocksCount - base)
+      if (n <= 0) break
+      if (csum && this.gdFlags[g] & BLOCK_UNINIT) each(base, n)
+      else {
+        const at = this.blockBitmap[g]
+        let bm: Buffer | null = null
+        if (at >= sb.firstDataBlock && at < sb.blocksCount) bm = await this.r.read(at * bs, bs).catch(() => null)
+        if (bm) {
+          let run = -1
+          for (let i = 0; i < n; ) {
+            const byte = bm[i >> 3]
+            if ((i & 7) === 0 && i + 8 <= n && (byte === 0 || byte === 0xff)) {
+              if (byte === 0) {
+                if (run < 0) run = i
+              } else if (run >= 0) {
+                each(base + run, i - run)
+                run = -1
+              }
+              i += 8
+              continue
+            }
+            if (byte & (1 << (i & 7))) {
+              if (run >= 0) each(base + run, i - run)
+              run = -1
+            } else if (run < 0) run = i
+            i++
+          }
+          if (run >= 0) each(base + run, n - run)
+        }
+      }
+      if (performance.now() - last >= yieldMs) {
+        await new Promise((r) => setImmediate(r))
+        last = performance.now()
+      }
+    }
+  }
+
+  /**
+   * The fs blocks whose allocation the block bitmaps among fs blocks
+   * [start, start + count) record: for each group whose bitmap's home
+   * (its descriptor's block bitmap) lies there, the group's blocks
+   * [firstDataBlock + g × blocksPerGroup, + blocksPerGroup) clipped to the
+   * file system, as ascending merged runs [start, count]; empty when no
+   * bitmap lies there. With flex_bg one block range holds several groups'
+   * bitmaps. A Map lookup per block (the map is built at the first call).
+   */
+  bitmapCover(start: number, count: number): [number, number][] {
+    const sb = this.sb
+    if (!this.bitmapHomes) {
+      const homes = new Map<number, number[]>()
+      for (let g = 0; g < sb.groupCount; g++) {
+        const at = this.blockBitmap[g]
+        const list = homes.get(at)
+        if (list) list.push(g)
+        else homes.set(at, [g])
+      }
+      this.bitmapHomes = homes
+    }
+    const groups: number[] = []
+    if (count > this.bitmapHomes.size) {
+      for (const [at, gs] of this.bitmapHomes) if (at >= start && at < start + count) groups.push(...gs)
+    } else {
+      for (let b = start; b < start + count; b++) {
+        const gs = this.bitmapHomes.get(b)
+        if (gs) groups.push(...gs)
+      }
+    }
+    groups.sort((a, b) => a - b)
+    const out: [number, number][] = []
+    for (const g of groups) {
+      const s = sb.firstDataBlock + g * sb.blocksPerGroup
+      const c = Math.min(sb.blocksPerGroup, sb.blocksCount - s)
+      if (c <= 0) continue
+      const prev = out[out.length - 1]
+      if (prev && prev[0] + prev[1] >= s) prev[1] = Math.max(prev[1], s + c - prev[0])
+      else out.push([s, c])
+    }
+    return out
   }
 
   /**
