@@ -39,4 +39,13 @@
 #define VMDI_OPEN_DIRECT_IO 1
 #define VMDI_OPEN_KEEP_CACHE 2
 
+/* The native data path's state of a 4 KiB block of an image (2 bits a block in
+ * native/fuse/block_state.c's table, kept current by JavaScript): NONE, JavaScript
+ * serves it (meta-data, dirty copies, unknown); READ, reads may be served with pread
+ * on the image's HDD fd, writes go to JavaScript; RW, reads and writes with
+ * pread/pwrite. */
+#define VMDI_NATIVE_NONE 0
+#define VMDI_NATIVE_READ 1
+#define VMDI_NATIVE_RW 2
+
 #endif

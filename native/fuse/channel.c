@@ -118,7 +118,7 @@ void vmdi_chan_mark_reply (vmdi_direct_t *direct, const struct iovec iov[], size
     if (out->error == 0 && taken_open(out->unique)) {
       // OPEN's reply is fuse_open_out; CREATE's is fuse_entry_out then fuse_open_out.
       struct vmdi_open_out *o = (struct vmdi_open_out *) ((char *) iov[1].iov_base + iov[1].iov_len - sizeof(struct vmdi_open_out));
-      if ((o->open_flags & VMDI_FOPEN_DIRECT_IO) && vmdi_direct_fd(direct, o->fh) >= 0) {
+      if ((o->open_flags & VMDI_FOPEN_DIRECT_IO) && (vmdi_direct_fd(direct, o->fh) >= 0 || vmdi_direct_parallel(direct, o->fh))) {
         o->open_flags |= VMDI_FOPEN_PARALLEL_DIRECT_WRITES;
         __atomic_add_fetch(&parallel_opens, 1, __ATOMIC_RELAXED);
       }

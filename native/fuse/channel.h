@@ -4,8 +4,10 @@
  * takes a file's inode lock exclusively for every direct_io write, so writers of one
  * file queue for each other's whole round trip. The flag is set on the open replies
  * (OPEN, CREATE) of handles the direct path serves (stateless pwrite on the store
- * fd, see direct_path.h); images (the JavaScript datapath, which orders its writes
- * itself) keep the exclusive lock.
+ * fd, see direct_path.h) and of image handles with a native data table (their
+ * `parallel` byte, see direct_path.h): their ordering is the block-state table's
+ * (block_state.h; the writes it passes on, the JavaScript datapath's, which orders
+ * them itself). Image handles without a table keep the exclusive lock.
  *
  * Receive and send do what libfuse's kernel channel does (lib/fuse_kern_chan.c);
  * receive also notes the unique ids of OPEN and CREATE requests so that send can
@@ -57,8 +59,8 @@ struct fuse_chan *vmdi_chan_new (struct fuse_chan *kernel_chan, vmdi_direct_t *d
 void vmdi_chan_note_request (const char *buf, size_t len);
 
 /* A reply is about to be sent: sets FOPEN_PARALLEL_DIRECT_WRITES on a successful
- * open reply with direct_io of a handle the direct path serves; forgets the id of a
- * failed one. */
+ * open reply with direct_io of a handle the direct path serves or marked parallel;
+ * forgets the id of a failed one. */
 void vmdi_chan_mark_reply (vmdi_direct_t *direct, const struct iovec iov[], size_t count);
 
 /* Added to the generation of every node id but the root's in entry replies (a

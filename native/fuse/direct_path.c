@@ -30,6 +30,17 @@ int vmdi_direct_fd (vmdi_direct_t *d, uint64_t fh) {
   return __atomic_load_n(&(d->fds[fh]), __ATOMIC_ACQUIRE) - 1;
 }
 
+int vmdi_direct_set_parallel (vmdi_direct_t *d, uint32_t fh, int on) {
+  if (fh >= VMDI_FH_LIMIT) return 0;
+  __atomic_store_n(&(d->parallel[fh]), on ? 1 : 0, __ATOMIC_RELEASE);
+  return 1;
+}
+
+int vmdi_direct_parallel (vmdi_direct_t *d, uint64_t fh) {
+  if (fh >= VMDI_FH_LIMIT) return 0;
+  return __atomic_load_n(&(d->parallel[fh]), __ATOMIC_ACQUIRE);
+}
+
 /* A watchdog slot for an operation, or -1 when all are busy (it goes untracked). */
 static int slot_claim (vmdi_direct_t *d, uint64_t fh, int is_write) {
   uint64_t tag = ((fh + 1) << 1) | (uint64_t) is_write;

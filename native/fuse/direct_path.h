@@ -5,6 +5,10 @@
  * writes of that handle are then pread/pwrite on that fd here, with no JS round
  * trip. Images never get an entry (their I/O goes through the datapath).
  *
+ * Also per handle: `parallel`, set for image handles with a native data table
+ * (block_state.h, registered by fuse_native_data_fh), which channel.c's open
+ * replies consult as they consult `fds`.
+ *
  * Also kept: counters for `vmdi-fuse status`, and in-flight slots (handle, read or
  * write, start time) that the daemon's slow-operation watchdog lists.
  *
@@ -12,10 +16,11 @@
  * JavaScript before the open reply goes out and dropped after release, so a worker
  * thread never sees the fd of another file.
  *
- * Callers: vmdi_direct_fd/read/write from the libfuse worker threads (the read and
- * write hooks in native/fuse/vmdi_fuse.c, and channel.c's open replies); set, slow
- * and the counters from the Node main thread (the addon's fuse_native_set_direct,
- * fuse_native_direct_slow, fuse_native_direct_stats). No libfuse or N-API in here:
+ * Callers: vmdi_direct_fd/parallel/read/write from the libfuse worker threads (the
+ * read and write hooks in native/fuse/vmdi_fuse.c, and channel.c's open replies);
+ * set, set_parallel, slow and the counters from the Node main thread (the addon's
+ * fuse_native_set_direct, fuse_native_data_fh, fuse_native_direct_slow,
+ * fuse_native_direct_stats). No libfuse or N-API in here:
  * native/test/direct_path_test.c runs it alone.
  */
 #ifndef VMDI_DIRECT_PATH_H
@@ -32,6 +37,7 @@
 
 typedef struct {
   int fds[VMDI_FH_LIMIT];             /* per file handle: store fd + 1, 0 = not direct */
+  uint8_t parallel[VMDI_FH_LIMIT];    /* per file handle: 1 = an image handle whose writes its data table orders */
   uint64_t reads;
   uint64_t writes;
   uint64_t read_bytes;
@@ -53,6 +59,12 @@ int vmdi_direct_set (vmdi_direct_t *d, uint32_t fh, int32_t fd);
 
 /* The store fd registered for handle fh, or -1. */
 int vmdi_direct_fd (vmdi_direct_t *d, uint64_t fh);
+
+/* Handle fh's writes may run in parallel (on) or not; 0 when fh is too large for the table. */
+int vmdi_direct_set_parallel (vmdi_direct_t *d, uint32_t fh, int on);
+
+/* 1 when handle fh's writes may run in parallel although it has no store fd. */
+int vmdi_direct_parallel (vmdi_direct_t *d, uint64_t fh);
 
 /* Reads until len or EOF, as the JS path does: the byte count, or -errno on an error before any progress. */
 int vmdi_direct_read (vmdi_direct_t *d, uint64_t fh, int fd, char *buf, size_t len, off_t offset);

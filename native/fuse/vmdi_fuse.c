@@ -1,10 +1,11 @@
 /*
  * vmdi_fuse.c: the hooks fuse-native's read and write handlers call, and the
- * addon's functions for the direct path and the RAM index (see vmdi_fuse.h).
+ * addon's functions for the direct path, the RAM index and the native data tables
+ * (see vmdi_fuse.h).
  *
  * Threads: vmdi_fuse_read/write run on libfuse worker threads; every NAPI method
  * here runs on the Node main thread (JavaScript: node_modules/fuse-native/index.js,
- * setDirect, directStats, directSlow, ram*).
+ * setDirect, directStats, directSlow, ram*, data*).
  */
 #define FUSE_USE_VERSION 29
 
@@ -26,19 +27,26 @@ int vmdi_fuse_read (vmdi_fuse_t *v, struct fuse_file_info *info, char *buf, size
   int dfd = vmdi_direct_fd(&(v->direct), info->fh);
   if (dfd >= 0) return vmdi_direct_read(&(v->direct), info->fh, dfd, buf, len, offset);
   vmdi_ram_t *r = (vmdi_ram_t *) __atomic_load_n(&(v->ram), __ATOMIC_ACQUIRE);
-  if (r == NULL) return VMDI_FUSE_PASS;
-  uint32_t img = __atomic_load_n(&(v->ram_image[info->fh]), __ATOMIC_ACQUIRE);
-  if (img == 0) return VMDI_FUSE_PASS;
-  int fd = __atomic_load_n(&(v->ram_fd[info->fh]), __ATOMIC_ACQUIRE);
-  int n = vmdi_ram_read(r, img - 1, fd, buf, len, offset);
-  return n >= 0 ? n : VMDI_FUSE_PASS;
+  uint32_t img = r == NULL ? 0 : __atomic_load_n(&(v->ram_image[info->fh]), __ATOMIC_ACQUIRE);
+  if (img != 0) {
+    int fd = __atomic_load_n(&(v->ram_fd[info->fh]), __ATOMIC_ACQUIRE);
+    int n = vmdi_ram_read(r, img - 1, fd, buf, len, offset);
+    if (n >= 0) return n;
+  }
+  vmdi_data_t *t = __atomic_load_n(&(v->data[info->fh]), __ATOMIC_ACQUIRE);
+  if (t == NULL) return VMDI_FUSE_PASS;
+  int n = vmdi_data_read(t, buf, len, offset);
+  return n == VMDI_DATA_PASS ? VMDI_FUSE_PASS : n;
 }
 
 int vmdi_fuse_write (vmdi_fuse_t *v, struct fuse_file_info *info, const char *buf, size_t len, off_t offset) {
-  if (info == NULL) return VMDI_FUSE_PASS;
+  if (info == NULL || info->fh >= VMDI_FH_LIMIT) return VMDI_FUSE_PASS;
   int dfd = vmdi_direct_fd(&(v->direct), info->fh);
   if (dfd >= 0) return vmdi_direct_write(&(v->direct), info->fh, dfd, buf, len, offset);
-  return VMDI_FUSE_PASS;
+  vmdi_data_t *t = __atomic_load_n(&(v->data[info->fh]), __ATOMIC_ACQUIRE);
+  if (t == NULL) return VMDI_FUSE_PASS;
+  int n = vmdi_data_write(t, buf, len, offset);
+  return n == VMDI_DATA_PASS ? VMDI_FUSE_PASS : n;
 }
 
 static napi_value u32 (napi_env env, uint32_t v) {
@@ -192,6 +200,139 @@ static NAPI_METHOD(fuse_native_ram_stats) {
   return arr;
 }
 
+/* The native data table that is argument i (an External of fuse_native_data_new),
+ * or NULL after throwing a TypeError. */
+static vmdi_data_t *arg_table (napi_env env, napi_value v) {
+  napi_valuetype type;
+  void *t = NULL;
+  if (napi_typeof(env, v, &type) != napi_ok || type != napi_external || napi_get_value_external(env, v, &t) != napi_ok || t == NULL) {
+    napi_throw_type_error(env, "EINVAL", "Expected a native data table (dataNew)");
+    return NULL;
+  }
+  return (vmdi_data_t *) t;
+}
+
+/* Argument v as a whole number in [0, 2^64); 0 after throwing a TypeError. */
+static int arg_u64 (napi_env env, napi_value v, uint64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d < 18446744073709551616.0) || d != (double) (uint64_t) d) {
+    napi_throw_type_error(env, "EINVAL", "Expected a whole number >= 0");
+    return 0;
+  }
+  *out = (uint64_t) d;
+  return 1;
+}
+
+#define VMDI_ARGV_TABLE(name, i) \
+  vmdi_data_t *name = arg_table(env, argv[i]); \
+  if (name == NULL) return NULL;
+
+#define VMDI_ARGV_U64(name, i) \
+  uint64_t name; \
+  if (!arg_u64(env, argv[i], &name)) return NULL;
+
+// fuse_native_data_new(image, fd): a native data table (an External; never freed,
+// see vmdi_data_retire), or null when memory is short.
+static NAPI_METHOD(fuse_native_data_new) {
+  NAPI_ARGV(2)
+  NAPI_ARGV_UINT32(image, 0);
+  NAPI_ARGV_INT32(fd, 1);
+  vmdi_data_t *t = vmdi_data_new(image, fd);
+  napi_value out;
+  if (t == NULL) napi_get_null(env, &out);
+  else napi_create_external(env, t, NULL, NULL, &out);
+  return out;
+}
+
+// fuse_native_data_set(table, start block, count, state): 1 or 0.
+static NAPI_METHOD(fuse_native_data_set) {
+  NAPI_ARGV(4)
+  VMDI_ARGV_TABLE(t, 0)
+  VMDI_ARGV_U64(start, 1)
+  VMDI_ARGV_U64(count, 2)
+  NAPI_ARGV_UINT32(state, 3);
+  return u32(env, (uint32_t) vmdi_data_set(t, start, count, state > VMDI_NATIVE_RW ? -1 : (int) state));
+}
+
+// fuse_native_data_clamp(table, start block, count, max): 1 or 0.
+static NAPI_METHOD(fuse_native_data_clamp) {
+  NAPI_ARGV(4)
+  VMDI_ARGV_TABLE(t, 0)
+  VMDI_ARGV_U64(start, 1)
+  VMDI_ARGV_U64(count, 2)
+  NAPI_ARGV_UINT32(max, 3);
+  return u32(env, (uint32_t) vmdi_data_clamp(t, start, count, max > VMDI_NATIVE_RW ? -1 : (int) max));
+}
+
+// fuse_native_data_get(table, block): its state.
+static NAPI_METHOD(fuse_native_data_get) {
+  NAPI_ARGV(2)
+  VMDI_ARGV_TABLE(t, 0)
+  VMDI_ARGV_U64(block, 1)
+  return u32(env, (uint32_t) vmdi_data_get(t, block));
+}
+
+// fuse_native_data_size(table, bytes): the image file's size as JavaScript knows it.
+static NAPI_METHOD(fuse_native_data_size) {
+  NAPI_ARGV(2)
+  VMDI_ARGV_TABLE(t, 0)
+  VMDI_ARGV_U64(bytes, 1)
+  vmdi_data_set_size(t, bytes);
+  return NULL;
+}
+
+// fuse_native_data_writes_js(table, on): every write to JavaScript (1) or not (0);
+// returns once the native writes in flight have finished.
+static NAPI_METHOD(fuse_native_data_writes_js) {
+  NAPI_ARGV(2)
+  VMDI_ARGV_TABLE(t, 0)
+  NAPI_ARGV_UINT32(on, 1);
+  vmdi_data_writes_to_js(t, on != 0);
+  return NULL;
+}
+
+// fuse_native_data_fh(thread, fh, table or null): serve fh with the table (and
+// let its writes run in parallel), or stop. 1, or 0 when fh is too large.
+static NAPI_METHOD(fuse_native_data_fh) {
+  NAPI_ARGV(3)
+  VMDI_ARGV_FUSE(v, 0)
+  NAPI_ARGV_UINT32(fh, 1);
+  napi_valuetype type;
+  napi_typeof(env, argv[2], &type);
+  vmdi_data_t *t = NULL;
+  if (type != napi_null && type != napi_undefined) {
+    t = arg_table(env, argv[2]);
+    if (t == NULL) return NULL;
+  }
+  if (fh >= VMDI_FH_LIMIT) return u32(env, 0);
+  if (t == NULL) vmdi_direct_set_parallel(&(v->direct), fh, 0);
+  __atomic_store_n(&(v->data[fh]), t, __ATOMIC_RELEASE);
+  if (t != NULL) vmdi_direct_set_parallel(&(v->direct), fh, 1);
+  return u32(env, 1);
+}
+
+// [reads, writes, read bytes, written bytes, last read ms, last write ms,
+// requests passed to JavaScript, bytes of the table's memory]
+static NAPI_METHOD(fuse_native_data_stats) {
+  NAPI_ARGV(1)
+  VMDI_ARGV_TABLE(t, 0)
+  uint64_t s[8];
+  vmdi_data_stats(t, s);
+  napi_value arr;
+  napi_create_array_with_length(env, 8, &arr);
+  for (uint32_t i = 0; i < 8; i++) set_double(env, arr, i, (double) s[i]);
+  return arr;
+}
+
+// fuse_native_data_retire(table): returns once no native I/O runs on it; it
+// answers PASS from then on and its memory (but a few KiB) is freed.
+static NAPI_METHOD(fuse_native_data_retire) {
+  NAPI_ARGV(1)
+  VMDI_ARGV_TABLE(t, 0)
+  vmdi_data_retire(t);
+  return NULL;
+}
+
 // fuse_native_set_generation_base(base): see vmdi_chan_set_generation_base.
 static NAPI_METHOD(fuse_native_set_generation_base) {
   NAPI_ARGV(1)
@@ -213,6 +354,9 @@ static void export_constants (napi_env env, napi_value exports) {
     { "FH_LIMIT", VMDI_FH_LIMIT },
     { "OPEN_DIRECT_IO", VMDI_OPEN_DIRECT_IO },
     { "OPEN_KEEP_CACHE", VMDI_OPEN_KEEP_CACHE },
+    { "NATIVE_NONE", VMDI_NATIVE_NONE },
+    { "NATIVE_READ", VMDI_NATIVE_READ },
+    { "NATIVE_RW", VMDI_NATIVE_RW },
   };
   napi_value obj;
   napi_create_object(env, &obj);
@@ -232,6 +376,15 @@ void vmdi_fuse_export (napi_env env, napi_value exports, size_t offset) {
   NAPI_EXPORT_FUNCTION(fuse_native_ram_drain)
   NAPI_EXPORT_FUNCTION(fuse_native_ram_fh)
   NAPI_EXPORT_FUNCTION(fuse_native_ram_stats)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_new)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_set)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_clamp)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_get)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_size)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_writes_js)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_fh)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_stats)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_retire)
   NAPI_EXPORT_FUNCTION(fuse_native_set_generation_base)
   export_constants(env, exports);
 }

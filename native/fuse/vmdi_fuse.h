@@ -5,16 +5,18 @@
  *
  *   - the read and write handlers first offer the request to vmdi_fuse_read /
  *     vmdi_fuse_write (libfuse worker threads): the direct path (direct_path.h), then
- *     for reads the RAM index (ram_index.h); VMDI_FUSE_PASS sends it on to JavaScript;
+ *     for reads the RAM index (ram_index.h), then the handle's native data table
+ *     (block_state.h); VMDI_FUSE_PASS sends it on to JavaScript;
  *   - fuse_native_mount replaces fuse_mount's channel with vmdi_chan_new's
  *     (channel.h), handing it &vmdi.direct;
  *   - NAPI_INIT calls vmdi_fuse_export, which adds the addon's fuse_native_set_direct,
- *     fuse_native_direct_*, fuse_native_ram_* functions and the `vmdi_constants`
- *     object. Those functions take the fuse_thread_t Buffer JavaScript allocated and
- *     find the vmdi_fuse_t in it at the offset given here.
+ *     fuse_native_direct_*, fuse_native_ram_*, fuse_native_data_* functions and the
+ *     `vmdi_constants` object. Those functions take the fuse_thread_t Buffer
+ *     JavaScript allocated and find the vmdi_fuse_t in it at the offset given here
+ *     (fuse_native_data_* but _fh take a table, an External, instead).
  *
- * Locking: see each part's header. This file's own per-handle RAM table
- * (ram_image, ram_fd) is read and written with atomics.
+ * Locking: see each part's header. This file's own per-handle tables (ram_image,
+ * ram_fd, data) are read and written with atomics.
  */
 #ifndef VMDI_FUSE_H
 #define VMDI_FUSE_H
@@ -28,6 +30,7 @@
 #include "vmdi_constants.h"
 #include "direct_path.h"
 #include "ram_index.h"
+#include "block_state.h"
 #include "channel.h"
 
 typedef struct {
@@ -35,6 +38,7 @@ typedef struct {
   vmdi_ram_t *ram;                     /* made by fuse_native_ram_init, then kept for the process */
   uint32_t ram_image[VMDI_FH_LIMIT];   /* per file handle: image id + 1, 0 = not served from RAM */
   int ram_fd[VMDI_FH_LIMIT];           /* and the image's HDD file (its size bounds what is answered) */
+  vmdi_data_t *data[VMDI_FH_LIMIT];    /* per file handle: the image's native data table, NULL = none */
 } vmdi_fuse_t;
 
 /* Returned by the hooks when JavaScript is to serve the request. */

@@ -1,8 +1,9 @@
 /*
  * channel_test.c: the steps of native/fuse/channel.c's receive and send, without a
  * mount: OPEN and CREATE request ids are noted; the successful direct_io reply of a
- * handle the direct path serves gets FOPEN_PARALLEL_DIRECT_WRITES, once; replies of
- * other handles, without direct_io, of other requests or with an error do not.
+ * handle the direct path serves, or of an image handle marked parallel (it has a
+ * native data table), gets FOPEN_PARALLEL_DIRECT_WRITES, once; replies of other
+ * handles, without direct_io, of other requests or with an error do not.
  * Built (with libfuse) and run by test/native/c.test.ts.
  */
 #include <stdint.h>
@@ -87,5 +88,25 @@ int main (void) {
   CHECK_EQ(1, vmdi_direct_set(&d, 5, -1));
   request(VMDI_FUSE_OPEN, 2000);
   CHECK_EQ(DIO, reply(0, 2000, 0, 5, DIO));
+
+  /* an image handle with a native data table (parallel, no store fd): flagged too,
+   * with direct_io only; no longer once its table is unregistered */
+  CHECK_EQ(0, vmdi_direct_parallel(&d, 6));
+  CHECK_EQ(1, vmdi_direct_set_parallel(&d, 6, 1));
+  CHECK_EQ(1, vmdi_direct_parallel(&d, 6));
+  CHECK_EQ(-1, vmdi_direct_fd(&d, 6));
+  request(VMDI_FUSE_OPEN, 2001);
+  CHECK_EQ(DIO | PAR, reply(0, 2001, 0, 6, DIO));
+  request(VMDI_FUSE_CREATE, 2002);
+  CHECK_EQ(DIO | PAR, reply(1, 2002, 0, 6, DIO));
+  request(VMDI_FUSE_OPEN, 2003);
+  CHECK_EQ(0, reply(0, 2003, 0, 6, 0));
+  request(VMDI_FUSE_OPEN, 2004);
+  CHECK_EQ(DIO, reply(0, 2004, 0, 7, DIO));  /* another handle */
+  CHECK_EQ(0, vmdi_direct_set_parallel(&d, VMDI_FH_LIMIT, 1));
+  CHECK_EQ(0, vmdi_direct_parallel(&d, VMDI_FH_LIMIT));
+  CHECK_EQ(1, vmdi_direct_set_parallel(&d, 6, 0));
+  request(VMDI_FUSE_OPEN, 2005);
+  CHECK_EQ(DIO, reply(0, 2005, 0, 6, DIO));
   CHECKS_DONE();
 }

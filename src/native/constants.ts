@@ -26,6 +26,13 @@ export const FH_LIMIT = 65536
 export const OPEN_DIRECT_IO = 1
 export const OPEN_KEEP_CACHE = 2
 
+/** A 4 KiB block's state in the native data path's table (native/fuse/block_state.h):
+ * JavaScript serves it; reads may be served natively (writes go to JavaScript);
+ * reads and writes natively. */
+export const NATIVE_NONE = 0
+export const NATIVE_READ = 1
+export const NATIVE_RW = 2
+
 /** The key of `block` of image `image`. */
 export function blockKey(image: number, block: number): number {
   return image * 2 ** KEY_IMAGE_SHIFT + block

@@ -55,7 +55,14 @@ describe('native C', () => {
     expect(runC('direct_path_test', ['direct_path.c'])).toMatch(/^ok \d+/)
   })
 
-  it('channel: FOPEN_PARALLEL_DIRECT_WRITES on the open replies of direct-path handles only', () => {
+  it('block_state: states over chunk and directory boundaries, sentinels and memory, retire, native reads and writes or PASS, the ordering, a random run against a shadow', () => {
+    const stdout = runC('block_state_test', ['block_state.c', 'direct_path.c'])
+    expect(stdout).toMatch(/^ok \d+/)
+    // the random run (a million operations) alone makes more than ten million checks: it ran to the end
+    expect(Number(/^ok (\d+)/.exec(stdout)![1])).toBeGreaterThan(10_000_000)
+  })
+
+  it('channel: FOPEN_PARALLEL_DIRECT_WRITES on the open replies of direct-path handles and of image handles with a data table only', () => {
     expect(runC('channel_test', ['channel.c', 'direct_path.c'], true)).toMatch(/^ok \d+/)
   })
 })

@@ -46,7 +46,7 @@ describe('constants shared by the C and the TypeScript', () => {
 
   it('the header defines exactly those names with those values (the addon is built from it)', () => {
     const header = headerConstants()
-    expect(Object.keys(header).length).toBeGreaterThanOrEqual(9)
+    expect(Object.keys(header).length).toBeGreaterThanOrEqual(12)
     expect(header).toEqual(tsConstants())
     expect(header).toEqual(addonConstants())
   })
@@ -66,5 +66,10 @@ describe('constants shared by the C and the TypeScript', () => {
     expect(ts.RAM_RING_SLOTS & (ts.RAM_RING_SLOTS - 1)).toBe(0)
     expect(ts.FH_LIMIT).toBeLessThan(2 ** 32)
     expect(ts.SLAB_BLOCKS * ts.BLOCK_SIZE).toBe(16 * 1024 * 1024)
+  })
+
+  it('the native data path states are 2 bits, ordered NONE < READ < RW', () => {
+    expect([ts.NATIVE_NONE, ts.NATIVE_READ, ts.NATIVE_RW]).toEqual([0, 1, 2])
+    expect(ts.NATIVE_RW).toBeLessThan(4)
   })
 })
