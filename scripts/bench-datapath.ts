@@ -1,7 +1,10 @@
-// npm run bench:datapath [-- --runtime S --json FILE]
+// npm run bench:datapath [-- --part meta|data|all --runtime S --rounds N --json FILE]
 //
-// Issue 5's two datapath numbers, measured in one run through real mounts of
-// the same store:
+// Part "data" (issue 17): fio on an introspected image's data blocks against the
+// same image through a --no-introspect mount, one image and 8 at once (see
+// scripts/bench/data-path.ts). Part "meta", issue 5's two datapath numbers,
+// measured in one run through real mounts of two copies of one store (one daemon
+// per store):
 //   1. a RAM hit on a 4 KiB meta-data block (an inode-table block of a guest
 //      ext4, after the scan preloaded it) against a --no-introspect read of the
 //      same block served from the page cache (the pass-through's direct path);
@@ -19,6 +22,7 @@ import os from 'os'
 import path from 'path'
 import type { ImageStats, StatsAnswer } from '../src/control/protocol'
 import { PROJECT_ROOT } from '../src/root'
+import { dataTable, makeDataImage, measureJobs, type DataRow, type Region } from './bench/data-path'
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(name)
@@ -88,9 +92,67 @@ function inodeTouches(file: string, first: number, last: number, seconds: number
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
+/** Part "data": the native data path against the pass-through, 1 image and 8. */
+async function dataPart(runtime: number, rounds: number): Promise<{ text: string; rows: DataRow[] }> {
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-bench-data-'))
+  const storeI = path.join(base, 'store-i')
+  const storeP = path.join(base, 'store-p')
+  fs.mkdirSync(storeI)
+  fs.mkdirSync(storeP)
+  const log = (l: string) => process.stderr.write(l + '\n')
+  log('bench:datapath (data): making the images (a 2 GiB ext4 with a 1.6 GiB file; 8 of 512 MiB with a 400 MiB file)')
+  const big = makeDataImage(base, path.join(storeI, 'd0.img'), 2048, 1600)
+  const small = makeDataImage(base, path.join(storeI, 'd1.img'), 512, 400)
+  for (let i = 2; i <= 8; i++) fs.copyFileSync(path.join(storeI, 'd1.img'), path.join(storeI, `d${i}.img`))
+  for (let i = 0; i <= 8; i++) fs.copyFileSync(path.join(storeI, `d${i}.img`), path.join(storeP, `d${i}.img`))
+  const env = { VMDI_STATE_DIR: path.join(base, 'state') }
+  const mntI = path.join(base, 'introspect')
+  const mntP = path.join(base, 'passthrough')
+  const procs: ChildProcess[] = []
+  try {
+    procs.push(await mount(storeI, mntI, [], env))
+    procs.push(await mount(storeP, mntP, ['--no-introspect'], env))
+    for (let i = 0; i <= 8; i++) fs.closeSync(fs.openSync(path.join(mntI, `d${i}.img`), 'r')) // attach, scan
+    const t0 = Date.now()
+    while (stats(mntI).images.filter((i: ImageStats) => i.nativeTableBytes !== null).length < 9) {
+      if (Date.now() - t0 > 300_000) throw new Error('the images were not scanned in 300 s')
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    const region = (mnt: string, i: number): Region => ({ file: path.join(mnt, `d${i}.img`), ...(i === 0 ? big : small) })
+    const rows = [
+      ...measureJobs(1, [region(mntI, 0)], [region(mntP, 0)], runtime, rounds, log),
+      ...measureJobs(8, [1, 2, 3, 4, 5, 6, 7, 8].map((i) => region(mntI, i)), [1, 2, 3, 4, 5, 6, 7, 8].map((i) => region(mntP, i)), runtime, rounds, log),
+    ]
+    const st = stats(mntI).images
+    const native = st.reduce((a: number, i: ImageStats) => a + i.nativeReads + i.nativeWrites, 0)
+    const viaJs = st.reduce((a: number, i: ImageStats) => a + Object.values(i.classes).reduce((x, c) => x + c.reads + c.writes, 0), 0)
+    const text = [
+      `| fio, libaio, O_DIRECT, ${runtime} s a run, median of ${rounds} alternating rounds |`,
+      '',
+      dataTable(rows),
+      '',
+      `requests the binding served natively on the introspected mount: ${native.toLocaleString('en')}; blocks JavaScript served (reads + writes, all classes): ${viaJs.toLocaleString('en')}`,
+    ].join('\n')
+    return { text, rows }
+  } finally {
+    for (const m of [mntP, mntI]) spawnSyncQuiet('fusermount', ['-u', m])
+    await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.on('exit', r)))))
+    fs.rmSync(base, { recursive: true, force: true })
+  }
+}
+
 async function main(): Promise<void> {
   const runtime = Number(arg('--runtime', '4'))
+  const rounds = Number(arg('--rounds', '3'))
+  const part = arg('--part', 'all')
   const jsonOut = arg('--json', '')
+  let data: { text: string; rows: DataRow[] } | null = null
+  if (part === 'data' || part === 'all') {
+    data = await dataPart(runtime, rounds)
+    process.stdout.write(data.text + '\n\n')
+    if (jsonOut && part === 'data') fs.writeFileSync(jsonOut, JSON.stringify({ data: data.rows }, null, 2) + '\n')
+  }
+  if (part === 'data') return
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'vmdi-bench-dp-'))
   const store = path.join(base, 'store')
   fs.mkdirSync(store)
@@ -117,7 +179,11 @@ async function main(): Promise<void> {
       if (Date.now() - t0 > 60_000) throw new Error('the scan did not finish in 60 s')
       await new Promise((r) => setTimeout(r, 100))
     }
-    procs.push(await mount(store, mntP, ['--no-introspect'], env))
+    // One daemon per store: the pass-through serves a copy.
+    const storeP = path.join(base, 'store-p')
+    fs.mkdirSync(storeP)
+    fs.copyFileSync(img, path.join(storeP, 'guest.img'))
+    procs.push(await mount(storeP, mntP, ['--no-introspect'], env))
     const fileP = path.join(mntP, 'guest.img')
     const block = itFirst * 4096
     const hit: number[] = []
@@ -159,7 +225,7 @@ async function main(): Promise<void> {
     ]
     process.stdout.write(lines.join('\n') + '\n')
     if (jsonOut) {
-      fs.writeFileSync(jsonOut, JSON.stringify({ ramHitUs: hit, passthroughUs: pass, ratio, journalWritesPerSec: wJournal.iops, inodeTableWritesPerSec: wItable.iops, inodeTableGarbageWritesPerSec: wGarbage.iops }, null, 2) + '\n')
+      fs.writeFileSync(jsonOut, JSON.stringify({ data: data?.rows ?? null, ramHitUs: hit, passthroughUs: pass, ratio, journalWritesPerSec: wJournal.iops, inodeTableWritesPerSec: wItable.iops, inodeTableGarbageWritesPerSec: wGarbage.iops }, null, 2) + '\n')
     }
   } finally {
     for (const m of [mntP, mntI]) spawnSyncQuiet('fusermount', ['-u', m])

@@ -236,6 +236,7 @@ program
     for (const im of st.images) {
       lines.push('', `${im.path}  scan ${im.scan.state}${im.scan.state === 'done' ? ` in ${im.scan.ms} ms (${im.scan.format}, map ${im.scan.mapBytes} B)` : ''}${im.scan.error ? `: ${im.scan.error}` : ''}`)
       lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded} (${im.scanKept} of them kept from the scan's reads), copied to RAM from the SSD store at attach ${im.ramRefilled}, read ahead ${im.readAhead}, RAM hits served natively ${im.nativeRamHits}, new-data blocks written to the SSD store first ${im.absorbed}`)
+      lines.push(`  native data path: ${im.nativeReads} read(s) (${formatSize(im.nativeReadBytes)}), ${im.nativeWrites} write(s) (${formatSize(im.nativeWriteBytes)}) served on the FUSE threads`)
       lines.push(`  ${'class'.padEnd(18)}${['reads', 'RAM hits', 'SSD hits', 'HDD reads', 'writes', 'redirected', 'RMW loads'].map((h) => h.padStart(11)).join('')}`)
       for (const [c, v] of Object.entries(im.classes)) {
         lines.push(`  ${c.padEnd(18)}${[v.reads, v.ramHits, v.ssdHits, v.hddReads, v.writes, v.redirected, v.rmwLoads].map((n) => String(n).padStart(11)).join('')}`)

@@ -172,6 +172,23 @@ static int change_chunk (vmdi_data_t *t, void **slot, uint64_t b0, uint64_t b1, 
 }
 
 /* Blocks [start, end) of top entry i's region take value (clamp: min). 0 on ENOMEM. */
+/* Whether changing blocks [b0, b1) of chunk entry e would change a state. JavaScript is
+ * the only writer, so it may ask without a lock: a change that changes nothing needs
+ * no write lock (no native I/O in flight can depend on it), and a JavaScript path that
+ * lowers blocks already low (most watches) then never waits for native I/O. */
+static int chunk_would_change (void *e, uint64_t b0, uint64_t b1, int value, int clamp) {
+  if (is_uniform(e)) {
+    int s = uniform_state(e);
+    return clamp ? s > value : s != value;
+  }
+  const uint8_t *bm = (const uint8_t *) e;
+  for (uint64_t b = b0; b < b1; b++) {
+    int s = bit_state(bm, b);
+    if (clamp ? s > value : s != value) return 1;
+  }
+  return 0;
+}
+
 static int change_region (vmdi_data_t *t, uint64_t i, uint64_t start, uint64_t end, int value, int clamp) {
   void **top = t->top;
   void *l1 = __atomic_load_n(&(top[i]), __ATOMIC_RELAXED);
@@ -193,6 +210,12 @@ static int change_region (vmdi_data_t *t, uint64_t i, uint64_t start, uint64_t e
   for (uint64_t s = 0; s < VMDI_DATA_STRIPES; s++) {
     uint64_t c = c0 + ((s + VMDI_DATA_STRIPES - c0 % VMDI_DATA_STRIPES) % VMDI_DATA_STRIPES);
     if (c > c1) continue;
+    int needed = 0;
+    for (uint64_t k = c; k <= c1 && !needed; k += VMDI_DATA_STRIPES) {
+      uint64_t ks = k << VMDI_DATA_CHUNK_SHIFT;
+      needed = chunk_would_change(__atomic_load_n(&(l2[k & DIR_MASK]), __ATOMIC_RELAXED), start > ks ? start - ks : 0, end < ks + VMDI_DATA_CHUNK_BLOCKS ? end - ks : VMDI_DATA_CHUNK_BLOCKS, value, clamp);
+    }
+    if (!needed) continue;
     pthread_rwlock_wrlock(&(t->lock[s]));
     for (; c <= c1; c += VMDI_DATA_STRIPES) {
       uint64_t cs = c << VMDI_DATA_CHUNK_SHIFT;
@@ -364,6 +387,7 @@ int vmdi_data_write (vmdi_data_t *t, const char *buf, size_t len, off_t offset) 
   int st[VMDI_DATA_MAX_STRIPES];
   int n = enter(t, len, offset, 1, st);
   if (n == 0) return pass(t);
+  vmdi_writes_begin();
   size_t done = 0;
   int err = 0;
   while (done < len) {
@@ -371,6 +395,7 @@ int vmdi_data_write (vmdi_data_t *t, const char *buf, size_t len, off_t offset) 
     if (w < 0) { if (errno == EINTR) continue; err = errno; break; }
     done += w;
   }
+  vmdi_writes_end();
   unlock_stripes(t, st, n);
   __atomic_add_fetch(&(t->writes), 1, __ATOMIC_RELAXED);
   __atomic_add_fetch(&(t->write_bytes), done, __ATOMIC_RELAXED);

@@ -73,10 +73,18 @@ int vmdi_direct_read (vmdi_direct_t *d, uint64_t fh, int fd, char *buf, size_t l
   return done == 0 && err ? -err : (int) done;
 }
 
-int vmdi_direct_write (vmdi_direct_t *d, uint64_t fh, int fd, const char *buf, size_t len, off_t offset) {
+void vmdi_writes_begin (void) {
   uint64_t together = __atomic_add_fetch(&writes_inflight, 1, __ATOMIC_ACQ_REL);
   uint64_t seen = __atomic_load_n(&writes_inflight_max, __ATOMIC_RELAXED);
   while (together > seen && !__atomic_compare_exchange_n(&writes_inflight_max, &seen, together, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+}
+
+void vmdi_writes_end (void) {
+  __atomic_sub_fetch(&writes_inflight, 1, __ATOMIC_ACQ_REL);
+}
+
+int vmdi_direct_write (vmdi_direct_t *d, uint64_t fh, int fd, const char *buf, size_t len, off_t offset) {
+  vmdi_writes_begin();
   int slot = slot_claim(d, fh, 1);
   size_t done = 0;
   int err = 0;
@@ -86,7 +94,7 @@ int vmdi_direct_write (vmdi_direct_t *d, uint64_t fh, int fd, const char *buf, s
     done += n;
   }
   slot_release(d, slot);
-  __atomic_sub_fetch(&writes_inflight, 1, __ATOMIC_ACQ_REL);
+  vmdi_writes_end();
   __atomic_add_fetch(&(d->writes), 1, __ATOMIC_RELAXED);
   __atomic_add_fetch(&(d->write_bytes), done, __ATOMIC_RELAXED);
   return done == 0 && err ? -err : (int) done;

@@ -75,7 +75,11 @@ int vmdi_direct_write (vmdi_direct_t *d, uint64_t fh, int fd, const char *buf, s
 /* Operations in flight since at least `ms` before now, into out; returns how many. */
 int vmdi_direct_slow (vmdi_direct_t *d, uint32_t ms, vmdi_direct_op_t out[VMDI_DIRECT_SLOTS]);
 
-/* The most direct writes ever in flight together, over every mount of the process. */
+/* The most native writes (direct path and native data path) ever in flight together, over every mount of the process. */
 uint64_t vmdi_direct_writes_together_max (void);
+
+/* A native write starts / ends (the count behind vmdi_direct_writes_together_max). */
+void vmdi_writes_begin (void);
+void vmdi_writes_end (void);
 
 #endif

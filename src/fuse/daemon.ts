@@ -18,6 +18,7 @@ import { className } from '../introspect/classes'
 import { log, setLogLevel } from '../log'
 import { Datapath } from '../placement/datapath'
 import { progressStats } from '../placement/stats'
+import type { NativeDataBinding } from '../placement/native-data'
 import { VERSION } from '../root'
 import { datapathSummary, emulatedDisk, readSettings, type EmulatedDisk, type MountConfig, type Settings } from '../settings'
 import { buildOps, OpTracker } from './ops'
@@ -64,6 +65,7 @@ export async function runForeground(cfg: MountConfig, onReady?: () => void): Pro
   await m.serveMetrics()
   await m.mount()
   m.serveRamNatively()
+  m.serveDataNatively()
   await m.serveControl()
   m.writeRecord()
   m.watchSlowOps()
@@ -165,6 +167,29 @@ class Mount {
       (out) => f.ramDrain(out),
     )
     if (d.servesNatively) this.store.ramServe = (fh, image) => (image ? f.ramFh(fh, image.id, image.fd) : f.ramFh(fh, null, -1))
+  }
+
+  /**
+   * Images' data blocks served by the binding on the libfuse threads (the native
+   * data path, src/placement/native-data.ts), unless VMDI_DATA_NATIVE=off; not
+   * under --emulate-hdd (the emulated disk must see every HDD I/O).
+   */
+  serveDataNatively(): void {
+    const d = this.datapath
+    const f = this.binding
+    if (!d || this.hdd || process.env.VMDI_DATA_NATIVE === 'off') return
+    const binding: NativeDataBinding = {
+      create: (image, fd) => f.dataNew(image, fd),
+      set: (t, start, count, state) => void f.dataSet(t, start, count, state),
+      clamp: (t, start, count, max) => void f.dataClamp(t, start, count, max),
+      get: (t, block) => f.dataGet(t, block),
+      size: (t, bytes) => void f.dataSize(t, bytes),
+      writesToJs: (t, on) => void f.dataWritesToJs(t, on),
+      stats: (t) => f.dataStats(t),
+      retire: (t) => void f.dataRetire(t),
+    }
+    if (!d.serveDataNatively(binding, (e) => this.store.serveImageData(e), (e) => this.store.stopImageData(e))) return
+    this.store.dataServe = (fh, image) => f.dataFh(fh, image?.state.native?.active ? image.state.native.table : null)
   }
 
   /** The control socket (status, stats, map, destage); without it nothing stays mounted. */
@@ -359,6 +384,7 @@ class Mount {
     if (this.datapath) {
       this.step('destage and close of the datapath')
       this.store.stopRamServe()
+      this.store.stopImageData(null)
       try {
         await this.datapath.close()
       } catch (e) {

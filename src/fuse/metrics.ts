@@ -129,6 +129,10 @@ export function renderMetrics(m: MetricsSnapshot): string {
       ['vmdi_image_destaged_blocks_total', 'counter', 'Blocks written back to the HDD file.', (im) => im.destaged],
       ['vmdi_image_preloaded_blocks_total', 'counter', 'Blocks preloaded into the SSD store and RAM.', (im) => im.preloaded],
       ['vmdi_image_native_ram_hit_blocks_total', 'counter', 'Blocks of the image answered from RAM on the FUSE threads.', (im) => im.nativeRamHits],
+      ['vmdi_image_native_data_reads_total', 'counter', 'Reads of the image served with pread on the FUSE threads (the native data path).', (im) => im.nativeReads],
+      ['vmdi_image_native_data_writes_total', 'counter', 'Writes of the image served with pwrite on the FUSE threads (the native data path).', (im) => im.nativeWrites],
+      ['vmdi_image_native_data_read_bytes_total', 'counter', 'Bytes of those reads.', (im) => im.nativeReadBytes],
+      ['vmdi_image_native_data_written_bytes_total', 'counter', 'Bytes of those writes.', (im) => im.nativeWriteBytes],
       ['vmdi_image_scan_seconds', 'gauge', 'How long the last scan took (0 until done).', (im) => im.scan.ms / 1000],
     ]
     for (const [name, type, help, get] of perImage) {

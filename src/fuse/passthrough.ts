@@ -51,6 +51,8 @@ export interface OpenFile {
   image?: ImageEntry
   /** Reads of it whose blocks are all in the RAM tier are answered by the binding (no JS round trip). */
   ram?: boolean
+  /** Its image's block-state table is registered with the binding (the native data path). */
+  data?: boolean
   /** The file behind the emulated disk (--emulate-hdd). */
   dev?: StoreDevice
 }
@@ -113,6 +115,12 @@ export class StoreFs {
    * drops it (null).
    */
   ramServe: ((fh: number, image: ImageEntry | null) => boolean) | null = null
+  /**
+   * Set by the daemon when the binding serves images' data blocks itself (the
+   * native data path): registers a handle with its image's table, or drops it
+   * (null).
+   */
+  dataServe: ((fh: number, image: ImageEntry | null) => boolean) | null = null
   /** Set by the daemon under --emulate-hdd: the device plain files are read and written through (the direct path is off then). */
   hddFor: DeviceFor | null = null
   private readonly daemonIsRoot = process.getuid?.() === 0
@@ -173,7 +181,23 @@ export class StoreFs {
     if (this.hddFor && !f.image) f.dev = this.hddFor(f.fd)
     else if (this.direct && !f.image) f.direct = this.direct(fh, f.fd)
     else if (this.ramServe && f.image) f.ram = this.ramServe(fh, f.image)
+    if (this.dataServe && f.image?.state.native?.active) f.data = this.dataServe(fh, f.image)
     return fh
+  }
+
+  /** The image's table is ready: its open handles are served by the native data path from now on. */
+  serveImageData(image: ImageEntry): void {
+    if (!this.dataServe || !image.state.native?.active) return
+    for (const [fh, f] of this.files) if (f.image === image && !f.data) f.data = this.dataServe(fh, image)
+  }
+
+  /** The image's table is about to be retired: its handles stop using it (before this returns). */
+  stopImageData(image: ImageEntry | null): void {
+    for (const [fh, f] of this.files) {
+      if (!f.data || (image && f.image !== image)) continue
+      this.dataServe?.(fh, null)
+      f.data = false
+    }
   }
 
   private dropFile(fh: number): OpenFile | undefined {
@@ -182,6 +206,7 @@ export class StoreFs {
     // The direct path stops before the fd closes (release comes after the kernel's last I/O on fh).
     if (f.direct) this.direct?.(fh, -1)
     if (f.ram) this.ramServe?.(fh, null)
+    if (f.data) this.dataServe?.(fh, null)
     this.files.delete(fh)
     this.freeFhs.push(fh)
     if (f.image) this.datapath?.release(f.image)

@@ -67,11 +67,19 @@ export class BlockWatch {
   private readonly watched = new Map<number, WatchState>()
   private readonly hddWrites = new Map<number, number>()
 
+  /**
+   * Told of blocks [first, end) before a watch of them starts, i.e. before the
+   * watcher's HDD read: the native data path stops native writes of them there
+   * (native-data.ts), so what the watcher keeps cannot miss one.
+   */
+  onWatch: ((first: number, end: number) => void) | null = null
+
   /** @param onTouched told of every block written (by any path), e.g. to drop a kept copy. */
   constructor(private readonly onTouched: (b: number) => void = () => undefined) {}
 
   /** Watches blocks [first, end). */
   range(first: number, end: number): Watch {
+    if (end > first) this.onWatch?.(first, end)
     const m = new Map<number, WatchState>()
     for (let b = first; b < end; b++) m.set(b, this.watchOne(b))
     return new Watch(this, m)
@@ -80,7 +88,11 @@ export class BlockWatch {
   /** Watches the given blocks. */
   blocks(list: Iterable<number>): Watch {
     const m = new Map<number, WatchState>()
-    for (const b of list) if (!m.has(b)) m.set(b, this.watchOne(b))
+    for (const b of list) {
+      if (m.has(b)) continue
+      this.onWatch?.(b, b + 1)
+      m.set(b, this.watchOne(b))
+    }
     return new Watch(this, m)
   }
 
@@ -91,6 +103,16 @@ export class BlockWatch {
     // A write of it to the HDD still in flight: what a read returns now may be older.
     if (this.hddWrites.has(b)) w.written = true
     return w
+  }
+
+  /** Whether a watch of block b is open (a load that may keep what it reads). */
+  isWatched(b: number): boolean {
+    return this.watched.has(b)
+  }
+
+  /** The blocks watched now. */
+  watchedBlocks(): number[] {
+    return [...this.watched.keys()]
   }
 
   /** @internal */

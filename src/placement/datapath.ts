@@ -18,7 +18,6 @@ import path from 'path'
 import { probeImage, probeSmallContainer } from '../introspect/container'
 import { ImageMap } from '../introspect/map/image-map'
 import { log } from '../log'
-import { splitKey } from '../native/constants'
 import { sys } from '../native/sys'
 import { excludeMatcher } from '../exclude'
 import { BLOCK, RamCache, type RamMirror } from '../store/ram'
@@ -34,6 +33,8 @@ import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
 import { MIN_IMAGE_BYTES, OPT_OUT_XATTR, type DatapathOptions } from './options'
 import { warmStart } from './warm-start'
+import { foldNative, NativeData, type NativeDataBinding } from './native-data'
+import { RamDrain } from './ram-drain'
 
 export { ImageRefused, type ImageEntry, type ScanState } from './image'
 export type { DatapathStats } from './stats'
@@ -41,13 +42,13 @@ export { MIN_IMAGE_BYTES, OPT_OUT_XATTR, type DatapathOptions } from './options'
 
 /** How often each image's last HDD write is recorded in the SSD store (identity.ts: changedAfter's slack covers it). */
 const NOTE_WRITES_MS = 250
-/** How often the blocks the binding served from RAM are counted and touched in the LRU. */
-const NATIVE_DRAIN_MS = 25
 
 export class Datapath {
   readonly ram: RamCache
   readonly ssd: SsdStore
   private readonly byKey = new Map<string, ImageEntry>()
+  /** The same entries by SSD store id (the RAM tier's keys name images by id). */
+  private readonly byId = new Map<number, ImageEntry>()
   private readonly excluded: (rel: string) => boolean
   /** What the SSD store holds, per image, with the mount's totals. */
   private readonly ledger: Ledger
@@ -66,9 +67,10 @@ export class Datapath {
   /** The SSD store's failover (what it held written to the HDD files), once it has failed. */
   private failover: Promise<void> | null = null
   private destaging = false
-  private drainNative: ((out: Float64Array) => number) | null = null
-  private drainTimer: NodeJS.Timeout | null = null
-  private readonly drained = new Float64Array(8192)
+  /** RAM hits the binding answered (serveNatively), counted as if JavaScript had served them. */
+  private ramDrain: RamDrain | null = null
+  /** The native data path (serveDataNatively), or null: every data block through JavaScript. */
+  private nativeData: NativeData | null = null
   /** Images refused at attach (identity conflict), by real path: the message. */
   readonly refused = new Map<string, string>()
 
@@ -88,7 +90,10 @@ export class Datapath {
     this.timer.unref()
     // When each image's HDD file was last written, into the SSD store (a crash's next mount compares its ctime).
     this.noteTimer = setInterval(() => {
-      for (const e of this.byKey.values()) e.state.noteWrites()
+      for (const e of this.byKey.values()) {
+        foldNative(e.state)
+        e.state.noteWrites()
+      }
     }, NOTE_WRITES_MS)
     this.noteTimer.unref()
   }
@@ -245,6 +250,8 @@ export class Datapath {
       if (dropped) log.info(`image ${rel}: no clean-unmount record (the last mount did not end cleanly): ${dropped} clean cached block(s) dropped, ${entry.state.held.dirtyCount} unwritten block(s) kept`)
     }
     this.byKey.set(key, entry)
+    this.byId.set(entry.id, entry)
+    if (!conventional) this.nativeData?.attach(entry)
     log.info(
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
         `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
@@ -264,7 +271,8 @@ export class Datapath {
   private async introspect(entry: ImageEntry): Promise<void> {
     const done = await this.scanSlots.run(() => scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed, memoryLeft: () => this.introspectMemoryLeft(entry) }))
     if (!done) return
-    await warmStart({
+    // warmStart adopts the scan's kept copies before its first await: the native table is built after.
+    const warm = warmStart({
       rel: entry.rel,
       state: entry.state,
       keeper: entry.keeper,
@@ -275,6 +283,8 @@ export class Datapath {
       scheduler: this.preloads,
       progress: entry.progress.preload,
     })
+    await this.nativeData?.start(entry, () => this.closed || entry.unlinked || !this.byKey.has(entry.key))
+    await warm
     entry.progress.preload.endedMs ||= Date.now()
     entry.scan.warm = true
   }
@@ -286,8 +296,11 @@ export class Datapath {
   }
 
   async write(entry: ImageEntry, buf: Buffer, len: number, pos: number): Promise<number> {
+    this.nativeData?.beforeWrite(entry, pos, len)
     const absorb = await beforeWrite(entry, buf, len, pos, this.ledger.dirtyTotal < this.newDataBlocks)
-    return entry.router.write(buf, len, pos, absorb)
+    const n = await entry.router.write(buf, len, pos, absorb)
+    if (!absorb) this.nativeData?.afterWrite(entry, pos, len)
+    return n
   }
 
   // --- names and sizes ---------------------------------------------------------
@@ -360,6 +373,8 @@ export class Datapath {
   /** Drops an image's entry and RAM blocks; `unlinked`: forgets it in the SSD store too, else only resets its blocks and map there. */
   private async forget(e: ImageEntry, unlinked = true): Promise<void> {
     this.byKey.delete(e.key)
+    if (this.byId.get(e.id) === e) this.byId.delete(e.id)
+    this.nativeData?.stop(e)
     e.keeper.drop()
     await e.updating
     this.ram.dropImage(e.id)
@@ -382,6 +397,8 @@ export class Datapath {
   /** Background work: rate-limited destage while guests pause, the SSD cap. */
   private async tick(): Promise<void> {
     if (this.destaging || this.closed) return
+    // The idle clock the destage reads includes the binding's own I/O.
+    for (const e of this.byKey.values()) foldNative(e.state)
     this.destaging = true
     try {
       await backgroundTick(this.byKey.values(), this.ledger, { capBlocks: this.capBlocks, blocks: this.opts.destageBlocks, idleMs: this.opts.destageIdleMs })
@@ -410,36 +427,30 @@ export class Datapath {
   serveNatively(mirror: RamMirror, drain: (out: Float64Array) => number): void {
     if (this.opts.cacheMode === 'conventional' || this.ram.capacity === 0) return
     this.ram.attachMirror(mirror)
-    this.drainNative = drain
-    this.drainTimer = setInterval(() => this.drainServed(), NATIVE_DRAIN_MS)
-    this.drainTimer.unref()
+    this.ramDrain = new RamDrain(this.ram, drain, (id) => this.byId.get(id))
+  }
+
+  /**
+   * The binding serves data blocks natively (native-data.ts) for images whose
+   * scan is done; `register` hands an image's table to its open handles,
+   * `unregister` takes it back before the table is retired. Not for the
+   * conventional array, nor under --emulate-hdd (the emulated disk must see
+   * every HDD I/O).
+   */
+  serveDataNatively(binding: NativeDataBinding, register: (entry: ImageEntry) => void, unregister: (entry: ImageEntry) => void): boolean {
+    if (this.opts.cacheMode === 'conventional' || this.opts.hdd) return false
+    this.nativeData = new NativeData(binding, register, unregister, this.ram, (id) => this.byId.get(id), this.newDataBlocks > 0)
+    return true
   }
 
   /** Whether reads of this image's handles may be answered by the binding (see serveNatively). */
   get servesNatively(): boolean {
-    return this.drainNative !== null
-  }
-
-  private drainServed(): void {
-    if (!this.drainNative) return
-    const now = Date.now()
-    let byId: Map<number, ImageEntry> | null = null
-    for (;;) {
-      const n = this.drainNative(this.drained)
-      if (n === 0) return
-      byId ??= new Map(this.images().map((e) => [e.id, e]))
-      for (let i = 0; i < n; i++) {
-        const key = this.drained[i]
-        const { image, block } = splitKey(key)
-        byId.get(image)?.router.servedFromRam(block, now)
-        this.ram.touch(key)
-      }
-      if (n < this.drained.length) return
-    }
+    return this.ramDrain !== null
   }
 
   stats(): DatapathStats {
-    this.drainServed()
+    this.ramDrain?.run()
+    for (const e of this.byKey.values()) foldNative(e.state)
     return {
       mode: this.opts.cacheMode ?? 'introspect',
       ram: { ...this.ram.stats, bytes: this.ram.capacity * BLOCK },
@@ -454,8 +465,8 @@ export class Datapath {
     this.closed = true
     if (this.timer) clearInterval(this.timer)
     clearInterval(this.noteTimer)
-    if (this.drainTimer) clearInterval(this.drainTimer)
-    this.drainServed()
+    for (const e of this.byKey.values()) this.nativeData?.stop(e)
+    this.ramDrain?.stop()
     await Promise.all([...this.background])
     for (const e of this.byKey.values()) {
       await e.updating

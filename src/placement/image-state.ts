@@ -8,6 +8,7 @@
 // | the file's size             | here: grown by writes, set by truncate  |
 // | per-class stats, counters   | here: bumped by every path              |
 // | the guest's last request    | here (`lastGuestIo`): background work yields to it |
+// | what the binding may serve natively | `native` (native-data.ts), lowered by watches and copies here |
 //
 // The invariant every path keeps (read-your-writes, DESIGN.md): a block has
 // exactly one authoritative copy, the SSD store's when the ledger says it is
@@ -23,6 +24,7 @@ import { fdatasync, plainDevice, preadFull, pwriteFull, type HddDevice } from '.
 import type { SsdStore } from '../store/ssd'
 import { BlockWatch } from './blocks'
 import type { ImageLedger } from './ledger'
+import { NATIVE_NONE, NATIVE_READ, type NativeBlocks } from './native-data'
 
 export interface ClassStats {
   reads: number
@@ -58,6 +60,11 @@ export interface RouterCounters {
   nativeRamHits: number
   /** Data blocks of new allocations written to the SSD store instead of the HDD (held back until destaged). */
   absorbed: number
+  /** Reads and writes the binding served on the libfuse threads with pread/pwrite (the native data path), and their bytes. */
+  nativeReads: number
+  nativeWrites: number
+  nativeReadBytes: number
+  nativeWriteBytes: number
 }
 
 /** One all-zero block, shared (never written to: the tiers copy what they take). */
@@ -100,7 +107,7 @@ export interface ImageStateOptions {
 
 export class ImageState {
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0, nativeReads: 0, nativeWrites: 0, nativeReadBytes: 0, nativeWriteBytes: 0 }
   readonly watch: BlockWatch
   readonly dev: HddDevice
   readonly canRedirect: () => boolean
@@ -119,6 +126,8 @@ export class ImageState {
   private notedHddWrite = 0
   /** Told of every block written (warm start drops its kept copy of it). */
   onTouched: ((b: number) => void) | null = null
+  /** The binding's table of blocks it serves natively (null: none, e.g. while the scan runs). */
+  native: NativeBlocks | null = null
 
   constructor(
     readonly fd: number,
@@ -131,6 +140,9 @@ export class ImageState {
   ) {
     this.size = fs.fstatSync(fd).size
     this.watch = new BlockWatch((b) => this.onTouched?.(b))
+    // A load (a watch) or a copy: no native write of the block may slip past it (native-data.ts).
+    this.watch.onWatch = (first, end) => this.native?.lower(first, end - first, NATIVE_READ)
+    held.onCopy = (b, dirty) => this.native?.lower(b, 1, dirty ? NATIVE_NONE : NATIVE_READ)
     this.canRedirect = opts.canRedirect ?? (() => !ssd.failed)
     this.onBlockZero = opts.onBlockZero ?? null
     this.ssdFailover = opts.ssdFailover ?? (() => Promise.resolve())
@@ -193,11 +205,16 @@ export class ImageState {
     fs.ftruncateSync(this.fd, size)
     this.lastHddWrite = Date.now()
     this.size = size
+    this.native?.resize(size)
   }
 
   /** The file shrank or grew: every copy of blocks past the new end goes; the last partial block is trimmed. */
   async truncate(size: number): Promise<void> {
     const first = Math.ceil(size / BLOCK)
+    // Native I/O stops at the new end first; blocks past it are JavaScript's if the file grows again.
+    const oldBlocks = Math.ceil(this.size / BLOCK)
+    this.native?.resize(Math.min(size, this.size))
+    this.native?.lower(Math.max(0, first - 1), oldBlocks - Math.max(0, first - 1), NATIVE_NONE)
     this.held.truncate(first)
     this.watch.touchedFrom(first)
     this.ram.dropImage(this.image, first)
@@ -217,6 +234,7 @@ export class ImageState {
     fs.ftruncateSync(this.fd, size)
     this.lastHddWrite = Date.now()
     this.size = size
+    this.native?.resize(size)
   }
 }
 

@@ -128,14 +128,19 @@ export class ImageLedger {
     return s
   }
 
+  /** Told before the store takes a copy of block b (dirty: the authority); the native data path lowers the block. */
+  onCopy: ((b: number, dirty: boolean) => void) | null = null
+
   /** A clean copy (preload, a load from the HDD). */
   putClean(b: number, data: Buffer, cls: BlockClass): void {
+    this.onCopy?.(b, false)
     this.ssd.put(this.image, b, data, cls, false)
     this.addPresent(b)
   }
 
   /** A redirected write: the store's copy becomes the authority. */
   putDirty(b: number, data: Buffer, cls: BlockClass): void {
+    this.onCopy?.(b, true)
     this.ssd.put(this.image, b, data, cls, true)
     this.addPresent(b)
     if (!this.dirty.has(b)) {

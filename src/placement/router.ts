@@ -21,6 +21,7 @@ import { BlockClass, isFastTier, priorityOf } from '../introspect/classes'
 import { BLOCK } from '../store/ram'
 import { preadFull } from '../store/device'
 import { countServedFromRam, ImageState, syncImage, type Router } from './image-state'
+import { NATIVE_NONE } from './native-data'
 
 /** Read-ahead, in blocks: Linux's initial and maximum window (128 KiB). */
 const RA_MIN = 4
@@ -97,7 +98,8 @@ export class ImageRouter implements Router {
     // it never displaces meta-data, and uses what the budget has left, as an array would.
     const firstBlock = Math.floor(pos / BLOCK)
     const lastBlock = Math.floor((pos + n - 1) / BLOCK)
-    const sequential = guest && this.ra.note(firstBlock, lastBlock)
+    // With the native data path the binding reads data blocks itself: no read-ahead copies for it to miss.
+    const sequential = guest && !s.native?.built && this.ra.note(firstBlock, lastBlock)
     let runStart = -1 // data run: first byte position
     let runLen = 0
     const flushRun = async (readAhead: boolean) => {
@@ -115,6 +117,8 @@ export class ImageRouter implements Router {
       }
       if (to === from) {
         await preadFull(s.dev, buf, s0 - pos, l0, s0)
+        // Served from the HDD with nothing kept: the binding may serve these reads itself.
+        if (s.native) for (let k = Math.floor(s0 / BLOCK); k <= Math.floor((s0 + l0 - 1) / BLOCK); k++) s.native.learnRead(k)
         return
       }
       const w = s.watch.range(from, to)
@@ -252,6 +256,8 @@ export class ImageRouter implements Router {
     s.counters.reclassified += count
     const wasMeta = isFastTier(from)
     const nowMeta = isFastTier(to)
+    // Before anything routes them as meta-data: native I/O of them ends, none starts.
+    if (nowMeta && !wasMeta) s.native?.lower(start, count, NATIVE_NONE)
     for (let b = start; b < start + count; b++) {
       if (!wasMeta && nowMeta) {
         s.counters.promoted++

@@ -20,6 +20,8 @@ export interface DatapathStats {
     ssdBlocks: number
     classes: Record<string, ClassStats>
     mapClasses: Record<string, number>
+    /** The binding serves its data blocks natively (native-data.ts): its block-state table's bytes, or null (JavaScript only, or not built yet). */
+    nativeTableBytes: number | null
   } & RouterCounters)[]
   refused: string[]
 }
@@ -56,5 +58,6 @@ export function imageStats(e: ImageEntry): DatapathStats['images'][number] {
     ...e.state.counters,
     classes: Object.fromEntries([...e.state.stats].sort((a, b) => a[0] - b[0]).map(([c, s]) => [className(c), { ...s }])),
     mapClasses: Object.fromEntries([...e.map.countByClass()].sort((a, b) => a[0] - b[0]).map(([c, n]) => [className(c), n])),
+    nativeTableBytes: e.state.native?.active && e.state.native.built ? e.state.native.stats().tableBytes : null,
   }
 }

@@ -52,6 +52,8 @@ export class RamCache {
   private readonly level = new Map<number, number>()
   readonly stats: RamStats
   private mirror: RamMirror | null = null
+  /** Told of every key before its copy is stored (the native data path stops native writes of the block). */
+  onSet: ((key: number) => void) | null = null
   /** Per slot: may the mirror answer reads of it (set with a class: meta-data routed). */
   private readonly servable: Uint8Array
 
@@ -137,6 +139,7 @@ export class RamCache {
    */
   set(key: number, data: Buffer, priority: number, servable = false): void {
     if (this.capacity === 0) return
+    this.onSet?.(key)
     const p = Math.max(0, Math.min(this.lrus.length - 1, priority))
     const old = this.level.get(key)
     if (old !== undefined) {
@@ -181,6 +184,15 @@ export class RamCache {
     this.mirror?.drop(slot)
     this.free.push(slot)
     this.stats.blocks = this.level.size
+  }
+
+  /** The blocks of `image` cached now. */
+  blocksOf(image: number): number[] {
+    const lo = blockKey(image, 0)
+    const hi = blockKey(image + 1, 0)
+    const out: number[] = []
+    for (const key of this.level.keys()) if (key >= lo && key < hi) out.push(key - lo)
+    return out
   }
 
   /** Drops every block of an image at or after `fromBlock` (truncate, unlink). */

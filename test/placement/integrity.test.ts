@@ -17,17 +17,22 @@ import { mount, tmpdir } from '../helpers/mount'
 import { rng } from '../helpers/rng'
 
 const OPS = Number(process.env.VMDI_INTEGRITY_OPS) || 1500
-let base = ''
+let root = ''
 beforeAll(() => {
-  base = tmpdir('vmdi-integrity-')
+  root = tmpdir('vmdi-integrity-')
 })
-afterAll(() => fs.rmSync(base, { recursive: true, force: true }))
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
 
 
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex')
 
 describe('random operations on raw, sparse VMDK and qcow2 images with introspection on', () => {
-  it(`${OPS} operations per image agree with a shadow; destage and a remount keep them`, async () => {
+  // The native data path on (the default) with every operation, and off with a third of them.
+  for (const native of [true, false]) {
+  const ops = native ? OPS : Math.ceil(OPS / 3)
+  it(`${ops} operations per image agree with a shadow; destage and a remount keep them (native data path ${native ? 'on' : 'off'})`, async () => {
+    const base = path.join(root, native ? 'on' : 'off')
+    fs.mkdirSync(base)
     const store = path.join(base, 'store')
     const tree = path.join(base, 'tree')
     fs.mkdirSync(store)
@@ -41,7 +46,8 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
     const names = ['disk.img', 'disk.vmdk', 'disk.qcow2']
     const shadows = new Map<string, Buffer>()
     for (const n of names) shadows.set(n, fs.readFileSync(path.join(store, n)))
-    const m = await mount(store, path.join(base, 'mnt'), ['--ram-cache', '256K'])
+    const env = native ? {} : { VMDI_DATA_NATIVE: 'off' }
+    const m = await mount(store, path.join(base, 'mnt'), ['--ram-cache', '256K'], env)
     try {
       for (const [k, name] of names.entries()) {
         const r = rng(1000 + k)
@@ -50,7 +56,7 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
         try {
           await waitForImage(m.mnt, (i) => ['done', 'failed'].includes(i.scan.state), { image: name, ms: 60_000, what: `the scan of ${name}` })
           let sh = shadows.get(name)!
-          for (let i = 0; i < OPS; i++) {
+          for (let i = 0; i < ops; i++) {
             const x = r()
             const limit = sh.length + 64 * 1024
             // Half the operations aim at the first MiB (headers, tables, superblock, descriptors).
@@ -93,10 +99,13 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
         if (!im) throw new Error(`${name} was not attached`)
         const redirected = Object.values(im.classes).reduce((a, c) => a + c.redirected, 0)
         expect(redirected, `${name}: meta-data writes were redirected`).toBeGreaterThan(0)
-        // Buffered handles read sequentially (the kernel's read-ahead): data was read ahead into RAM and served from it.
-        if (name !== 'disk.img') expect(im.readAhead, `${name}: data read ahead`).toBeGreaterThan(0)
+        // Data: the binding read and wrote it (native data path), or buffered handles read sequentially (the kernel's
+        // read-ahead) and data was read ahead into RAM and served from it.
+        if (native) expect(im.nativeReads + im.nativeWrites, `${name}: data served natively`).toBeGreaterThan(0)
+        else if (name !== 'disk.img') expect(im.readAhead, `${name}: data read ahead`).toBeGreaterThan(0)
+        if (!native) expect(im.nativeReads + im.nativeWrites, `${name}: nothing native`).toBe(0)
         // The O_DIRECT handle's reads of cached meta-data blocks were answered by the binding itself.
-        else expect(im.nativeRamHits, `${name}: RAM hits served natively`).toBeGreaterThan(0)
+        if (name === 'disk.img') expect(im.nativeRamHits, `${name}: RAM hits served natively`).toBeGreaterThan(0)
       }
       destage(m.mnt)
       for (const name of names) expect(sha(fs.readFileSync(path.join(store, name))) === sha(shadows.get(name)!), `${name} on the HDD after destage`).toBe(true)
@@ -104,11 +113,12 @@ describe('random operations on raw, sparse VMDK and qcow2 images with introspect
       expect(await m.stop()).toBe(0)
     }
     for (const name of names) expect(sha(fs.readFileSync(path.join(store, name))) === sha(shadows.get(name)!), `${name} on the HDD after unmount`).toBe(true)
-    const again = await mount(store, path.join(base, 'mnt'))
+    const again = await mount(store, path.join(base, 'mnt'), [], env)
     try {
       for (const name of names) expect(sha(fs.readFileSync(path.join(again.mnt, name))) === sha(shadows.get(name)!), `${name} through a remount`).toBe(true)
     } finally {
       expect(await again.stop()).toBe(0)
     }
   }, 600_000)
+  }
 })
