@@ -26,6 +26,14 @@ int vmdi_fuse_read (vmdi_fuse_t *v, struct fuse_file_info *info, char *buf, size
   if (info == NULL || info->fh >= VMDI_FH_LIMIT) return VMDI_FUSE_PASS;
   int dfd = vmdi_direct_fd(&(v->direct), info->fh);
   if (dfd >= 0) return vmdi_direct_read(&(v->direct), info->fh, dfd, buf, len, offset);
+  /* Data blocks first (their table allows it: the HDD file is their authority, a RAM copy of
+   * one is a clean copy), so a data read costs no RAM-index mutex and no fstat; meta-data
+   * blocks (NONE in the table) then try the RAM index. */
+  vmdi_data_t *t = __atomic_load_n(&(v->data[info->fh]), __ATOMIC_ACQUIRE);
+  if (t != NULL) {
+    int n = vmdi_data_read(t, buf, len, offset);
+    if (n != VMDI_DATA_PASS) return n;
+  }
   vmdi_ram_t *r = (vmdi_ram_t *) __atomic_load_n(&(v->ram), __ATOMIC_ACQUIRE);
   uint32_t img = r == NULL ? 0 : __atomic_load_n(&(v->ram_image[info->fh]), __ATOMIC_ACQUIRE);
   if (img != 0) {
@@ -33,10 +41,7 @@ int vmdi_fuse_read (vmdi_fuse_t *v, struct fuse_file_info *info, char *buf, size
     int n = vmdi_ram_read(r, img - 1, fd, buf, len, offset);
     if (n >= 0) return n;
   }
-  vmdi_data_t *t = __atomic_load_n(&(v->data[info->fh]), __ATOMIC_ACQUIRE);
-  if (t == NULL) return VMDI_FUSE_PASS;
-  int n = vmdi_data_read(t, buf, len, offset);
-  return n == VMDI_DATA_PASS ? VMDI_FUSE_PASS : n;
+  return VMDI_FUSE_PASS;
 }
 
 int vmdi_fuse_write (vmdi_fuse_t *v, struct fuse_file_info *info, const char *buf, size_t len, off_t offset) {

@@ -84,9 +84,9 @@ export interface DataRow {
 }
 
 /** Alternating rounds of every job on the two sets of regions; medians. */
-export function measureJobs(images: number, introspect: Region[], passthrough: Region[], runtime: number, rounds: number, progress: (line: string) => void): DataRow[] {
+export function measureJobs(images: number, introspect: Region[], passthrough: Region[], runtime: number, rounds: number, progress: (line: string) => void, only: string[] = []): DataRow[] {
   const rows: DataRow[] = []
-  for (const job of DATA_JOBS) {
+  for (const job of DATA_JOBS.filter((j) => !only.length || only.includes(`${j.rw}-${j.bs}-qd${j.iodepth}`))) {
     const a: number[] = []
     const b: number[] = []
     const seq = job.bs === '1m'

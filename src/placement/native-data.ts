@@ -49,7 +49,7 @@ export interface NativeDataStats {
   /** ms since the epoch, 0: never. */
   lastReadMs: number
   lastWriteMs: number
-  /** Requests of registered handles the binding sent to JavaScript. */
+  /** Requests of registered handles the table did not serve (the RAM index or JavaScript did). */
   passed: number
   /** Bytes of the table's chunk memory. */
   tableBytes: number
