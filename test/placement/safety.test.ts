@@ -43,7 +43,12 @@ describe('kill -9 of the daemon during a guest write workload', () => {
     fs.mkdirSync(store, { recursive: true })
     fs.mkdirSync(guest)
     const img = path.join(store, 'vm.img')
-    ext4(img, '128M')
+    // A preallocated 4 MiB file the workload rewrites in place, as a database would: its blocks are
+    // allocated data with no copies, so those writes take the native data path.
+    const tree = path.join(dir, 'tree')
+    fs.mkdirSync(tree)
+    fs.writeFileSync(path.join(tree, 'db'), crypto.randomBytes(4 << 20))
+    execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-d', tree, img, '128M'])
     const done = path.join(dir, 'synced.log') // outside the guest: names fsync'ed in it
     let m: Mounted = await mount(store, path.join(dir, 'mnt'), [], NO_BACKGROUND_DESTAGE)
     const loop = execFileSync('losetup', ['--direct-io=on', '-f', '--show', path.join(m.mnt, 'vm.img')], { encoding: 'utf8' }).trim()
@@ -53,7 +58,10 @@ describe('kill -9 of the daemon during a guest write workload', () => {
     const script = `
       const fs = require('fs'), path = require('path'), crypto = require('crypto')
       const g = ${JSON.stringify(guest)}, log = fs.openSync(${JSON.stringify(done)}, 'a')
+      const db = fs.openSync(path.join(g, 'db'), 'r+')
       for (let i = 0; ; i++) {
+        const rec = Buffer.alloc(4096, String(i).padStart(12, '0') + '|')
+        fs.writeSync(db, rec, 0, 4096, (i % 1024) * 4096); fs.fdatasyncSync(db)
         const d = path.join(g, 'd' + (i % 20)); fs.mkdirSync(d, { recursive: true })
         const body = crypto.createHash('sha256').update(String(i)).digest('hex').repeat(1 + i % 64)
         const fd = fs.openSync(path.join(d, 'f' + i), 'w'); fs.writeSync(fd, body); fs.fsyncSync(fd); fs.closeSync(fd)
@@ -62,6 +70,8 @@ describe('kill -9 of the daemon during a guest write workload', () => {
       }`
     const worker = spawn(process.execPath, ['-e', script], { stdio: 'ignore' })
     await waitFor(() => fs.existsSync(done) && fs.readFileSync(done, 'utf8').split('\n').length > 200, 60_000, 'the workload')
+    // The in-place rewrites went to the HDD file natively (and are in flight when the kill comes).
+    await waitFor(() => (stats(m.mnt).images.find((i) => i.path === 'vm.img')?.nativeWrites ?? 0) > 50, 30_000, 'native writes of the database file')
     await new Promise((r) => setTimeout(r, 300 + Math.floor(Math.random() * 700)))
     m.proc.kill('SIGKILL')
     await m.exited
@@ -82,6 +92,14 @@ describe('kill -9 of the daemon during a guest write workload', () => {
             const body = crypto.createHash('sha256').update(String(i)).digest('hex').repeat(1 + (i % 64))
             const f = path.join(guest, `d${i % 20}`, `f${i}`)
             if (!fs.existsSync(f) || fs.readFileSync(f, 'utf8') !== body) throw new Error(`file ${i} was fsync'ed before the kill but is ${fs.existsSync(f) ? 'different' : 'missing'}`)
+          }
+          // Each database block holds its last synced record, or a later one (written, not yet logged).
+          const dbBytes = fs.readFileSync(path.join(guest, 'db'))
+          const last = new Map<number, number>()
+          for (const i of synced) last.set(i % 1024, i)
+          for (const [k, i] of last) {
+            const got = Number(dbBytes.toString('latin1', k * 4096, k * 4096 + 12))
+            if (!(got >= i && got % 1024 === k)) throw new Error(`database block ${k}: record ${i} was fsync'ed before the kill, the block holds ${got}`)
           }
         } finally {
           execFileSync('umount', [guest])
