@@ -147,7 +147,7 @@ describe('the native data path', () => {
       execFileSync('fio', [
         '--name=par', `--filename=${path.join(m.mnt, 'vm.img')}`, '--rw=randwrite', '--bs=64k', '--direct=1', '--ioengine=psync',
         '--numjobs=8', `--offset=${first * B}`, `--size=${per * B}`, `--offset_increment=${per * B}`, '--loops=4',
-        '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--allow_file_create=0', '--group_reporting',
+        '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--allow_file_create=0', '--group_reporting',
       ], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
       const im = imageStats(m.mnt, 'vm.img')!
       expect(im.nativeWrites).toBeGreaterThan(100)
