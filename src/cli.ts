@@ -57,6 +57,7 @@ program
   .option('--small-files <size>', "regular files up to SIZE have their data placed with the meta-data: RAM (what meta-data leaves), the SSD store, writes redirected and destaged (default 32K; 0: off, data of every file goes to the HDD)")
   .option('--no-boot-files', "do not look for the guests' boot files: by default the data of kernels and initial RAM disks in / and /boot, and of /sbin/init (symlinks followed), is placed with the meta-data, so a VM's boot reads them from RAM or the SSD store")
   .option('--new-data <size>', "writes to blocks the guest has just allocated (free in its file system's on-disk bitmaps: new files, appends) are held on the SSD store, like meta-data writes, while it holds less than SIZE of unwritten blocks, and written to the HDD in long runs while the guests pause (default 1G, at most half of --ssd-max; 0: off, new data goes straight to the HDD)")
+  .option('--ram-floor <size>', "meta-data RAM each image keeps against the other images' blocks, so one VM with large meta-data cannot take all of it from the others (default fair: the RAM cache divided by the images attached; SIZE: that much each; 0: off, one LRU by priority for all)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--introspect-memory <size>', "RAM all images' maps and running scans may take together (default 1/8 of RAM, at most 4G); an image whose scan would pass it is not introspected (served as data, a log line names it)")
   .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
@@ -93,6 +94,7 @@ program
       cacheMode: o.cacheMode as string | undefined,
       smallFiles: o.smallFiles as string | undefined,
       newData: o.newData as string | undefined,
+      ramFloor: o.ramFloor as string | undefined,
       bootFiles: o.bootFiles !== false,
       metrics: o.metrics as string | undefined,
       introspectMemory: o.introspectMemory as string | undefined,
@@ -236,6 +238,7 @@ program
     for (const im of st.images) {
       lines.push('', `${im.path}  scan ${im.scan.state}${im.scan.state === 'done' ? ` in ${im.scan.ms} ms (${im.scan.format}, map ${im.scan.mapBytes} B)` : ''}${im.scan.error ? `: ${im.scan.error}` : ''}`)
       lines.push(`  dirty ${im.dirtyBlocks}, destaged ${im.destaged}, on SSD ${im.ssdBlocks}, deferred ${im.deferred}, promoted ${im.promoted}, reclassified ${im.reclassified}, written through ${im.writeThrough}, preloaded ${im.preloaded} (${im.scanKept} of them kept from the scan's reads), copied to RAM from the SSD store at attach ${im.ramRefilled}, read ahead ${im.readAhead}, RAM hits served natively ${im.nativeRamHits}, new-data blocks written to the SSD store first ${im.absorbed}`)
+      lines.push(`  in RAM: ${im.ramBlocks} block(s), ${im.ramMetaBlocks} of meta-data priority (kept against other images up to --ram-floor)`)
       lines.push(`  native data path: ${im.nativeReads} read(s) (${formatSize(im.nativeReadBytes)}), ${im.nativeWrites} write(s) (${formatSize(im.nativeWriteBytes)}) served on the FUSE threads`)
       lines.push(`  ${'class'.padEnd(18)}${['reads', 'RAM hits', 'SSD hits', 'HDD reads', 'writes', 'redirected', 'RMW loads'].map((h) => h.padStart(11)).join('')}`)
       for (const [c, v] of Object.entries(im.classes)) {

@@ -15,7 +15,7 @@ import { CliError } from './errors'
 import { parseUserOptions } from './fuse/options'
 
 /** fstab keys that name the CLI's options with a value. */
-const VALUED = new Set(['ssd', 'ssd-max', 'ram-cache', 'small-files', 'new-data', 'exclude', 'emulate-hdd', 'cache-mode', 'metrics', 'log'])
+const VALUED = new Set(['ssd', 'ssd-max', 'ram-cache', 'small-files', 'new-data', 'ram-floor', 'exclude', 'emulate-hdd', 'cache-mode', 'metrics', 'log'])
 /** fstab keys that are the CLI's flags. */
 const FLAGS = new Set(['nfs', 'no-introspect', 'no-boot-files', 'debug', 'force'])
 /** mount(8)'s and systemd's options, meaningless to the file system. */

@@ -43,6 +43,8 @@ export interface MountConfig {
   smallFiles?: string
   /** --new-data SIZE: writes to newly allocated blocks held on the SSD store up to SIZE. */
   newData?: string
+  /** --ram-floor SIZE|fair: meta-data RAM each image keeps against the other images' blocks. */
+  ramFloor?: string
   /** --no-boot-files: false; the guests' boot files are placed with the meta-data otherwise. */
   bootFiles?: boolean
   /** --metrics HOST:PORT: Prometheus metrics served there. */
@@ -66,6 +68,8 @@ export interface DatapathSettings {
   smallFileBytes: number
   /** New data held on the SSD store up to this many bytes (--new-data, at most half the cap; 0: off). */
   newDataBytes: number
+  /** Meta-data RAM each image keeps against the others (--ram-floor): bytes, or 'fair' (the RAM cache over the images attached); 0: off. */
+  ramFloor: number | 'fair'
   /** The guests' boot files' data placed with the meta-data (--no-boot-files: false). */
   bootFiles: boolean
   /** The background destage tick, ms (VMDI_DESTAGE_INTERVAL_MS; undefined: the datapath's default). */
@@ -194,6 +198,7 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
     )
   }
   const newDataBytes = Math.min(Math.floor(ssdMaxBytes / 2), sizeOption(cfg.newData, '--new-data', DEFAULT_NEW_DATA_BYTES))
+  const ramFloor = !cfg.ramFloor || cfg.ramFloor === 'fair' ? 'fair' : sizeOption(cfg.ramFloor, '--ram-floor', 0)
   return {
     ramBytes,
     ssdPath,
@@ -202,6 +207,7 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
     cacheMode,
     smallFileBytes,
     newDataBytes,
+    ramFloor,
     bootFiles: cfg.bootFiles !== false,
     destageIntervalMs: Number(process.env.VMDI_DESTAGE_INTERVAL_MS) || undefined,
     introspectMemoryBytes: introspectMemory(cfg),
@@ -271,7 +277,8 @@ export function datapathSummary(s: Settings): string {
       ? ', conventional cache mode (no classes)'
       : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${formatSize(d.smallFileBytes, { unit: 'KiB', exact: true })}` : 'off'}${dflt.smallFiles ? ' (default; --small-files)' : ''}` +
         `, boot files' data with the meta-data: ${d.bootFiles ? 'on (default; --no-boot-files)' : 'off'}` +
-        `, new data held on the SSD store: ${d.newDataBytes ? `up to ${formatSize(d.newDataBytes, { unit: 'MiB', exact: true })}` : 'off'}${dflt.newData ? ' (default: 1 GiB, at most half the cap; --new-data)' : ''}`
+        `, new data held on the SSD store: ${d.newDataBytes ? `up to ${formatSize(d.newDataBytes, { unit: 'MiB', exact: true })}` : 'off'}${dflt.newData ? ' (default: 1 GiB, at most half the cap; --new-data)' : ''}` +
+        `, meta-data RAM kept per image against the others: ${d.ramFloor === 'fair' ? 'a fair share (the RAM cache over the images attached; default; --ram-floor)' : d.ramFloor ? formatSize(d.ramFloor, { unit: 'MiB', exact: true }) : 'off'}`
   return (
     `datapath: RAM cache ${formatSize(d.ramBytes, { unit: 'MiB', digits: 0 })}${dflt.ramCache ? ' (default: 1/16 of RAM, at most 1 GiB; --ram-cache)' : ''}, ` +
     `SSD store ${d.ssdPath}${dflt.ssd ? ' (default; --ssd)' : ''} capped at ${formatSize(d.ssdMaxBytes, { unit: 'GiB', digits: 2 })}${dflt.ssdMax ? ' (default: half its free space, at most 16 GiB; --ssd-max)' : ''}` +

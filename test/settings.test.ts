@@ -60,19 +60,20 @@ describe('readSettings', () => {
     expect(line).toMatch(/^datapath: RAM cache \d+ MiB \(default: 1\/16 of RAM, at most 1 GiB; --ram-cache\), SSD store .*\.sqlite \(default; --ssd\) capped at \d+\.\d\d GiB \(default: half/)
     expect(line).toContain("small files' data with the meta-data: up to 32 KiB (default; --small-files)")
     expect(line).toContain("boot files' data with the meta-data: on (default; --no-boot-files)")
+    expect(line).toContain('meta-data RAM kept per image against the others: a fair share (the RAM cache over the images attached; default; --ram-floor)')
   })
 
   it('given options: sizes, the SSD store, exclusions, --nfs and -o merged (the user\'s value wins)', () => {
     const ssd = path.join(base, 'ssd', 'x.sqlite')
     const s = readSettings(
-      cfg({ options: ['max_read=65536,fsname=ds1'], nfs: true, ramCache: '64M', ssd, ssdMax: '1G', smallFiles: '1000', newData: '2G', exclude: ['scratch/**'], bootFiles: false }),
+      cfg({ options: ['max_read=65536,fsname=ds1'], nfs: true, ramCache: '64M', ssd, ssdMax: '1G', smallFiles: '1000', newData: '2G', ramFloor: '16M', exclude: ['scratch/**'], bootFiles: false }),
     )
     expect(s.fuseOptions).toEqual(['big_writes', 'max_write=131072', 'use_ino', 'noforget', 'max_read=65536', 'fsname=ds1', 'subtype=vmdi-fuse'])
-    expect(s.datapath).toMatchObject({ ramBytes: 64 << 20, ssdPath: ssd, ssdMaxBytes: 2 ** 30, smallFileBytes: 1000, newDataBytes: 2 ** 29, bootFiles: false, exclude: ['scratch/**'] })
+    expect(s.datapath).toMatchObject({ ramBytes: 64 << 20, ssdPath: ssd, ssdMaxBytes: 2 ** 30, smallFileBytes: 1000, newDataBytes: 2 ** 29, ramFloor: 16 << 20, bootFiles: false, exclude: ['scratch/**'] })
     expect(fs.statSync(path.dirname(ssd)).isDirectory()).toBe(true)
     const line = datapathSummary(s)
     expect(line).toContain('datapath: RAM cache 64 MiB, SSD store ' + ssd + ' capped at 1.00 GiB, ')
-    expect(line).toContain("small files' data with the meta-data: up to 1000 bytes, boot files' data with the meta-data: off, new data held on the SSD store: up to 512 MiB, excluded: scratch/**")
+    expect(line).toContain("small files' data with the meta-data: up to 1000 bytes, boot files' data with the meta-data: off, new data held on the SSD store: up to 512 MiB, meta-data RAM kept per image against the others: 16 MiB, excluded: scratch/**")
   })
 
   it('--no-introspect: no datapath; --cache-mode conventional; --emulate-hdd laptop5400', () => {

@@ -126,6 +126,8 @@ export function renderMetrics(m: MetricsSnapshot): string {
       ['vmdi_image_file_bytes', 'gauge', 'Size of the image file.', (im) => im.fileBytes],
       ['vmdi_image_dirty_blocks', 'gauge', 'Blocks of the image the SSD store holds that its HDD file lacks.', (im) => im.dirtyBlocks],
       ['vmdi_image_ssd_blocks', 'gauge', 'Blocks of the image the SSD store holds.', (im) => im.ssdBlocks],
+      ['vmdi_image_ram_blocks', 'gauge', 'Blocks of the image the RAM tier holds.', (im) => im.ramBlocks],
+      ['vmdi_image_ram_meta_blocks', 'gauge', 'Of those, blocks of meta-data priority (what --ram-floor keeps against other images).', (im) => im.ramMetaBlocks],
       ['vmdi_image_destaged_blocks_total', 'counter', 'Blocks written back to the HDD file.', (im) => im.destaged],
       ['vmdi_image_preloaded_blocks_total', 'counter', 'Blocks preloaded into the SSD store and RAM.', (im) => im.preloaded],
       ['vmdi_image_native_ram_hit_blocks_total', 'counter', 'Blocks of the image answered from RAM on the FUSE threads.', (im) => im.nativeRamHits],

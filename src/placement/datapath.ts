@@ -76,6 +76,9 @@ export class Datapath {
 
   constructor(private readonly opts: DatapathOptions) {
     this.ram = new RamCache(opts.ramBytes)
+    // Shares: each image keeps its floor of meta-data RAM against the others' blocks.
+    const floor = opts.ramFloor ?? 'fair'
+    if (floor !== 0) this.ram.floorOf = floor === 'fair' ? () => Math.floor(this.ram.capacity / Math.max(1, this.byKey.size)) : () => Math.floor(floor / BLOCK)
     this.ssd = SsdStore.open(opts.ssdPath)
     this.capBlocks = Math.floor(opts.ssdMaxBytes / BLOCK)
     this.newDataBlocks = Math.min(Math.floor(this.capBlocks / 2), Math.floor((opts.newDataBytes ?? 0) / BLOCK))

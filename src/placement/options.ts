@@ -29,6 +29,8 @@ export interface DatapathOptions {
    * while it holds fewer unwritten bytes than this (--new-data; default 0: off).
    */
   newDataBytes?: number
+  /** Meta-data RAM each image keeps against the others' blocks (--ram-floor): bytes, 'fair' (the RAM cache over the images attached; the default) or 0 (off). */
+  ramFloor?: number | 'fair'
   /** RAM all images' maps and running scans may take together (--introspect-memory; default: no ceiling). */
   introspectMemoryBytes?: number
 }

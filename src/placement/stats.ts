@@ -20,6 +20,9 @@ export interface DatapathStats {
     ssdBlocks: number
     classes: Record<string, ClassStats>
     mapClasses: Record<string, number>
+    /** Blocks of it in RAM, and of those the meta-data priorities (what its --ram-floor protects). */
+    ramBlocks: number
+    ramMetaBlocks: number
     /** The binding serves its data blocks natively (native-data.ts): its block-state table's bytes, or null (JavaScript only, or not built yet). */
     nativeTableBytes: number | null
   } & RouterCounters)[]
@@ -58,6 +61,8 @@ export function imageStats(e: ImageEntry): DatapathStats['images'][number] {
     ...e.state.counters,
     classes: Object.fromEntries([...e.state.stats].sort((a, b) => a[0] - b[0]).map(([c, s]) => [className(c), { ...s }])),
     mapClasses: Object.fromEntries([...e.map.countByClass()].sort((a, b) => a[0] - b[0]).map(([c, n]) => [className(c), n])),
+    ramBlocks: e.state.ram.countOf(e.id).blocks,
+    ramMetaBlocks: e.state.ram.countOf(e.id).metaBlocks,
     nativeTableBytes: e.state.native?.active && e.state.native.built ? e.state.native.stats().tableBytes : null,
   }
 }

@@ -6,6 +6,12 @@
 // directories cannot push out another VM's superblocks and inode tables.
 // A copy, never the authority: dropping any block here loses nothing.
 //
+// Shares (issue 18): with a floor per image (`floorOf`, set by the datapath:
+// by default a fair share of the budget), a block of meta-data priority (> 0)
+// of an image holding no more than its floor is not evicted for another
+// image's block: one VM with large meta-data cannot take all of it from the
+// others. Priority-0 blocks (data read ahead) have no floor.
+//
 // A mirror (the patched binding, see RamMirror) can serve meta-data blocks on
 // the libfuse thread: every change of a slot's bytes or owner then goes
 // through it under its lock, and the reads it served come back through
@@ -13,7 +19,10 @@
 
 import { LRUCache } from 'lru-cache'
 // Shared with the binding's C (native/vmdi_constants.h): block size, slab size, key layout.
-import { BLOCK_SIZE, SLAB_BLOCKS, blockKey } from '../native/constants'
+import { BLOCK_SIZE, SLAB_BLOCKS, blockKey, splitKey } from '../native/constants'
+
+/** Protected blocks an eviction moves to the recent end at a time while it looks for one it may take. */
+const VICTIM_SCAN = 256
 
 export const BLOCK = BLOCK_SIZE
 /** image id and 4 KiB block number in one number (ids below 2^20, blocks below 2^32). */
@@ -54,6 +63,11 @@ export class RamCache {
   private mirror: RamMirror | null = null
   /** Told of every key before its copy is stored (the native data path stops native writes of the block). */
   onSet: ((key: number) => void) | null = null
+  /** Blocks of meta-data priority (> 0) an image keeps against other images' blocks (null: no floors). */
+  floorOf: ((image: number) => number) | null = null
+  /** Per image: its blocks of priority > 0, and all its blocks. */
+  private readonly metaCount = new Map<number, number>()
+  private readonly allCount = new Map<number, number>()
   /** Per slot: may the mirror answer reads of it (set with a class: meta-data routed). */
   private readonly servable: Uint8Array
 
@@ -148,31 +162,75 @@ export class RamCache {
       if (old !== p) {
         this.lrus[old].delete(key)
         this.lrus[p].set(key, slot)
+        this.count(key, old, -1, false)
         this.level.set(key, p)
+        this.count(key, p, 1, false)
       }
       return
     }
     let slot = this.allocate()
     if (slot === null) {
-      const victim = this.lrus.findIndex((l) => l.size > 0)
-      if (victim < 0 || victim > p) return
-      const [vkey, vslot] = this.popOldest(victim)
+      const victim = this.victim(splitKey(key).image, p)
+      if (!victim) return
+      const [vkey, vslot, vlvl] = victim
       this.level.delete(vkey)
+      this.count(vkey, vlvl, -1, true)
       this.stats.evictions++
       slot = vslot
     }
     this.fill(slot, key, data, servable)
     this.lrus[p].set(key, slot)
     this.level.set(key, p)
+    this.count(key, p, 1, true)
     this.stats.blocks = this.level.size
   }
 
-  private popOldest(level: number): [number, number] {
-    const lru = this.lrus[level]
-    const key = lru.rkeys().next().value as number
-    const slot = lru.peek(key) as number
-    lru.delete(key)
-    return [key, slot]
+  /** Per-image counts: `all` with the block's arrival or departure, meta-data (priority > 0) always. */
+  private count(key: number, lvl: number, d: number, all: boolean): void {
+    const { image } = splitKey(key)
+    if (all) this.allCount.set(image, (this.allCount.get(image) ?? 0) + d)
+    if (lvl > 0) this.metaCount.set(image, (this.metaCount.get(image) ?? 0) + d)
+  }
+
+  /**
+   * The block to evict for one of `image` at priority p: the least recently used
+   * of the lowest non-empty priority not above p whose image is `image` itself or
+   * holds more than its floor (priority 0 has no floor); null: none, the new
+   * block is not cached.
+   */
+  private victim(image: number, p: number): [number, number, number] | null {
+    for (let lvl = 0; lvl <= p && lvl < this.lrus.length; lvl++) {
+      const lru = this.lrus[lvl]
+      // Protected blocks met on the way go to the recent end (a second chance, as a clock
+      // would), so the next eviction does not walk them again; at most the level's size in all.
+      for (let seen = 0; seen < lru.size; ) {
+        const protectedKeys: number[] = []
+        let found: number | null = null
+        for (const key of lru.rkeys()) {
+          const owner = splitKey(key).image
+          if (lvl === 0 || !this.floorOf || owner === image || (this.metaCount.get(owner) ?? 0) > this.floorOf(owner)) {
+            found = key
+            break
+          }
+          protectedKeys.push(key)
+          if (protectedKeys.length >= VICTIM_SCAN) break
+        }
+        for (const k of protectedKeys) lru.get(k)
+        seen += protectedKeys.length
+        if (found !== null) {
+          const slot = lru.peek(found) as number
+          lru.delete(found)
+          return [found, slot, lvl]
+        }
+        if (protectedKeys.length < VICTIM_SCAN) break
+      }
+    }
+    return null
+  }
+
+  /** Blocks of `image` in RAM now: all of them, and those of meta-data priority (> 0). */
+  countOf(image: number): { blocks: number; metaBlocks: number } {
+    return { blocks: this.allCount.get(image) ?? 0, metaBlocks: this.metaCount.get(image) ?? 0 }
   }
 
   delete(key: number): void {
@@ -181,6 +239,7 @@ export class RamCache {
     const slot = this.lrus[lvl].peek(key) as number
     this.lrus[lvl].delete(key)
     this.level.delete(key)
+    this.count(key, lvl, -1, true)
     this.mirror?.drop(slot)
     this.free.push(slot)
     this.stats.blocks = this.level.size

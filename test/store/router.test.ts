@@ -44,6 +44,47 @@ describe('RamCache', () => {
     ram.dropImage(1)
     expect(ram.stats.blocks).toBe(1)
   })
+
+  it("shares (--ram-floor): with fair floors a VM's large meta-data cannot push another VM's out; without them it does; data has no floor", () => {
+    const blk = Buffer.alloc(BLOCK, 7)
+    // Two images, 1,000 blocks of RAM. Image 1 walks its meta-data first and fills RAM.
+    const run = (floors: boolean) => {
+      const ram = new RamCache(1000 * BLOCK)
+      if (floors) ram.floorOf = () => 500 // fair: 1,000 blocks over 2 images
+      for (let b = 0; b < 1000; b++) ram.set(blockKey(1, b), blk, 2)
+      // Image 2 then reads 3,000 meta-data blocks of its own (a find over a large tree).
+      for (let b = 0; b < 3000; b++) ram.set(blockKey(2, b), blk, 2)
+      return ram
+    }
+    const shared = run(true)
+    expect(shared.countOf(1).metaBlocks).toBe(500)
+    expect(shared.countOf(2).metaBlocks).toBe(500)
+    expect(shared.stats.blocks).toBe(1000)
+    // Image 2 went on evicting its own oldest blocks: its latest 500 are cached.
+    expect(shared.has(blockKey(2, 2999)) && !shared.has(blockKey(2, 2499))).toBe(true)
+    const unshared = run(false)
+    expect(unshared.countOf(1).metaBlocks).toBe(0)
+    expect(unshared.countOf(2).metaBlocks).toBe(1000)
+    // Priority still comes first: image 2's data (priority 0) evicts nobody's meta-data, floor or not.
+    for (let b = 0; b < 100; b++) shared.set(blockKey(2, 10_000 + b), blk, 0)
+    expect(shared.countOf(1).metaBlocks).toBe(500)
+    expect(shared.has(blockKey(2, 10_000))).toBe(false)
+    // Image 1 dropped (say its VM's file was truncated), then walked again: it fills the free half,
+    // then evicts its own oldest; image 2, at its floor, keeps all of its blocks.
+    shared.dropImage(1)
+    for (let b = 0; b < 800; b++) shared.set(blockKey(1, b), blk, 2)
+    expect(shared.countOf(1).metaBlocks).toBe(500)
+    expect(shared.countOf(2).metaBlocks).toBe(500)
+    expect(shared.has(blockKey(1, 799)) && !shared.has(blockKey(1, 299))).toBe(true)
+    expect(shared.countOf(1).blocks).toBe(500)
+    // With a third image attached the fair floor shrinks (333 each): image 3 takes from both down to it.
+    shared.floorOf = () => 333
+    for (let b = 0; b < 400; b++) shared.set(blockKey(3, b), blk, 2)
+    expect(shared.countOf(1).metaBlocks).toBeGreaterThanOrEqual(333)
+    expect(shared.countOf(2).metaBlocks).toBeGreaterThanOrEqual(333)
+    expect(shared.countOf(3).metaBlocks).toBe(1000 - shared.countOf(1).metaBlocks - shared.countOf(2).metaBlocks)
+    expect(shared.countOf(3).metaBlocks).toBeGreaterThanOrEqual(333)
+  })
 })
 
 describe('SsdStore', () => {
