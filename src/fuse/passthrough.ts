@@ -319,6 +319,7 @@ export class StoreFs {
     const target = this.at(p)
     await fsp.mkdir(target, { mode })
     await this.giveToCaller(target, caller)
+    this.datapath?.created(path.dirname(this.resolve(p)), path.basename(p))
   }
 
   async rmdir(p: string): Promise<void> {
@@ -443,6 +444,7 @@ export class StoreFs {
       }
     }
     const fh = this.addFile({ fd, path: p, flags: flags & ~O_CREAT, nowaitRead: true, nowaitWrite: true })
+    if (created) this.datapath?.created(path.dirname(this.resolve(p)), path.basename(p))
     return { fh, openFlags: flags & O_DIRECT ? OPEN_DIRECT_IO : 0 }
   }
 

@@ -18,7 +18,6 @@ import path from 'path'
 import { probeImage, probeSmallContainer } from '../introspect/container'
 import { ImageMap } from '../introspect/map/image-map'
 import { log } from '../log'
-import { sys } from '../native/sys'
 import { excludeMatcher } from '../exclude'
 import { BLOCK, RamCache, type RamMirror } from '../store/ram'
 import { SsdStore } from '../store/ssd'
@@ -31,10 +30,11 @@ import { Ledger } from './ledger'
 import { MAX_SCANS, PreloadScheduler, Slots } from './schedule'
 import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
-import { MIN_IMAGE_BYTES, OPT_OUT_XATTR, type DatapathOptions } from './options'
+import { MIN_IMAGE_BYTES, OPT_OUT_XATTR, optedOut, type DatapathOptions } from './options'
 import { warmStart } from './warm-start'
 import { foldNative, NativeData, type NativeDataBinding } from './native-data'
 import { RamDrain } from './ram-drain'
+import { endBoots, lockedImages, vmStarting } from './vm-start'
 
 export { ImageRefused, type ImageEntry, type ScanState } from './image'
 export type { DatapathStats } from './stats'
@@ -97,6 +97,7 @@ export class Datapath {
         foldNative(e.state)
         e.state.noteWrites()
       }
+      endBoots(this.byKey.values(), this.ram)
     }, NOTE_WRITES_MS)
     this.noteTimer.unref()
   }
@@ -141,7 +142,7 @@ export class Datapath {
         await this.forget(known, false)
         await this.ssd.commit().catch(() => undefined)
       } else {
-        known.opens++
+        if (known.opens++ === 0 && known.scan.state !== 'off') vmStarting(known, this.ram, 'reopened', () => this.closed)
         known.closedStat = null
         return known
       }
@@ -244,6 +245,8 @@ export class Datapath {
       unlinked: false,
       restore,
       closedStat: null,
+      boot: null,
+      bootsEnded: 0,
     }
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never
@@ -255,6 +258,7 @@ export class Datapath {
     this.byKey.set(key, entry)
     this.byId.set(entry.id, entry)
     if (!conventional) this.nativeData?.attach(entry)
+    if (!conventional) vmStarting(entry, this.ram, 'first open', () => this.closed)
     log.info(
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
         `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
@@ -285,6 +289,7 @@ export class Datapath {
       room: () => this.capBlocks - this.ledger.heldTotal,
       scheduler: this.preloads,
       progress: entry.progress.preload,
+      rush: () => entry.boot !== null,
     })
     await this.nativeData?.start(entry, () => this.closed || entry.unlinked || !this.byKey.has(entry.key))
     await warm
@@ -388,6 +393,11 @@ export class Datapath {
     if (unlinked) log.info(`image ${e.rel}: unlinked: its blocks and map are forgotten`)
   }
 
+  /** A name was created through the mount in directory `dir` (absolute): a hypervisor's lock of a disk starts its VM (vm-start.ts). */
+  created(dir: string, name: string): void {
+    for (const e of lockedImages(dir, name, this.byKey.values())) vmStarting(e, this.ram, `lock ${name}`, () => this.closed)
+  }
+
   /** `vmdi-fuse destage`: every image, or those whose relative path is `rel`. */
   async destageCommand(rel?: string): Promise<{ path: string; blocks: number }[]> {
     const out: { path: string; blocks: number }[] = []
@@ -433,13 +443,7 @@ export class Datapath {
     this.ramDrain = new RamDrain(this.ram, drain, (id) => this.byId.get(id))
   }
 
-  /**
-   * The binding serves data blocks natively (native-data.ts) for images whose
-   * scan is done; `register` hands an image's table to its open handles,
-   * `unregister` takes it back before the table is retired. Not for the
-   * conventional array, nor under --emulate-hdd (the emulated disk must see
-   * every HDD I/O).
-   */
+  /** The native data path (native-data.ts): `register`/`unregister` hand an image's table to its open handles and take it back. Not for the conventional array, nor under --emulate-hdd (the emulated disk must see every HDD I/O). */
   serveDataNatively(binding: NativeDataBinding, register: (entry: ImageEntry) => void, unregister: (entry: ImageEntry) => void): boolean {
     if (this.opts.cacheMode === 'conventional' || this.opts.hdd) return false
     this.nativeData = new NativeData(binding, register, unregister, this.ram, (id) => this.byId.get(id), this.newDataBlocks > 0)
@@ -492,13 +496,3 @@ export class Datapath {
     await this.ssd.close()
   }
 }
-
-function optedOut(abs: string): boolean {
-  try {
-    const v = sys().lgetxattr(abs, OPT_OUT_XATTR)
-    return typeof v !== 'number' && /^(off|no|0|false)$/i.test(v.toString('utf8').trim())
-  } catch {
-    return false
-  }
-}
-

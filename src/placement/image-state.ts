@@ -18,7 +18,7 @@
 // drops them first (dropCopies).
 
 import fs from 'fs'
-import { BlockClass, isFastData, isFastTier } from '../introspect/classes'
+import { BlockClass, isFastData, isFastTier, priorityOf } from '../introspect/classes'
 import { BLOCK, blockKey, type RamCache } from '../store/ram'
 import { fdatasync, plainDevice, preadFull, pwriteFull, type HddDevice } from '../store/device'
 import type { SsdStore } from '../store/ssd'
@@ -66,6 +66,9 @@ export interface RouterCounters {
   nativeReadBytes: number
   nativeWriteBytes: number
 }
+
+/** The RAM priority of a booting VM's boot files' data (that of xattr blocks: below the structures every lookup walks). */
+export const BOOT_RAM_PRIORITY = 2
 
 /** One all-zero block, shared (never written to: the tiers copy what they take). */
 export const ZERO_BLOCK = Buffer.alloc(BLOCK)
@@ -128,6 +131,8 @@ export class ImageState {
   onTouched: ((b: number) => void) | null = null
   /** The binding's table of blocks it serves natively (null: none, e.g. while the scan runs). */
   native: NativeBlocks | null = null
+  /** Its VM is booting (vm-start.ts): boot files' data goes to RAM at BOOT_RAM_PRIORITY, not the lowest. */
+  booting = false
 
   constructor(
     readonly fd: number,
@@ -151,6 +156,11 @@ export class ImageState {
 
   key(b: number): number {
     return blockKey(this.image, b)
+  }
+
+  /** The RAM priority of a copy of class cls: the class's, except boot files' data while the VM boots. */
+  ramPriority(cls: BlockClass): number {
+    return this.booting && cls === BlockClass.BootFile ? BOOT_RAM_PRIORITY : priorityOf(cls)
   }
 
   stat(cls: BlockClass): ClassStats {

@@ -85,4 +85,8 @@ export interface ImageEntry extends ImageParts {
   restore: Map<number, Buffer> | null
   /** The file's mtime and size when its last handle closed and its destage finished (a reopen checks them). */
   closedStat: { mtimeNs: bigint; size: number } | null
+  /** Its VM is booting (vm-start.ts): since when, and the signal; null: not booting. */
+  boot: { since: number; why: string } | null
+  /** Boots that ended (their boot files' blocks dropped to the lowest RAM priority). */
+  bootsEnded: number
 }

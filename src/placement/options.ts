@@ -1,6 +1,7 @@
 // What a mount's datapath is told: the settings' part that places blocks
 // (src/settings.ts checks them), and the constants of which files are images.
 
+import { sys } from '../native/sys'
 import type { HddModel } from '../store/hdd-model'
 
 export interface DatapathOptions {
@@ -39,3 +40,13 @@ export interface DatapathOptions {
 export const MIN_IMAGE_BYTES = 1 << 20
 /** The extended attribute a VM's owner sets to keep an image out of introspection. */
 export const OPT_OUT_XATTR = 'user.vmdi.introspect'
+
+/** Whether the image's owner kept it out of introspection (OPT_OUT_XATTR set to off, no, 0 or false). */
+export function optedOut(abs: string): boolean {
+  try {
+    const v = sys().lgetxattr(abs, OPT_OUT_XATTR)
+    return typeof v !== 'number' && /^(off|no|0|false)$/i.test(v.toString('utf8').trim())
+  } catch {
+    return false
+  }
+}

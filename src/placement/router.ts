@@ -65,7 +65,7 @@ export class ImageRouter implements Router {
     const held = s.held.read(b)
     if (held) {
       held.data.copy(into, 0, 0, BLOCK)
-      s.ram.set(key, into, priorityOf(cls), true)
+      s.ram.set(key, into, s.ramPriority(cls), true)
       st.ssdHits++
       return
     }
@@ -78,7 +78,7 @@ export class ImageRouter implements Router {
         if (s.held.isDirty(b) || s.ram.has(key)) return this.loadBlock(b, cls, into, forRead)
         return
       }
-      s.ram.set(key, into, priorityOf(cls), true)
+      s.ram.set(key, into, s.ramPriority(cls), true)
       if (isFastTier(cls) && s.canRedirect()) s.held.putClean(b, into, cls)
     } finally {
       w.release()
@@ -229,14 +229,14 @@ export class ImageRouter implements Router {
     const key = s.key(b)
     if (s.canRedirect()) {
       if (!isFastTier(cls) && !s.held.isDirty(b)) s.counters.absorbed++
-      s.ram.set(key, blk, priorityOf(cls), true)
+      s.ram.set(key, blk, s.ramPriority(cls), true)
       s.held.putDirty(b, blk, cls)
       st.redirected++
       return
     }
     // Write-through: the whole block to the HDD, which becomes the authority again.
     await s.hddWrite(blk, 0, Math.min(BLOCK, s.size - b * BLOCK), b * BLOCK)
-    s.ram.set(key, blk, priorityOf(cls), true)
+    s.ram.set(key, blk, s.ramPriority(cls), true)
     s.held.drop(b)
     s.counters.writeThrough++
   }

@@ -4,7 +4,9 @@
 // by class priority (every image's meta-data before any image's small and boot
 // files' data), images whose guest is doing I/O first. The small-file sweep
 // reads only while its own guest pauses, and an image whose guest is busy
-// never holds up another image's sweep.
+// never holds up another image's sweep. An image whose VM is starting (its
+// `rush`, vm-start.ts) goes before all of that: its meta-data, then its boot
+// files' data, whether its guest pauses or not.
 
 import type { BlockRun } from './blocks'
 
@@ -39,6 +41,10 @@ export interface PreloadJob {
   /** Meta-data spans still to read, then small and boot files' data spans (read only while the guest pauses). */
   meta: BlockRun[]
   small: BlockRun[]
+  /** Boot files' data spans (read before `small`; the whole boot set of a starting VM before anything else). */
+  boot?: BlockRun[]
+  /** Its VM is starting: its meta-data and boot files first, ungated. */
+  rush?: () => boolean
   /** Reads one span of the given phase. */
   read: (span: BlockRun, phase: 'meta' | 'small') => Promise<void>
   /** The image's last guest request (ms since the epoch). */
@@ -75,13 +81,20 @@ export class PreloadScheduler {
       for (;;) {
         for (let i = this.jobs.length - 1; i >= 0; i--) {
           const j = this.jobs[i]
-          const finished = !j.meta.length && !j.small.length
+          const finished = !j.meta.length && !j.small.length && !j.boot?.length
           if (finished || j.stopped()) {
             this.jobs.splice(i, 1)
             j.done(finished)
           }
         }
         if (!this.jobs.length) return
+        // A starting VM's boot set first: its meta-data, then its boot files' data.
+        const rushed = this.jobs.find((j) => j.rush?.() && (j.meta.length || j.boot?.length))
+        if (rushed) {
+          if (rushed.meta.length) await rushed.read(rushed.meta.shift()!, 'meta')
+          else await rushed.read(rushed.boot!.shift()!, 'small')
+          continue
+        }
         // Meta-data first, across every image; the busiest guest's first.
         const byActivity = [...this.jobs].sort((a, b) => b.lastGuestIo() - a.lastGuestIo())
         const meta = byActivity.find((j) => j.meta.length)
@@ -91,9 +104,9 @@ export class PreloadScheduler {
         }
         // Then small and boot files' data of an image whose guest pauses; the one idle longest first.
         const now = Date.now()
-        const idle = byActivity.reverse().find((j) => now - j.lastGuestIo() >= this.idleMs)
+        const idle = byActivity.reverse().find((j) => now - j.lastGuestIo() >= this.idleMs && (j.boot?.length || j.small.length))
         if (idle) {
-          await idle.read(idle.small.shift()!, 'small')
+          await idle.read(idle.boot?.length ? idle.boot.shift()! : idle.small.shift()!, 'small')
           continue
         }
         await new Promise((r) => setTimeout(r, this.idleMs))

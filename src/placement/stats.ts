@@ -5,6 +5,7 @@
 import { className } from '../introspect/classes'
 import type { ImageEntry, Progress } from './image'
 import type { ClassStats, RouterCounters } from './image-state'
+import { bootRamBlocks } from './vm-start'
 
 export interface DatapathStats {
   mode: 'introspect' | 'conventional'
@@ -20,6 +21,11 @@ export interface DatapathStats {
     ssdBlocks: number
     classes: Record<string, ClassStats>
     mapClasses: Record<string, number>
+    /** Its VM is booting (since the start signal, until quiet), and the boots that ended. */
+    booting: boolean
+    bootsEnded: number
+    /** Its boot files' data blocks in RAM, and those raised to the boot priority (while booting). */
+    bootRam: { blocks: number; raised: number }
     /** Blocks of it in RAM, and of those the meta-data priorities (what its --ram-floor protects). */
     ramBlocks: number
     ramMetaBlocks: number
@@ -61,6 +67,9 @@ export function imageStats(e: ImageEntry): DatapathStats['images'][number] {
     ...e.state.counters,
     classes: Object.fromEntries([...e.state.stats].sort((a, b) => a[0] - b[0]).map(([c, s]) => [className(c), { ...s }])),
     mapClasses: Object.fromEntries([...e.map.countByClass()].sort((a, b) => a[0] - b[0]).map(([c, n]) => [className(c), n])),
+    booting: e.boot !== null,
+    bootsEnded: e.bootsEnded,
+    bootRam: bootRamBlocks(e, e.state.ram),
     ramBlocks: e.state.ram.countOf(e.id).blocks,
     ramMetaBlocks: e.state.ram.countOf(e.id).metaBlocks,
     nativeTableBytes: e.state.native?.active && e.state.native.built ? e.state.native.stats().tableBytes : null,

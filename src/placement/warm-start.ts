@@ -99,7 +99,7 @@ export class ScanKeeper {
     for (const [b, cls] of take) {
       const blk = kept.get(b)!
       s.held.putClean(b, blk, cls)
-      if (ramWorthy(cls, blk)) s.ram.set(s.key(b), blk, priorityOf(cls), true)
+      if (ramWorthy(cls, blk)) s.ram.set(s.key(b), blk, s.ramPriority(cls), true)
     }
     s.counters.preloaded += take.length
     s.counters.scanKept += take.length
@@ -128,7 +128,7 @@ export async function preloadSpan(s: ImageState, start: number, count: number, w
       const blk = buf.subarray((b - first) * BLOCK, (b - first + 1) * BLOCK)
       s.held.putClean(b, blk, cls)
       // All-zero blocks (unused inode-table space, empty bitmaps) go to the SSD store only.
-      if (ramWorthy(cls, blk)) s.ram.set(s.key(b), blk, priorityOf(cls), true)
+      if (ramWorthy(cls, blk)) s.ram.set(s.key(b), blk, s.ramPriority(cls), true)
       n++
     }
     s.counters.preloaded += n
@@ -165,7 +165,7 @@ export async function refillRam(s: ImageState, want: Want = isFastTier, stop: ()
     if (!s.held.isHeld(b) || s.ram.has(key) || s.classOf(b) !== cls) continue
     const held = s.held.read(b)
     if (!held || !ramWorthy(cls, held.data)) continue
-    s.ram.set(key, held.data, priorityOf(cls), true)
+    s.ram.set(key, held.data, s.ramPriority(cls), true)
     n++
   }
   s.counters.ramRefilled += n
@@ -188,6 +188,8 @@ export interface WarmStartContext {
   scheduler: PreloadScheduler
   /** Blocks of the HDD sweeps' spans read, of all planned (`vmdi-fuse status`). */
   progress?: Progress
+  /** Its VM is starting (vm-start.ts): its meta-data and boot files go first, whether its guest pauses or not. */
+  rush?: () => boolean
 }
 
 /**
@@ -235,18 +237,21 @@ export async function warmStart(c: WarmStartContext): Promise<void> {
   }
   const meta = plan(isMetadata)
   if (adopted) log.info(`image ${c.rel}: warm start: ${adopted} meta-data block(s) kept from the scan's reads, ${meta.missing} to read`)
-  const small = plan(isFastData)
-  if (!meta.spans.length && !small.spans.length) return
+  const boot = plan((cls) => cls === BlockClass.BootFile)
+  const small = plan((cls) => isFastData(cls) && cls !== BlockClass.BootFile)
+  if (!meta.spans.length && !small.spans.length && !boot.spans.length) return
   let t1 = 0
   let smallBefore = 0
   const progress = c.progress
   if (progress) {
-    progress.total = meta.missing + small.missing
+    progress.total = meta.missing + boot.missing + small.missing
     progress.startedMs ||= Date.now()
   }
   const complete = await c.scheduler.submit({
     meta: meta.spans,
+    boot: boot.spans,
     small: small.spans,
+    rush: c.rush,
     read: async ([start, count], phase) => {
       if (phase === 'small' && !t1) {
         t1 = Date.now()
@@ -260,7 +265,7 @@ export async function warmStart(c: WarmStartContext): Promise<void> {
     lastGuestIo: () => s.lastGuestIo,
     stopped: () => c.stopped() || c.room() <= 0,
   })
-  if (small.missing === 0 || !t1) return
+  if (small.missing + boot.missing === 0 || !t1) return
   const n = s.counters.preloaded - smallBefore
   log.info(`image ${c.rel}: small and boot files: ${n} data block(s) (${(n / 256).toFixed(1)} MiB) copied to the SSD store in ${Date.now() - t1} ms${complete ? '' : ' (stopped early: unmount, SSD store full or failed)'}`)
 }

@@ -228,6 +228,26 @@ export class RamCache {
     return null
   }
 
+  /** The priority a block is cached at, or -1. */
+  priorityOf(key: number): number {
+    return this.level.get(key) ?? -1
+  }
+
+  /** A cached block moves to priority p (its bytes and recency stay); false when it is not cached. */
+  setPriority(key: number, priority: number): boolean {
+    const old = this.level.get(key)
+    if (old === undefined) return false
+    const p = Math.max(0, Math.min(this.lrus.length - 1, priority))
+    if (p === old) return true
+    const slot = this.lrus[old].peek(key) as number
+    this.lrus[old].delete(key)
+    this.count(key, old, -1, false)
+    this.lrus[p].set(key, slot)
+    this.level.set(key, p)
+    this.count(key, p, 1, false)
+    return true
+  }
+
   /** Blocks of `image` in RAM now: all of them, and those of meta-data priority (> 0). */
   countOf(image: number): { blocks: number; metaBlocks: number } {
     return { blocks: this.allCount.get(image) ?? 0, metaBlocks: this.metaCount.get(image) ?? 0 }
