@@ -59,6 +59,9 @@ export interface PreloadJob {
 export class PreloadScheduler {
   private readonly jobs: PreloadJob[] = []
   private running = false
+  /** When each starting VM's job was last served (a boot storm's VMs take turns, span by span). */
+  private readonly rushServed = new Map<PreloadJob, number>()
+  private turns = 0
 
   constructor(private readonly idleMs: number) {}
 
@@ -84,13 +87,19 @@ export class PreloadScheduler {
           const finished = !j.meta.length && !j.small.length && !j.boot?.length
           if (finished || j.stopped()) {
             this.jobs.splice(i, 1)
+            this.rushServed.delete(j)
             j.done(finished)
           }
         }
         if (!this.jobs.length) return
-        // A starting VM's boot set first: its meta-data, then its boot files' data.
-        const rushed = this.jobs.find((j) => j.rush?.() && (j.meta.length || j.boot?.length))
+        // A starting VM's boot set first: its meta-data, then its boot files' data; several starting VMs take turns.
+        let rushed: PreloadJob | null = null
+        for (const j of this.jobs) {
+          if (!j.rush?.() || (!j.meta.length && !j.boot?.length)) continue
+          if (!rushed || (this.rushServed.get(j) ?? -1) < (this.rushServed.get(rushed) ?? -1)) rushed = j
+        }
         if (rushed) {
+          this.rushServed.set(rushed, this.turns++)
           if (rushed.meta.length) await rushed.read(rushed.meta.shift()!, 'meta')
           else await rushed.read(rushed.boot!.shift()!, 'small')
           continue

@@ -64,6 +64,34 @@ describe('PreloadScheduler', () => {
     expect(log.slice(4)).toEqual(['idle:small', 'idle:small'])
   })
 
+  it("starting VMs go first, meta-data then boot files, ungated by their busy guests, and take turns span by span", async () => {
+    const sched = new PreloadScheduler(50)
+    const log: string[] = []
+    let over = false
+    const job = (name: string, rush: boolean) =>
+      sched.submit({
+        meta: spans(2),
+        boot: spans(2, 500),
+        small: spans(1, 1000),
+        rush: () => rush,
+        read: async (s, phase) => {
+          log.push(`${name}:${phase === 'meta' ? 'meta' : s[0] >= 1000 ? 'small' : 'boot'}`)
+          await sleep(1)
+        },
+        lastGuestIo: () => (rush ? Date.now() : 0), // the starting VMs are busy; the other one idle
+        stopped: () => over,
+      })
+    const all = Promise.all([job('idle', false), job('a', true), job('b', true)])
+    await sleep(200)
+    // The first job submitted starts the queue (one span); then a and b alternate through meta-data and boot files.
+    expect(log.slice(1, 9)).toEqual(['a:meta', 'b:meta', 'a:meta', 'b:meta', 'a:boot', 'b:boot', 'a:boot', 'b:boot'])
+    // Their small files wait for their guests to pause (they never do here); the idle image's do not.
+    expect(log).toContain('idle:small')
+    expect(log.filter((l) => l.endsWith(':small') && !l.startsWith('idle'))).toEqual([])
+    over = true
+    expect(await all).toEqual([true, false, false])
+  })
+
   it("a guest that never pauses holds back its own small files only, not another image's", async () => {
     const sched = new PreloadScheduler(50)
     const log: string[] = []
