@@ -36,6 +36,7 @@ struct vmdi_data {
   int retired;         /* atomics: no native I/O any more */
   int failed;          /* memory ran short in a change: everything passes */
   int writes_js;       /* every write passes (a scan is running) */
+  int reads_js;        /* every read passes (JavaScript learns what a booting VM reads) */
   uint64_t size;       /* the file's size as JavaScript knows it */
   uint64_t reads, writes, read_bytes, write_bytes, last_read, last_write, passed;
   uint64_t bytes;      /* bitmaps and second levels allocated */
@@ -268,6 +269,10 @@ int vmdi_data_get (vmdi_data_t *t, uint64_t block) {
   return is_uniform(e) ? uniform_state(e) : bit_state((const uint8_t *) e, block & CHUNK_MASK);
 }
 
+void vmdi_data_reads_to_js (vmdi_data_t *t, int on) {
+  __atomic_store_n(&(t->reads_js), on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
 void vmdi_data_writes_to_js (vmdi_data_t *t, int on) {
   __atomic_store_n(&(t->writes_js), on ? 1 : 0, __ATOMIC_RELEASE);
   grace(t);
@@ -355,6 +360,7 @@ static int enter (vmdi_data_t *t, size_t len, off_t offset, int is_write, int st
   int n = stripes_of(first, last, st);
   if (n < 0 || !lock_stripes(t, st, n)) return 0;
   int ok = !__atomic_load_n(&(t->retired), __ATOMIC_ACQUIRE) && !__atomic_load_n(&(t->failed), __ATOMIC_ACQUIRE);
+  if (ok && !is_write) ok = !__atomic_load_n(&(t->reads_js), __ATOMIC_ACQUIRE);
   if (ok && is_write) {
     ok = !__atomic_load_n(&(t->writes_js), __ATOMIC_ACQUIRE) &&
       (uint64_t) offset + len <= __atomic_load_n(&(t->size), __ATOMIC_ACQUIRE);

@@ -86,6 +86,10 @@ int vmdi_data_get (vmdi_data_t *t, uint64_t block);
  * it returns, no native write that started before is still running. */
 void vmdi_data_writes_to_js (vmdi_data_t *t, int on);
 
+/* on: every read goes to JavaScript (it records what a booting VM reads); no wait: a
+ * read already running natively is only not recorded. */
+void vmdi_data_reads_to_js (vmdi_data_t *t, int on);
+
 /* After it returns no native I/O runs or starts on t; its directory is freed. t
  * itself stays valid (a few KiB, never freed: a worker thread may still hold it)
  * and answers PASS. */

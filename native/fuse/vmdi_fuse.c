@@ -286,6 +286,15 @@ static NAPI_METHOD(fuse_native_data_size) {
   return NULL;
 }
 
+// fuse_native_data_reads_js(table, on): every read to JavaScript (1) or not (0).
+static NAPI_METHOD(fuse_native_data_reads_js) {
+  NAPI_ARGV(2)
+  VMDI_ARGV_TABLE(t, 0)
+  NAPI_ARGV_UINT32(on, 1);
+  vmdi_data_reads_to_js(t, on != 0);
+  return NULL;
+}
+
 // fuse_native_data_writes_js(table, on): every write to JavaScript (1) or not (0);
 // returns once the native writes in flight have finished.
 static NAPI_METHOD(fuse_native_data_writes_js) {
@@ -387,6 +396,7 @@ void vmdi_fuse_export (napi_env env, napi_value exports, size_t offset) {
   NAPI_EXPORT_FUNCTION(fuse_native_data_get)
   NAPI_EXPORT_FUNCTION(fuse_native_data_size)
   NAPI_EXPORT_FUNCTION(fuse_native_data_writes_js)
+  NAPI_EXPORT_FUNCTION(fuse_native_data_reads_js)
   NAPI_EXPORT_FUNCTION(fuse_native_data_fh)
   NAPI_EXPORT_FUNCTION(fuse_native_data_stats)
   NAPI_EXPORT_FUNCTION(fuse_native_data_retire)

@@ -185,6 +185,7 @@ class Mount {
       get: (t, block) => f.dataGet(t, block),
       size: (t, bytes) => void f.dataSize(t, bytes),
       writesToJs: (t, on) => void f.dataWritesToJs(t, on),
+      readsToJs: (t, on) => void f.dataReadsToJs(t, on),
       stats: (t) => f.dataStats(t),
       retire: (t) => void f.dataRetire(t),
     }

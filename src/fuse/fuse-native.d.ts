@@ -46,6 +46,7 @@ declare module 'fuse-native' {
     dataSize(table: Fuse.NativeDataTable, bytes: number): void
     /** on: every write goes to JavaScript (a scan is running); returns once the native writes in flight have finished. */
     dataWritesToJs(table: Fuse.NativeDataTable, on: boolean): void
+    dataReadsToJs(table: Fuse.NativeDataTable, on: boolean): void
     /** Serve handle fh with the table (its direct_io opens then get parallel writes), or stop (null). false: fh too large or not mounted. */
     dataFh(fh: number, table: Fuse.NativeDataTable | null): boolean
     dataStats(table: Fuse.NativeDataTable): { reads: number; writes: number; readBytes: number; writeBytes: number; lastReadMs: number; lastWriteMs: number; passed: number; tableBytes: number }

@@ -97,7 +97,7 @@ export class Datapath {
         foldNative(e.state)
         e.state.noteWrites()
       }
-      endBoots(this.byKey.values(), this.ram)
+      endBoots(this.byKey.values(), this.ram, this.ssd)
     }, NOTE_WRITES_MS)
     this.noteTimer.unref()
   }
@@ -142,7 +142,7 @@ export class Datapath {
         await this.forget(known, false)
         await this.ssd.commit().catch(() => undefined)
       } else {
-        if (known.opens++ === 0 && known.scan.state !== 'off') vmStarting(known, this.ram, 'reopened', () => this.closed)
+        if (known.opens++ === 0 && known.scan.state !== 'off') vmStarting(known, this.ram, this.ssd, 'reopened', () => this.closed)
         known.closedStat = null
         return known
       }
@@ -247,6 +247,7 @@ export class Datapath {
       closedStat: null,
       boot: null,
       bootsEnded: 0,
+      bootLearned: 0,
     }
     if (!reg.clean && reg.status === 'same') {
       // No clean-unmount record: the last mount ended in a crash (or the image was never
@@ -258,7 +259,7 @@ export class Datapath {
     this.byKey.set(key, entry)
     this.byId.set(entry.id, entry)
     if (!conventional) this.nativeData?.attach(entry)
-    if (!conventional) vmStarting(entry, this.ram, 'first open', () => this.closed)
+    if (!conventional) vmStarting(entry, this.ram, this.ssd, 'first open', () => this.closed)
     log.info(
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
         `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
@@ -395,7 +396,7 @@ export class Datapath {
 
   /** A name was created through the mount in directory `dir` (absolute): a hypervisor's lock of a disk starts its VM (vm-start.ts). */
   created(dir: string, name: string): void {
-    for (const e of lockedImages(dir, name, this.byKey.values())) vmStarting(e, this.ram, `lock ${name}`, () => this.closed)
+    for (const e of lockedImages(dir, name, this.byKey.values())) vmStarting(e, this.ram, this.ssd, `lock ${name}`, () => this.closed, true)
   }
 
   /** `vmdi-fuse destage`: every image, or those whose relative path is `rel`. */

@@ -65,6 +65,8 @@ export interface RouterCounters {
   nativeWrites: number
   nativeReadBytes: number
   nativeWriteBytes: number
+  /** Blocks of the learnt boot set (what the VM read during its last boot) read into RAM at a start. */
+  bootPrefetched: number
 }
 
 /** The RAM priority of a booting VM's boot files' data (that of xattr blocks: below the structures every lookup walks). */
@@ -110,7 +112,7 @@ export interface ImageStateOptions {
 
 export class ImageState {
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0, nativeReads: 0, nativeWrites: 0, nativeReadBytes: 0, nativeWriteBytes: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0, nativeReads: 0, nativeWrites: 0, nativeReadBytes: 0, nativeWriteBytes: 0, bootPrefetched: 0 }
   readonly watch: BlockWatch
   readonly dev: HddDevice
   readonly canRedirect: () => boolean
@@ -133,6 +135,8 @@ export class ImageState {
   native: NativeBlocks | null = null
   /** Its VM is booting (vm-start.ts): boot files' data goes to RAM at BOOT_RAM_PRIORITY, not the lowest. */
   booting = false
+  /** Told of every guest read's blocks (vm-start.ts records what a booting VM reads). */
+  onGuestRead: ((first: number, last: number) => void) | null = null
 
   constructor(
     readonly fd: number,
@@ -283,5 +287,6 @@ export function countServedFromRam(s: ImageState, b: number, at: number): void {
   st.reads++
   st.ramHits++
   s.counters.nativeRamHits++
+  s.onGuestRead?.(b, b)
   if (at > s.lastGuestIo) s.lastGuestIo = at
 }

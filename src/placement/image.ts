@@ -89,4 +89,6 @@ export interface ImageEntry extends ImageParts {
   boot: { since: number; why: string } | null
   /** Boots that ended (their boot files' blocks dropped to the lowest RAM priority). */
   bootsEnded: number
+  /** Blocks of the boot set learnt at the last boot's end (0: none yet). */
+  bootLearned: number
 }

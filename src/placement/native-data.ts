@@ -5,8 +5,8 @@
 //
 // | state  | the binding may | the block is                                            |
 // | ------ | --------------- | ------------------------------------------------------- |
-// | NONE   | nothing         | fast-tier (meta-data, small/boot files' data: the live map must see its writes, the tiers serve its reads), dirty (the SSD store is the authority), block 0 (the identity signature follows its writes), not yet learnt, or past the end |
-// | READ   | read it         | data whose HDD copy is the authority, with a clean copy in RAM or the SSD store, a load in progress, or not known to be allocated by the guest while new data is held |
+// | NONE   | nothing         | fast-tier (meta-data, small/boot files' data: the live map must see its writes, the tiers serve its reads), dirty (the SSD store is the authority), a copy in RAM (the RAM index answers its reads), block 0 (the identity signature follows its writes), not yet learnt, or past the end |
+// | READ   | read it         | data whose HDD copy is the authority, with a clean copy in the SSD store, a load in progress, or not known to be allocated by the guest while new data is held |
 // | RW     | read and write  | data with no copy anywhere, allocated in the guest (or new data is not held) |
 //
 // Rules (the ordering the binding gives: a state change waits for native I/O
@@ -63,6 +63,7 @@ export interface NativeDataBinding {
   get(t: NativeTable, block: number): number
   size(t: NativeTable, bytes: number): void
   writesToJs(t: NativeTable, on: boolean): void
+  readsToJs(t: NativeTable, on: boolean): void
   stats(t: NativeTable): NativeDataStats
   retire(t: NativeTable): void
 }
@@ -101,8 +102,9 @@ export class NativeBlocks {
    * image's handles may already use: only raises, each block straight to its
    * final state, so the binding never sees a state above the one it ends at.
    * Every block but block 0 is RW, except the `fast` runs (fast-tier classes)
-   * and `dirty` blocks (NONE), and the `free` runs (free in the guest's bitmaps
-   * while new data is held) and blocks with `copies` (READ).
+   * and `dirty` blocks (NONE: dirty copies, and RAM copies the RAM index
+   * answers), and the `free` runs (free in the guest's bitmaps while new data
+   * is held) and blocks with `copies` (READ: clean SSD copies, loads in progress).
    */
   build(fast: Iterable<[number, number]>, free: Iterable<[number, number]>, copies: Iterable<number>, dirty: Iterable<number>): void {
     if (this.retired) return
@@ -180,6 +182,11 @@ export class NativeBlocks {
     if (!this.retired) this.b.writesToJs(this.table, on)
   }
 
+  /** While on, every read goes to JavaScript (it records what a booting VM reads, vm-start.ts). */
+  readsToJs(on: boolean): void {
+    if (!this.retired) this.b.readsToJs(this.table, on)
+  }
+
   stats(): NativeDataStats {
     return this.retired ? this.seen : this.b.stats(this.table)
   }
@@ -228,10 +235,10 @@ export class NativeData {
     /** New data is held on the SSD store (--new-data): blocks free in the guest's bitmaps stay READ. */
     private readonly holdNew: boolean,
   ) {
-    // A copy going to RAM: no native write of the block may slip past it.
+    // A copy going to RAM: no native write of the block may slip past it, and its reads go to the RAM index.
     ram.onSet = (key) => {
       const { image, block } = splitKey(key)
-      lookup(image)?.state.native?.lower(block, 1, NATIVE_READ)
+      lookup(image)?.state.native?.lower(block, 1, NATIVE_NONE)
     }
   }
 
@@ -271,7 +278,8 @@ export class NativeData {
     if (gone() || !s.native.active) return
     const fast: Array<[number, number]> = []
     for (const [start, count, cls] of entry.map.runs()) if (isFastTier(cls)) fast.push([start, count])
-    s.native.build(fast, free, [...this.ram.blocksOf(entry.id), ...s.held.heldBlocks(), ...s.watch.watchedBlocks()], s.held.dirtyBlocks())
+    // RAM copies NONE: the binding's RAM index answers them (a miss comes to JavaScript, which learns the block again).
+    s.native.build(fast, free, [...s.held.heldBlocks(), ...s.watch.watchedBlocks()], [...s.held.dirtyBlocks(), ...this.ram.blocksOf(entry.id)])
     this.register(entry)
   }
 

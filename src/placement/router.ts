@@ -98,6 +98,7 @@ export class ImageRouter implements Router {
     // it never displaces meta-data, and uses what the budget has left, as an array would.
     const firstBlock = Math.floor(pos / BLOCK)
     const lastBlock = Math.floor((pos + n - 1) / BLOCK)
+    if (guest) s.onGuestRead?.(firstBlock, lastBlock)
     // With the native data path the binding reads data blocks itself: no read-ahead copies for it to miss.
     const sequential = guest && !s.native?.built && this.ra.note(firstBlock, lastBlock)
     let runStart = -1 // data run: first byte position

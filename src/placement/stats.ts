@@ -26,6 +26,8 @@ export interface DatapathStats {
     bootsEnded: number
     /** Its boot files' data blocks in RAM, and those raised to the boot priority (while booting). */
     bootRam: { blocks: number; raised: number }
+    /** Blocks of its learnt boot set (what its VM read during its last boot; prefetched at the next start). */
+    bootLearned: number
     /** Blocks of it in RAM, and of those the meta-data priorities (what its --ram-floor protects). */
     ramBlocks: number
     ramMetaBlocks: number
@@ -70,6 +72,7 @@ export function imageStats(e: ImageEntry): DatapathStats['images'][number] {
     booting: e.boot !== null,
     bootsEnded: e.bootsEnded,
     bootRam: bootRamBlocks(e, e.state.ram),
+    bootLearned: e.bootLearned,
     ramBlocks: e.state.ram.countOf(e.id).blocks,
     ramMetaBlocks: e.state.ram.countOf(e.id).metaBlocks,
     nativeTableBytes: e.state.native?.active && e.state.native.built ? e.state.native.stats().tableBytes : null,

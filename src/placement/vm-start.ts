@@ -18,16 +18,29 @@
 // quiet for bootQuietMs() (20 s), or BOOT_MAX_MS after the signal; then its boot files'
 // blocks in RAM go to priority 0 (they stay cached while nothing needs the room).
 //
-// Not done (said in docs/datapath.md): the boot set is not learnt (the blocks a
-// VM read during its last boot are not recorded), so data a boot reads beyond
-// the boot files found by name comes from the disk.
+// The boot set is also learnt: from the signal until the boot ends, every
+// block the guest reads is recorded (the native data path sends the image's
+// reads to JavaScript meanwhile, so none is missed), and at the end the data
+// blocks among them (up to MAX_LEARN_BLOCKS) are kept in the SSD store
+// (SsdStore.saveBootSet). At the next start they are read from the HDD into
+// RAM at BOOT_RAM_PRIORITY, in file order, ahead of the guest's need; at the end
+// of that boot they drop to priority 0 like the boot files.
 
 import path from 'path'
-import { BlockClass, isMetadata } from '../introspect/classes'
+import { BlockClass, isFastTier, isMetadata } from '../introspect/classes'
 import { log } from '../log'
-import type { RamCache } from '../store/ram'
+import { preadFull } from '../store/device'
+import { BLOCK, type RamCache } from '../store/ram'
+import type { SsdStore } from '../store/ssd'
+import { foldRuns } from './blocks'
 import type { ImageEntry } from './image'
 import { BOOT_RAM_PRIORITY, ramWorthy } from './image-state'
+import { NATIVE_NONE } from './native-data'
+
+/** Blocks of a learnt boot set at most (1 GiB); a boot that reads more keeps its first ones. */
+export const MAX_LEARN_BLOCKS = 262_144
+/** Largest prefetch read of the learnt set, in blocks (1 MiB). */
+const PREFETCH_SPAN = 256
 
 /** The boot is over once the guest has made no request for this long (VMDI_BOOT_QUIET_MS: tests). */
 export function bootQuietMs(): number {
@@ -58,14 +71,71 @@ export function lockedImages(dir: string, name: string, images: Iterable<ImageEn
   return out
 }
 
-/** The VM of `entry` starts (`why`: the signal, for the log): its boot set goes first. */
-export function vmStarting(entry: ImageEntry, ram: RamCache, why: string, stop: () => boolean): void {
+/**
+ * The VM of `entry` starts (`why`: the signal, for the log): its boot set goes
+ * first, and what it reads through JavaScript is learnt. `learnAll` (a lock
+ * file: the hypervisor says a VM boots): for BOOT_LEARN_MS every read goes to
+ * JavaScript so that none is missed; after a mere open the native data path
+ * keeps serving data reads (a VM that opens its disk and streams, or fio, must
+ * not pay for learning), and only what reaches JavaScript is learnt.
+ */
+export function vmStarting(entry: ImageEntry, ram: RamCache, ssd: SsdStore, why: string, stop: () => boolean, learnAll = false): void {
   const now = Date.now()
   const again = entry.boot !== null
   entry.boot = { since: now, why }
-  entry.state.booting = true
-  if (!again) log.info(`image ${entry.rel}: VM start (${why}): its meta-data and boot files go to RAM first`)
-  void copyBootSet(entry, ram, stop)
+  const s = entry.state
+  s.booting = true
+  if (learnAll && !forced.has(entry) && s.native?.active) {
+    forced.set(entry, now)
+    s.native.readsToJs(true)
+  }
+  if (again) return
+  const read = new Set<number>()
+  learning.set(entry, read)
+  s.onGuestRead = (first, last) => {
+    for (let b = first; b <= last && read.size < MAX_LEARN_BLOCKS; b++) read.add(b)
+  }
+  const learnt = ssd.bootSet(entry.id)
+  log.info(`image ${entry.rel}: VM start (${why}): its meta-data and boot files go to RAM first${learnt ? `, then the ${learnt.reduce((a, r) => a + r[1], 0)} block(s) its last boot read` : ''}`)
+  void copyBootSet(entry, ram, stop).then(() => (learnt ? prefetchLearnt(entry, ram, learnt, stop) : undefined))
+}
+
+/** What each booting image's guest has read since its start (the boot set being learnt). */
+const learning = new WeakMap<ImageEntry, Set<number>>()
+/** Images whose every read goes to JavaScript while they boot (a lock-file start), since when. */
+const forced = new Map<ImageEntry, number>()
+/** A forced learning window lasts at most this long, even if the boot goes on. */
+export const BOOT_LEARN_MS = 120_000
+
+/** The learnt boot set's data blocks, from the HDD into RAM at BOOT_RAM_PRIORITY, in file order, a span between guest requests. */
+async function prefetchLearnt(entry: ImageEntry, ram: RamCache, runs: Array<[number, number]>, stop: () => boolean): Promise<void> {
+  const s = entry.state
+  const fileBlocks = Math.ceil(s.size / BLOCK)
+  for (const [start, count] of runs) {
+    for (let at = start; at < Math.min(start + count, fileBlocks); at += PREFETCH_SPAN) {
+      if (stop() || !entry.boot) return
+      const end = Math.min(at + PREFETCH_SPAN, start + count, fileBlocks)
+      const w = s.watch.range(at, end)
+      try {
+        const buf = Buffer.allocUnsafe((end - at) * BLOCK)
+        await preadFull(s.dev, buf, 0, buf.length, at * BLOCK)
+        for (let b = at; b < end; b++) {
+          // Meta-data and boot files come by their own path; a write meanwhile, or a copy, wins.
+          if (s.routedAsMeta(b) || s.held.isHeld(b) || w.written(b) || ram.has(s.key(b))) continue
+          ram.set(s.key(b), buf.subarray((b - at) * BLOCK, (b - at + 1) * BLOCK), BOOT_RAM_PRIORITY, true)
+          // The binding then answers it from RAM (its RAM index), not from the HDD file.
+          s.native?.lower(b, 1, NATIVE_NONE)
+          s.counters.bootPrefetched++
+        }
+      } catch (e) {
+        log.warn(`image ${entry.rel}: prefetch of the learnt boot set stopped: ${(e as Error).message}`)
+        return
+      } finally {
+        w.release()
+      }
+      await new Promise((r) => setImmediate(r))
+    }
+  }
 }
 
 /** What the SSD store holds of the boot set, into RAM (meta-data first), a few hundred blocks between guest requests. */
@@ -105,18 +175,44 @@ export function bootRamBlocks(e: ImageEntry, ram: RamCache): { blocks: number; r
   return { blocks, raised }
 }
 
-/** Ends the boots that are over (quiet, or too long): boot files' blocks in RAM drop to the lowest priority. */
-export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, now = Date.now()): void {
+/**
+ * Ends the boots that are over (quiet, or too long): what the guest read is
+ * kept as the image's boot set (its data blocks), and the blocks in RAM only
+ * the boot needed (boot files' data, the learnt set's prefetched blocks) drop
+ * to the lowest priority.
+ */
+export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdStore, now = Date.now()): void {
+  for (const [e, since] of forced) {
+    if (e.boot && now - since < BOOT_LEARN_MS) continue
+    forced.delete(e)
+    e.state.native?.readsToJs(false)
+  }
   for (const e of images) {
     const b = e.boot
     if (!b) continue
-    const quiet = now - Math.max(e.state.lastGuestIo, b.since) >= bootQuietMs()
+    const s = e.state
+    const quiet = now - Math.max(s.lastGuestIo, b.since) >= bootQuietMs()
     if (!quiet && now - b.since < BOOT_MAX_MS) continue
     e.boot = null
-    e.state.booting = false
+    s.booting = false
+    s.onGuestRead = null
+    if (forced.delete(e)) s.native?.readsToJs(false)
+    const read = learning.get(e)
+    learning.delete(e)
+    const data = read ? [...read].filter((blk) => !isFastTier(s.classOf(blk))).sort((x, y) => x - y) : []
+    if (data.length && !ssd.failed) {
+      ssd.saveBootSet(e.id, foldRuns(data))
+      e.bootLearned = data.length
+    }
     let n = 0
-    for (const blk of ram.blocksOf(e.id)) if (e.state.classOf(blk) === BlockClass.BootFile && ram.setPriority(e.state.key(blk), 0)) n++
+    for (const blk of ram.blocksOf(e.id)) {
+      const key = s.key(blk)
+      if (ram.priorityOf(key) === BOOT_RAM_PRIORITY && !isMetadata(s.classOf(blk)) && ram.setPriority(key, 0)) n++
+    }
     e.bootsEnded++
-    log.info(`image ${e.rel}: boot over (${quiet ? `quiet for ${bootQuietMs() / 1000} s` : `${BOOT_MAX_MS / 60_000} min after the start`}): ${n} block(s) of boot files' data in RAM dropped to the lowest priority`)
+    log.info(
+      `image ${e.rel}: boot over (${quiet ? `quiet for ${bootQuietMs() / 1000} s` : `${BOOT_MAX_MS / 60_000} min after the start`}): ` +
+        `${data.length} data block(s) it read kept as its boot set; ${n} block(s) in RAM only the boot needed dropped to the lowest priority`,
+    )
   }
 }

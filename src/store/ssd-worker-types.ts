@@ -18,6 +18,8 @@ export type WriteOp =
   | { op: 'cleanRecord'; id: number; data: Uint8Array | null }
   /** When the daemon last wrote the image's HDD file (ms since the epoch): a later change is someone else's. */
   | { op: 'written'; id: number; ms: number }
+  /** A key of the meta table set (value) or removed (null): an image's learnt boot set is `boot:<id>`. */
+  | { op: 'meta'; key: string; value: string | null }
 
 export interface Batch {
   seq: number

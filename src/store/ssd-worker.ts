@@ -25,6 +25,8 @@ const syncRow = db.prepare("INSERT INTO meta(key, value) VALUES ('sync', ?) ON C
 const cleanRecord = db.prepare('UPDATE images SET clean = ? WHERE id = ?')
 const rename = db.prepare('UPDATE images SET path = ? WHERE id = ?')
 const written = db.prepare('UPDATE images SET written = ? WHERE id = ?')
+const setMeta = db.prepare('INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value')
+const delMeta = db.prepare('DELETE FROM meta WHERE key = ?')
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
 const apply = db.transaction((m: Batch) => {
@@ -43,6 +45,10 @@ const apply = db.transaction((m: Batch) => {
     else if (o.op === 'sync') syncRow.run(String(Date.now()))
     else if (o.op === 'cleanRecord') cleanRecord.run(o.data ? buf(o.data) : null, o.id)
     else if (o.op === 'written') written.run(o.ms, o.id)
+    else if (o.op === 'meta') {
+      if (o.value === null) delMeta.run(o.key)
+      else setMeta.run(o.key, o.value)
+    }
     else {
       forgetBlocks.run(o.id)
       forgetImage.run(o.id)

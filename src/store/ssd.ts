@@ -82,6 +82,8 @@ export class SsdStore {
   private nextImage = 1
   /** Images registered by this process, by path: the worker may not have written their row yet. */
   private readonly registered = new Map<string, ImageIdentity & { id: number }>()
+  /** Boot sets saved by this process (bootSet answers them before the writer commits). */
+  private readonly bootSets = new Map<number, Array<[number, number]> | null>()
   /** Called once when a write transaction fails (disk full, I/O error): the owner stops redirecting. */
   onFailure: ((e: Error) => void) | null = null
 
@@ -370,6 +372,7 @@ export class SsdStore {
 
   /** Drops an image's blocks, map and clean record (it changed behind our back; it has no dirty blocks). */
   resetImage(id: number): void {
+    this.saveBootSet(id, null)
     this.truncate(id, 0)
     this.enqueue({ op: 'map', id, data: null }, null, null)
     this.enqueue({ op: 'cleanRecord', id, data: null }, null, null)
@@ -385,6 +388,31 @@ export class SsdStore {
     for (const [p, r] of this.registered) if (r.id === id) this.registered.delete(p)
     this.truncate(id, 0)
     this.enqueue({ op: 'forget', id }, null, null)
+    this.saveBootSet(id, null)
+  }
+
+  /**
+   * The blocks an image's VM read during its last boot, as ascending runs
+   * [firstBlock, count] (vm-start.ts), or null. Kept in the meta table under
+   * `boot:<id>` as JSON (a hint: no schema change); what this process saved
+   * is answered from memory (the writer thread may not have committed it yet).
+   */
+  bootSet(id: number): Array<[number, number]> | null {
+    if (this.bootSets.has(id)) return this.bootSets.get(id) ?? null
+    try {
+      const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(`boot:${id}`) as { value: string } | undefined
+      const runs = row ? (JSON.parse(row.value) as unknown) : null
+      const ok = Array.isArray(runs) && runs.every((r) => Array.isArray(r) && r.length === 2 && r.every((x) => Number.isSafeInteger(x) && x >= 0))
+      return ok ? (runs as Array<[number, number]>) : null
+    } catch {
+      return null
+    }
+  }
+
+  /** Keeps (or, null, forgets) an image's learnt boot set. */
+  saveBootSet(id: number, runs: Array<[number, number]> | null): void {
+    this.bootSets.set(id, runs)
+    this.enqueue({ op: 'meta', key: `boot:${id}`, value: runs ? JSON.stringify(runs) : null }, null, null)
   }
 
   /**
