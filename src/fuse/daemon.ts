@@ -184,7 +184,6 @@ class Mount {
       clamp: (t, start, count, max) => void f.dataClamp(t, start, count, max),
       get: (t, block) => f.dataGet(t, block),
       size: (t, bytes) => void f.dataSize(t, bytes),
-      writesToJs: (t, on) => void f.dataWritesToJs(t, on),
       readsToJs: (t, on) => void f.dataReadsToJs(t, on),
       stats: (t) => f.dataStats(t),
       retire: (t) => void f.dataRetire(t),

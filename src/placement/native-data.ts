@@ -21,10 +21,10 @@
 //   not held back raises to RW (when new data is held, only for blocks the
 //   guest's bitmaps show allocated). So the first access after any lowering
 //   goes through JavaScript once, then natively again.
-// - No table while the scan runs (its race check sees every write), under
-//   --emulate-hdd (the emulated disk must see every HDD I/O), for the
-//   conventional array (benchmark configuration (b)), or with
-//   VMDI_DATA_NATIVE=off.
+// - The table is all NONE from the attach until the scan is done (its race
+//   check sees every write); no table at all under --emulate-hdd (the emulated
+//   disk must see every HDD I/O), for the conventional array (benchmark
+//   configuration (b)), or with VMDI_DATA_NATIVE=off.
 
 import { BlockClass, isFastTier } from '../introspect/classes'
 import { log } from '../log'
@@ -62,7 +62,6 @@ export interface NativeDataBinding {
   clamp(t: NativeTable, start: number, count: number, max: number): void
   get(t: NativeTable, block: number): number
   size(t: NativeTable, bytes: number): void
-  writesToJs(t: NativeTable, on: boolean): void
   readsToJs(t: NativeTable, on: boolean): void
   stats(t: NativeTable): NativeDataStats
   retire(t: NativeTable): void
@@ -177,11 +176,6 @@ export class NativeBlocks {
     return this.retired ? NATIVE_NONE : this.b.get(this.table, b)
   }
 
-  /** While on, every write goes to JavaScript (a scan or an update that must see them); in-flight native writes have ended when this returns. */
-  writesToJs(on: boolean): void {
-    if (!this.retired) this.b.writesToJs(this.table, on)
-  }
-
   /** While on, every read goes to JavaScript (it records what a booting VM reads, vm-start.ts). */
   readsToJs(on: boolean): void {
     if (!this.retired) this.b.readsToJs(this.table, on)
@@ -219,10 +213,6 @@ export class NativeBlocks {
   }
 }
 
-/** Blocks of a file of `bytes` bytes. */
-export function blocksOf(bytes: number): number {
-  return Math.ceil(bytes / BLOCK)
-}
 
 /** The native data path of a mount: every image's table, from its start (the scan done) to its retirement. */
 export class NativeData {

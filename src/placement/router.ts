@@ -17,7 +17,7 @@
 // partial write's read-modify-write never loses a concurrent write; a load
 // that read a block before a write to it landed never caches what it read.
 
-import { BlockClass, isFastTier, priorityOf } from '../introspect/classes'
+import { BlockClass, isFastTier } from '../introspect/classes'
 import { BLOCK } from '../store/ram'
 import { preadFull } from '../store/device'
 import { countServedFromRam, ImageState, syncImage, type Router } from './image-state'
