@@ -46,6 +46,8 @@ export interface ProgressStats {
   mibPerSec: number | null
   /** Seconds left at that rate; 0 once done. */
   etaSec: number | null
+  /** When it started (ms since the epoch; null while pending): a benchmark's attach-to-scan latency. */
+  startedMs: number | null
 }
 
 export function progressStats(p: Progress, now = Date.now()): ProgressStats {
@@ -54,7 +56,7 @@ export function progressStats(p: Progress, now = Date.now()): ProgressStats {
   const mibPerSec = state !== 'pending' && secs > 0 ? p.done / 256 / secs : null
   const left = Math.max(0, p.total - p.done)
   const etaSec = state === 'done' ? 0 : mibPerSec && p.total > 0 ? left / 256 / mibPerSec : null
-  return { state, doneBlocks: p.done, totalBlocks: p.total, mibPerSec, etaSec }
+  return { state, doneBlocks: p.done, totalBlocks: p.total, mibPerSec, etaSec, startedMs: p.startedMs || null }
 }
 
 /** One image's entry of the stats. */
