@@ -3,7 +3,8 @@
 //   node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR]
 //        [--workloads du,stat,find,rm,create,webserver,boot | du-ext4,...]
 //        [--configs a,b,c,d,e | passthrough,conventional,...] [--fs ext4,ext3]
-//        [--ram-cache SIZE] [--keep] [--no-hdd-emulation]
+//        [--ram-cache SIZE] [--keep] [--no-hdd-emulation] [--vm-memory SIZE|off]
+//        node dist/scripts/bench.js --fleet [--quick] ...   (scripts/bench/fleet.ts)
 //
 // Images (scripts/bench/images.ts) are built once per scale and cached under
 // .cache/bench/images/. The store holds one working copy of each image; a
@@ -27,10 +28,12 @@ import fs from 'fs'
 import os from 'os'
 import path from 'path'
 import { PROJECT_ROOT } from '../src/root'
+import { fleet } from './bench/fleet'
 import { BuiltImage, ensureImages, FsType, ImageSet } from './bench/images'
 import { CONFIG_IDS, Cell, ConfigDef, ConfigId, jsonDoc, markdown, Meta, PAPER, Row, RouterDelta, ScanRow, speedup, svg } from './bench/report'
 import { attachLoop, Cleanup, CLI, dropCaches, FuseMount, HddCounters, isMounted, MountStats, mountFuse, mountGuest } from './bench/rig'
 import { fmtBytes, progress, readSparse, run, running, since, sleep, SparseImage, writeSparseOver } from './bench/util'
+import { memoryCgroupsAvailable, vmMemory } from './bench/cgroup'
 import { runWorkload, Workload, WORKLOAD_BASES, workloads, worker } from './bench/workloads'
 
 const HDD_PROFILE = 'laptop5400'
@@ -47,12 +50,16 @@ interface Args {
   ramCache: number | null
   keep: boolean
   noEmulation: boolean
+  /** The guest VM's memory (cgroup.ts); 0: unbounded, the host's page cache. */
+  vmMemory: number
 }
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench: ${msg}\n`)
   process.stderr.write(
-    'usage: node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR] [--workloads a,b] [--configs a,b] [--fs ext4,ext3] [--ram-cache SIZE] [--keep] [--no-hdd-emulation]\n',
+    'usage: node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR] [--workloads a,b] [--configs a,b] [--fs ext4,ext3] [--ram-cache SIZE] [--keep] [--no-hdd-emulation] [--vm-memory SIZE|off]\n' +
+      '       node dist/scripts/bench.js --fleet [--quick] [--help]   (many VMs: boot storm, interference, datastore >> SSD)\n' +
+      '  --vm-memory: each guest workload runs in a cgroup v1 memory group of this size, page cache included, as a VM of that RAM would (default 1G; off: the host page cache, unbounded)\n',
   )
   process.exit(msg ? 2 : 0)
 }
@@ -75,6 +82,7 @@ function parseArgs(argv: string[]): Args {
     ramCache: null,
     keep: false,
     noEmulation: false,
+    vmMemory: 1 << 30,
   }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
@@ -93,6 +101,10 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--ram-cache') a.ramCache = parseSize(val())
     else if (k === '--keep') a.keep = true
     else if (k === '--no-hdd-emulation') a.noEmulation = true
+    else if (k === '--vm-memory') {
+      const v = val()
+      a.vmMemory = v === 'off' || v === '0' ? 0 : parseSize(v)
+    }
     else if (k === '-h' || k === '--help') usage()
     else usage(`unknown argument ${k}`)
   }
@@ -349,6 +361,8 @@ async function runOne(ctx: Ctx, w: Workload, c: ConfigDef): Promise<Cell> {
     await dropCaches()
     const before = await fuse.stats()
     progress(`${tag}: running${cell.copySeconds !== undefined ? ` (copy ${cell.copySeconds.toFixed(1)} s)` : ''}${cell.scanSeconds !== undefined ? ` (scan ${cell.scanSeconds.toFixed(1)} s, preload ${cell.preloadSeconds!.toFixed(1)} s)` : ''}`)
+    const memory = ctx.args.vmMemory ? vmMemory('fig2-vm', ctx.args.vmMemory) : null
+    if (memory) cleanup.add(`memory group ${memory.dir}`, async () => memory.remove())
     const t0 = process.hrtime.bigint()
     const r = await runWorkload(
       w,
@@ -360,10 +374,12 @@ async function runOne(ctx: Ctx, w: Workload, c: ConfigDef): Promise<Cell> {
         webIterations: ctx.set.www.length,
         www: ctx.set.www,
         boot: ctx.set.boot,
+        memory,
       },
       WORKLOAD_TIMEOUT_MS,
     )
     cell.seconds = since(t0)
+    if (memory) cell.vmPeakBytes = memory.peakBytes()
     cell.output = r.stdout.trim().slice(0, 300)
     const after = await fuse.stats()
     cell.hdd = c.emulated ? delta(before.hdd, after.hdd) : null
@@ -431,7 +447,12 @@ async function main(): Promise<void> {
     worker(process.argv.slice(3))
     return
   }
+  if (process.argv.includes('--fleet')) {
+    await fleet(process.argv.slice(2).filter((a) => a !== '--fleet'), __filename)
+    return
+  }
   const args = parseArgs(process.argv.slice(2))
+  if (args.vmMemory && !memoryCgroupsAvailable()) usage('no cgroup v1 memory controller at /sys/fs/cgroup/memory: give --vm-memory off')
   const t0 = Date.now()
   if (process.getuid?.() !== 0) usage('run as root (FUSE mounts, loop devices, guest mounts, drop_caches)')
   if (!fs.existsSync(CLI)) usage(`${CLI} is missing: build first (npx tsc -p .)`)
@@ -541,6 +562,7 @@ async function main(): Promise<void> {
     quick: args.quick,
     scale: args.scale,
     ramCache,
+    vmMemory: args.vmMemory,
     hddProfile: `5400 RPM laptop disk (--emulate-hdd ${HDD_PROFILE})`,
     emulation,
     images: `data-ext4 and data-ext3: ${fmtBytes(set.data.ext4.bytes)} flat VMDKs (${fmtBytes(set.data.ext4.metadataBytes)} / ${fmtBytes(set.data.ext3.metadataBytes)} of meta-data), os: ${fmtBytes(set.os.bytes)} (${fmtBytes(set.os.metadataBytes)} of meta-data); cache ${path.relative(PROJECT_ROOT, set.dir)}`,

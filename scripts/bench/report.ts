@@ -42,6 +42,8 @@ export interface Cell {
   guestMountSeconds?: number
   umountSeconds?: number
   output?: string
+  /** The guest's memory group's peak use (page cache included), when the guest had bounded memory. */
+  vmPeakBytes?: number
 }
 
 export interface Row {
@@ -81,6 +83,8 @@ export interface Meta {
   quick: boolean
   scale: number
   ramCache: number
+  /** Each guest's memory (cgroup), 0: unbounded (the host's page cache). */
+  vmMemory?: number
   hddProfile: string
   emulation: boolean
   images: string
@@ -139,6 +143,7 @@ export function markdown(rows: Row[], scans: ScanRow[], meta: Meta): string {
   L.push(`Date: ${meta.date}, commit ${meta.commit}, ${meta.machine}; total ${fmtS(meta.totalSeconds)} s${meta.quick ? ' (--quick)' : ''}, scale ${meta.scale}.  `)
   L.push(`Images: ${meta.images}  `)
   L.push(`RAM budget where a configuration caches: ${fmtBytes(meta.ramCache)} ((d): a tenth of the image's meta-data).`)
+  L.push(meta.vmMemory ? `Guest memory: every workload ran in a ${fmtBytes(meta.vmMemory)} memory cgroup (page cache included), as in a VM of that size (--vm-memory).` : 'Guest memory: unbounded (--vm-memory off): the guest is the host kernel, whose page cache may keep a whole file set.')
   if (!meta.emulation) {
     L.push('')
     L.push('**No HDD emulation in this run** (`--no-hdd-emulation`, or the CLI lacks `--emulate-hdd`): every configuration ran on the host\'s disk; the numbers are not the paper\'s experiment.')

@@ -7,7 +7,8 @@
 import fs from 'fs'
 import path from 'path'
 import { FsType } from './images'
-import { gamma, rng, run, RunResult } from './util'
+import type { VmMemory } from './cgroup'
+import { gamma, rng, run as runPlain, RunOptions, RunResult } from './util'
 
 export type WorkloadBase = 'du' | 'stat' | 'find' | 'rm' | 'create' | 'webserver' | 'boot'
 
@@ -35,6 +36,8 @@ export interface WorkloadContext {
   webIterations: number
   www: string[]
   boot: string[]
+  /** The VM's memory group (cgroup.ts): the workload's processes run in it; null: unbounded (the host's page cache). */
+  memory?: VmMemory | null
 }
 
 export function workloads(fsList: FsType[]): Workload[] {
@@ -61,6 +64,12 @@ export const WHAT: Record<WorkloadBase, string> = {
 
 /** Runs one workload in the guest; resolves when it (and its sync) is done. */
 export async function runWorkload(w: Workload, ctx: WorkloadContext, timeoutMs: number): Promise<RunResult> {
+  // Every process of the workload (sync included: it writes back the guest's dirty pages) in the VM's memory group.
+  const run = (cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> => {
+    if (!ctx.memory) return runPlain(cmd, args, opts)
+    const x = ctx.memory.wrap(cmd, args)
+    return runPlain(x.cmd, x.args, opts)
+  }
   const node = (args: string[]) => run(process.execPath, [ctx.self, '--worker', ...args], { timeoutMs })
   let r: RunResult
   switch (w.base) {
