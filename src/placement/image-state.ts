@@ -1,5 +1,5 @@
-// One attached image's block state, shared by its request path (router.ts or
-// conventional.ts), warm start (warm-start.ts) and destage (destage.ts):
+// One attached image's block state, shared by its request path (router.ts,
+// conventional.ts or block-cache.ts), warm start (warm-start.ts) and destage (destage.ts):
 //
 // | state                       | owner                                   |
 // | --------------------------- | --------------------------------------- |
@@ -67,6 +67,12 @@ export interface RouterCounters {
   nativeWriteBytes: number
   /** Blocks of the learnt boot set (what the VM read during its last boot) read into RAM at a start. */
   bootPrefetched: number
+  /** Blocks of learnt boot sets given clean copies in the SSD store at a boot's end (the next start reads them from there). */
+  bootKept: number
+  /** The SSD block cache (--cache-mode block-cache): blocks of requests past the sequential cutoff, read or written around the SSD store. */
+  bypassed: number
+  /** Its clean blocks the block cache's LRU dropped from the SSD store to make room. */
+  evicted: number
 }
 
 /** The RAM priority of a booting VM's boot files' data (that of xattr blocks: below the structures every lookup walks). */
@@ -112,7 +118,7 @@ export interface ImageStateOptions {
 
 export class ImageState {
   readonly stats = new Map<BlockClass, ClassStats>()
-  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0, nativeReads: 0, nativeWrites: 0, nativeReadBytes: 0, nativeWriteBytes: 0, bootPrefetched: 0 }
+  readonly counters: RouterCounters = { destaged: 0, deferred: 0, promoted: 0, reclassified: 0, writeThrough: 0, preloaded: 0, scanKept: 0, ramRefilled: 0, readAhead: 0, nativeRamHits: 0, absorbed: 0, nativeReads: 0, nativeWrites: 0, nativeReadBytes: 0, nativeWriteBytes: 0, bootPrefetched: 0, bootKept: 0, bypassed: 0, evicted: 0 }
   readonly watch: BlockWatch
   readonly dev: HddDevice
   readonly canRedirect: () => boolean
@@ -137,6 +143,8 @@ export class ImageState {
   booting = false
   /** Told of every guest read's blocks (vm-start.ts records what a booting VM reads). */
   onGuestRead: ((first: number, last: number) => void) | null = null
+  /** The SSD block cache (block-cache.ts): a destaged block keeps its row as a clean copy whatever its class. */
+  keepsDestaged = false
 
   constructor(
     readonly fd: number,

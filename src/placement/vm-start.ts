@@ -35,7 +35,7 @@ import type { SsdStore } from '../store/ssd'
 import { foldRuns } from './blocks'
 import type { ImageEntry } from './image'
 import { BOOT_RAM_PRIORITY, ramWorthy } from './image-state'
-import { NATIVE_NONE } from './native-data'
+import { NATIVE_NONE, NATIVE_READ } from './native-data'
 
 /** Blocks of a learnt boot set at most (1 GiB); a boot that reads more keeps its first ones. */
 export const MAX_LEARN_BLOCKS = 262_144
@@ -107,31 +107,102 @@ const forced = new Map<ImageEntry, number>()
 /** A forced learning window lasts at most this long, even if the boot goes on. */
 export const BOOT_LEARN_MS = 120_000
 
-/** The learnt boot set's data blocks, from the HDD into RAM at BOOT_RAM_PRIORITY, in file order, a span between guest requests. */
+/**
+ * The learnt boot set's data blocks into RAM at BOOT_RAM_PRIORITY, in file
+ * order, a span between guest requests: from the SSD store where it kept
+ * them at the last boot's end (keepLearnt), the rest from the HDD.
+ */
 async function prefetchLearnt(entry: ImageEntry, ram: RamCache, runs: Array<[number, number]>, stop: () => boolean): Promise<void> {
   const s = entry.state
   const fileBlocks = Math.ceil(s.size / BLOCK)
+  // Meta-data and boot files come by their own path; a copy in RAM or a write meanwhile wins.
+  const wanted = (b: number) => !s.routedAsMeta(b) && !ram.has(s.key(b))
+  const toRam = (b: number, blk: Buffer) => {
+    ram.set(s.key(b), blk, BOOT_RAM_PRIORITY, true)
+    // The binding then answers it from RAM (its RAM index), not from the HDD file.
+    s.native?.lower(b, 1, NATIVE_NONE)
+    s.counters.bootPrefetched++
+  }
   for (const [start, count] of runs) {
     for (let at = start; at < Math.min(start + count, fileBlocks); at += PREFETCH_SPAN) {
       if (stop() || !entry.boot) return
       const end = Math.min(at + PREFETCH_SPAN, start + count, fileBlocks)
-      const w = s.watch.range(at, end)
-      try {
-        const buf = Buffer.allocUnsafe((end - at) * BLOCK)
-        await preadFull(s.dev, buf, 0, buf.length, at * BLOCK)
-        for (let b = at; b < end; b++) {
-          // Meta-data and boot files come by their own path; a write meanwhile, or a copy, wins.
-          if (s.routedAsMeta(b) || s.held.isHeld(b) || w.written(b) || ram.has(s.key(b))) continue
-          ram.set(s.key(b), buf.subarray((b - at) * BLOCK, (b - at + 1) * BLOCK), BOOT_RAM_PRIORITY, true)
-          // The binding then answers it from RAM (its RAM index), not from the HDD file.
-          s.native?.lower(b, 1, NATIVE_NONE)
-          s.counters.bootPrefetched++
+      // The SSD store's copies first (no await between the read and the insert: a write cannot slip in).
+      let lo = end
+      let hi = at
+      for (let b = at; b < end; b++) {
+        if (!wanted(b)) continue
+        const held = s.held.isHeld(b) && !s.ssd.failed ? s.held.read(b) : undefined
+        if (held) toRam(b, held.data)
+        else {
+          lo = Math.min(lo, b)
+          hi = b + 1
         }
-      } catch (e) {
-        log.warn(`image ${entry.rel}: prefetch of the learnt boot set stopped: ${(e as Error).message}`)
-        return
-      } finally {
-        w.release()
+      }
+      if (lo < hi) {
+        const w = s.watch.range(lo, hi)
+        try {
+          const buf = Buffer.allocUnsafe((hi - lo) * BLOCK)
+          await preadFull(s.dev, buf, 0, buf.length, lo * BLOCK)
+          for (let b = lo; b < hi; b++) if (wanted(b) && !s.held.isHeld(b) && !w.written(b)) toRam(b, buf.subarray((b - lo) * BLOCK, (b - lo + 1) * BLOCK))
+        } catch (e) {
+          log.warn(`image ${entry.rel}: prefetch of the learnt boot set stopped: ${(e as Error).message}`)
+          return
+        } finally {
+          w.release()
+        }
+      }
+      await new Promise((r) => setImmediate(r))
+    }
+  }
+}
+
+/**
+ * At a boot's end: the learnt set's data blocks get clean copies in the SSD
+ * store (from RAM where a copy is there, else read from the HDD in file-order
+ * spans in the background), so the next start reads them from the SSD, not
+ * the HDD. They are data: reads of them go on to the HDD file (or RAM) as
+ * before, a write drops the copy (ImageState.dropCopies), the native table
+ * keeps them READ (lowered before the HDD read, so a native write cannot
+ * slip in between), and the cap's eviction takes them first (the lowest
+ * class priority).
+ */
+async function keepLearnt(entry: ImageEntry, ram: RamCache, blocks: number[], stop: () => boolean): Promise<void> {
+  const s = entry.state
+  const blk = Buffer.allocUnsafe(BLOCK)
+  const gone = () => stop() || entry.unlinked || s.ssd.failed !== null || !s.canRedirect()
+  const wanted = (b: number) => !s.held.isHeld(b) && !s.routedAsMeta(b)
+  for (const [start, count] of foldRuns(blocks)) {
+    for (let at = start; at < start + count; at += PREFETCH_SPAN) {
+      if (gone()) return
+      const end = Math.min(at + PREFETCH_SPAN, start + count, Math.ceil(s.size / BLOCK))
+      let lo = end
+      let hi = at
+      for (let b = at; b < end; b++) {
+        if (!wanted(b)) continue
+        if (ram.peek(s.key(b), blk)) {
+          s.held.putClean(b, blk, s.classOf(b))
+          s.counters.bootKept++
+        } else {
+          lo = Math.min(lo, b)
+          hi = b + 1
+        }
+      }
+      if (lo < hi) {
+        s.native?.lower(lo, hi - lo, NATIVE_READ)
+        const w = s.watch.range(lo, hi)
+        try {
+          const buf = Buffer.allocUnsafe((hi - lo) * BLOCK)
+          await preadFull(s.dev, buf, 0, buf.length, lo * BLOCK)
+          if (gone()) return
+          for (let b = lo; b < hi; b++) {
+            if (!wanted(b) || w.written(b) || ram.has(s.key(b))) continue
+            s.held.putClean(b, buf.subarray((b - lo) * BLOCK, (b - lo + 1) * BLOCK), s.classOf(b))
+            s.counters.bootKept++
+          }
+        } finally {
+          w.release()
+        }
       }
       await new Promise((r) => setImmediate(r))
     }
@@ -181,7 +252,7 @@ export function bootRamBlocks(e: ImageEntry, ram: RamCache): { blocks: number; r
  * the boot needed (boot files' data, the learnt set's prefetched blocks) drop
  * to the lowest priority.
  */
-export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdStore, now = Date.now()): void {
+export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdStore, now = Date.now(), stop: () => boolean = () => false): void {
   for (const [e, since] of forced) {
     if (e.boot && now - since < BOOT_LEARN_MS) continue
     forced.delete(e)
@@ -203,6 +274,7 @@ export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdSt
     if (data.length && !ssd.failed) {
       ssd.saveBootSet(e.id, foldRuns(data))
       e.bootLearned = data.length
+      void keepLearnt(e, ram, data, stop).catch((x) => log.warn(`image ${e.rel}: keeping its boot set on the SSD store stopped: ${(x as Error).message}`))
     }
     let n = 0
     for (const blk of ram.blocksOf(e.id)) {

@@ -138,6 +138,14 @@ export class RamCache {
     return this.level.has(key)
   }
 
+  /** Copies the cached block into dst without counting a hit or refreshing its place (a background copy); false on a miss. */
+  peek(key: number, dst: Buffer): boolean {
+    const lvl = this.level.get(key)
+    if (lvl === undefined) return false
+    this.slot(this.lrus[lvl].peek(key) as number).copy(dst)
+    return true
+  }
+
   /** Every slot holds a block: a new one would evict. */
   get full(): boolean {
     return this.level.size >= this.capacity

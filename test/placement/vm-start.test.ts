@@ -98,16 +98,18 @@ describe('the VM-start signal through a mount', () => {
     }
   }, 120_000)
 
-  it('learns what a boot reads and prefetches it into RAM at the next start; the boot then reads it from RAM', async () => {
+  it('learns what a boot reads, keeps it on the SSD store and prefetches it into RAM at the next start; the boot then reads it from RAM, a block written since with its new bytes', async () => {
     const store = path.join(base, 'store2')
     fs.mkdirSync(path.join(store, 'vm1'), { recursive: true })
     const tree = path.join(base, 'tree2')
     fs.mkdirSync(path.join(tree, 'lib'), { recursive: true })
-    fs.writeFileSync(path.join(tree, 'lib', 'libfoo.so'), crypto.randomBytes(2 << 20))
+    const content = crypto.randomBytes(2 << 20)
+    fs.writeFileSync(path.join(tree, 'lib', 'libfoo.so'), content)
     const img = path.join(store, 'vm1', 'disk.img')
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-b', '4096', '-d', tree, img, '64M'])
     const lib = execFileSync('debugfs', ['-R', 'blocks /lib/libfoo.so', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split(/\s+/).map(Number)
     const env = { VMDI_BOOT_QUIET_MS: '1500' }
+    const fresh = crypto.randomBytes(4096)
     const boot = async (mnt: string, m: Mounted) => {
       const f = fs.openSync(path.join(mnt, 'vm1', 'disk.img'), fs.constants.O_RDONLY | fs.constants.O_DIRECT)
       await waitFor(() => imageStats(mnt, 'vm1/disk.img')?.scan.warm === true, 60_000, 'the scan and warm start')
@@ -126,6 +128,15 @@ describe('the VM-start signal through a mount', () => {
       first = await boot(m.mnt, m)
       expect(first.bootLearned).toBeGreaterThanOrEqual(lib.length)
       expect(first.bootPrefetched).toBe(0)
+      // Its data blocks get clean copies on the SSD store (read back from the HDD: nothing kept them in RAM).
+      await waitFor(() => (imageStats(m.mnt, 'vm1/disk.img')?.bootKept ?? 0) >= lib.length, 20_000, 'the learnt set kept on the SSD store')
+      const held = imageStats(m.mnt, 'vm1/disk.img')!.ssdBlocks
+      // The guest rewrites one of them: the store's copy goes, the HDD file has the new bytes.
+      const f = fs.openSync(path.join(m.mnt, 'vm1', 'disk.img'), 'r+')
+      fs.writeSync(f, fresh, 0, 4096, lib[3] * 4096)
+      fs.fsyncSync(f)
+      fs.closeSync(f)
+      expect(imageStats(m.mnt, 'vm1/disk.img')!.ssdBlocks).toBe(held - 1)
     } finally {
       expect(await m.stop()).toBe(0)
     }
@@ -137,7 +148,10 @@ describe('the VM-start signal through a mount', () => {
       await waitFor(() => m.log().includes(`then the ${first.bootLearned} block(s) its last boot read`), 5_000, 'the start line naming the learnt set')
       const before = imageStats(m.mnt, 'vm1/disk.img')!.classes.data ?? { reads: 0, ramHits: 0 }
       const b = Buffer.alloc(4096)
-      for (const blk of lib) fs.readSync(f, b, 0, 4096, blk * 4096)
+      for (const [i, blk] of lib.entries()) {
+        fs.readSync(f, b, 0, 4096, blk * 4096)
+        expect(b.equals(i === 3 ? fresh : content.subarray(i * 4096, (i + 1) * 4096)), `block ${i} of the library`).toBe(true)
+      }
       fs.closeSync(f)
       const after = imageStats(m.mnt, 'vm1/disk.img')!.classes.data
       // Every block of the library the boot read again was a RAM hit.
