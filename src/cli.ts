@@ -60,7 +60,10 @@ program
   .option('--ram-floor <size>', "meta-data RAM each image keeps against the other images' blocks, so one VM with large meta-data cannot take all of it from the others (default fair: the RAM cache divided by the images attached; SIZE: that much each; 0: off, one LRU by priority for all)")
   .option('--emulate-hdd <profile>', 'benchmarking aid: every HDD file read and write completes no earlier than an emulated disk would (profiles: laptop5400, a 5400 RPM 2.5" drive). Not for production')
   .option('--introspect-memory <size>', "RAM all images' maps and running scans may take together (default 1/8 of RAM, at most 4G); an image whose scan would pass it is not introspected (served as data, a log line names it)")
-  .option('--cache-mode <mode>', 'introspect (default), or conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD')
+  .option(
+    '--cache-mode <mode>',
+    'introspect (default); conventional: the benchmark baseline, RAM spent on a plain LRU of all blocks with read-ahead, no classes, no SSD; block-cache: the benchmark peer, conventional plus an SSD block cache of --ssd-max like bcache write-back (any block, LRU, 4 MiB sequential cutoff)',
+  )
   .option('--metrics <[host:]port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (HOST defaults to 127.0.0.1): per image and class hits and writes, dirty blocks, scan and preload progress, SSD store and RAM use, FUSE op counts and latencies')
   .addHelpText(
     'after',

@@ -15,6 +15,7 @@ import { checkFuseDevice, checkMountpoint, checkStore, loadFuseBinding } from '.
 import { parseMetricsAddress } from './fuse/metrics'
 import { runtimeId } from './fuse/runtime'
 import { sys } from './native/sys'
+import { CACHE_MODES, type CacheMode } from './placement/options'
 import { formatSize, parseSize } from './size'
 import { hddDevice } from './store/hdd-device'
 import { HddModel, LAPTOP_5400, type HddProfile } from './store/hdd-model'
@@ -36,7 +37,7 @@ export interface MountConfig {
   ssd?: string
   ssdMax?: string
   exclude?: string[]
-  /** Benchmark rig: the emulated disk profile (--emulate-hdd), and configuration (b) (--cache-mode conventional). */
+  /** Benchmark rig: the emulated disk profile (--emulate-hdd), and configurations (b) and (f) (--cache-mode conventional, block-cache). */
   emulateHdd?: string
   cacheMode?: string
   /** --small-files SIZE: regular files up to SIZE have their data placed with the meta-data. */
@@ -63,7 +64,7 @@ export interface DatapathSettings {
   ssdMaxBytes: number
   /** Globs, relative to the store, of files never introspected (--exclude). */
   exclude: string[]
-  cacheMode: 'introspect' | 'conventional'
+  cacheMode: CacheMode
   /** Regular files up to this many bytes have their data placed with the meta-data (--small-files; 0: off). */
   smallFileBytes: number
   /** New data held on the SSD store up to this many bytes (--new-data, at most half the cap; 0: off). */
@@ -174,8 +175,8 @@ export function defaultSsdPath(store: string): string {
 
 /** The datapath settings: options, or defaults sized to this machine; null for --no-introspect. */
 function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): DatapathSettings | null {
-  if (cfg.cacheMode !== undefined && cfg.cacheMode !== 'introspect' && cfg.cacheMode !== 'conventional') {
-    throw new CliError(`--cache-mode ${cfg.cacheMode} is not a mode: use introspect (the default) or conventional (benchmark baseline)`, 2)
+  if (cfg.cacheMode !== undefined && !CACHE_MODES.includes(cfg.cacheMode as CacheMode)) {
+    throw new CliError(`--cache-mode ${cfg.cacheMode} is not a mode: use introspect (the default), conventional (benchmark baseline) or block-cache (benchmark peer: an SSD block cache)`, 2)
   }
   const ssdPath = path.resolve(cfg.ssd ?? defaultSsdPath(store))
   if (cfg.introspect === false) {
@@ -188,7 +189,8 @@ function datapathSettings(cfg: MountConfig, store: string, mountpoint: string): 
   fs.mkdirSync(path.dirname(ssdPath), { recursive: true })
   const ssdMaxBytes = sizeOption(cfg.ssdMax, '--ssd-max', Math.max(64 << 20, Math.min(16 * 2 ** 30, Math.floor(freeBytes(path.dirname(ssdPath)) / 2))))
   if (ssdMaxBytes < 1 << 20) throw new CliError(`--ssd-max ${cfg.ssdMax} is below 1 MiB: give the SSD store room for at least 256 blocks`, 2)
-  const cacheMode = cfg.cacheMode === 'conventional' ? 'conventional' : 'introspect'
+  const cacheMode = (cfg.cacheMode ?? 'introspect') as CacheMode
+  // The block cache redirects writes and destages what the store holds back, as introspection does.
   if (cacheMode === 'conventional') refuseHeldBack(ssdPath, '--cache-mode conventional')
   const smallFileBytes = sizeOption(cfg.smallFiles, '--small-files', DEFAULT_SMALL_FILE_BYTES)
   if (smallFileBytes > MAX_SMALL_FILE_BYTES) {
@@ -275,7 +277,9 @@ export function datapathSummary(s: Settings): string {
   const placement =
     d.cacheMode === 'conventional'
       ? ', conventional cache mode (no classes)'
-      : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${formatSize(d.smallFileBytes, { unit: 'KiB', exact: true })}` : 'off'}${dflt.smallFiles ? ' (default; --small-files)' : ''}` +
+      : d.cacheMode === 'block-cache'
+        ? ', block-cache mode (benchmark peer (f)): SSD block cache, LRU, 4 MiB sequential cutoff, write-back, no classes'
+        : `, small files' data with the meta-data: ${d.smallFileBytes ? `up to ${formatSize(d.smallFileBytes, { unit: 'KiB', exact: true })}` : 'off'}${dflt.smallFiles ? ' (default; --small-files)' : ''}` +
         `, boot files' data with the meta-data: ${d.bootFiles ? 'on (default; --no-boot-files)' : 'off'}` +
         `, new data held on the SSD store: ${d.newDataBytes ? `up to ${formatSize(d.newDataBytes, { unit: 'MiB', exact: true })}` : 'off'}${dflt.newData ? ' (default: 1 GiB, at most half the cap; --new-data)' : ''}` +
         `, meta-data RAM kept per image against the others: ${d.ramFloor === 'fair' ? 'a fair share (the RAM cache over the images attached; default; --ram-floor)' : d.ramFloor ? formatSize(d.ramFloor, { unit: 'MiB', exact: true }) : 'off'}`

@@ -130,6 +130,8 @@ export function renderMetrics(m: MetricsSnapshot): string {
       ['vmdi_image_ram_meta_blocks', 'gauge', 'Of those, blocks of meta-data priority (what --ram-floor keeps against other images).', (im) => im.ramMetaBlocks],
       ['vmdi_image_destaged_blocks_total', 'counter', 'Blocks written back to the HDD file.', (im) => im.destaged],
       ['vmdi_image_preloaded_blocks_total', 'counter', 'Blocks preloaded into the SSD store and RAM.', (im) => im.preloaded],
+      ['vmdi_image_bypassed_blocks_total', 'counter', 'Blocks read or written around the SSD block cache by its sequential cutoff (--cache-mode block-cache).', (im) => im.bypassed],
+      ['vmdi_image_evicted_blocks_total', 'counter', "Clean blocks the SSD block cache's LRU dropped to make room (--cache-mode block-cache).", (im) => im.evicted],
       ['vmdi_image_native_ram_hit_blocks_total', 'counter', 'Blocks of the image answered from RAM on the FUSE threads.', (im) => im.nativeRamHits],
       ['vmdi_image_native_data_reads_total', 'counter', 'Reads of the image served with pread on the FUSE threads (the native data path).', (im) => im.nativeReads],
       ['vmdi_image_native_data_writes_total', 'counter', 'Writes of the image served with pwrite on the FUSE threads (the native data path).', (im) => im.nativeWrites],

@@ -2,7 +2,9 @@
 // no classes, no SSD store; the RAM budget is a plain LRU of every block read
 // or written, filled with Linux-style sequential read-ahead; writes go
 // through to the HDD file. The same interface as the introspecting router, so
-// the datapath and the binding treat both alike.
+// the datapath and the binding treat both alike. The SSD block cache
+// (block-cache.ts, configuration (f)) is this array with a cache below its
+// RAM: the read path's hooks below are where it plugs in.
 
 import { BlockClass } from '../introspect/classes'
 import { BLOCK } from '../store/ram'
@@ -11,7 +13,7 @@ import { countServedFromRam, copyPart, ImageState, syncImage, type Router } from
 import { ReadAhead } from './router'
 
 export class ConventionalRouter implements Router {
-  private readonly ra = new ReadAhead()
+  protected readonly ra = new ReadAhead()
 
   constructor(readonly state: ImageState) {}
 
@@ -25,6 +27,7 @@ export class ConventionalRouter implements Router {
     const first = Math.floor(pos / BLOCK)
     const last = Math.floor((pos + n - 1) / BLOCK)
     const sequential = this.ra.note(first, last)
+    const admit = this.admits(pos, n, guest)
     const tmp = Buffer.allocUnsafe(BLOCK)
     for (let b = first; b <= last; ) {
       st.reads++
@@ -34,9 +37,15 @@ export class ConventionalRouter implements Router {
         b++
         continue
       }
+      if (this.fromCache(b, tmp)) {
+        st.ssdHits++
+        copyPart(tmp, b, buf, pos, n)
+        b++
+        continue
+      }
       // A miss: this block, the rest of the request's missing run, and the read-ahead window.
       let end = b + 1
-      while (end <= last && !s.ram.has(s.key(end))) end++
+      while (end <= last && !this.cached(end)) end++
       const fileBlocks = Math.ceil(s.size / BLOCK)
       const raEnd = Math.min(fileBlocks, Math.max(end, (sequential ? end : b) + this.ra.window))
       const w = s.watch.range(b, raEnd)
@@ -46,7 +55,10 @@ export class ConventionalRouter implements Router {
         st.hddReads += end - b
         for (let k = b; k < raEnd; k++) {
           const blk = chunk.subarray((k - b) * BLOCK, (k - b + 1) * BLOCK)
-          if (!w.written(k)) s.ram.set(s.key(k), blk, 0)
+          if (!w.written(k) && this.hddCurrent(k)) {
+            s.ram.set(s.key(k), blk, 0)
+            if (k < end) this.missed(k, blk, admit)
+          }
           if (k < end) copyPart(blk, k, buf, pos, n)
         }
         st.reads += end - b - 1
@@ -56,6 +68,33 @@ export class ConventionalRouter implements Router {
       b = end
     }
     return n
+  }
+
+  // Hooks for a cache below the RAM tier (block-cache.ts); the conventional array has none.
+
+  /** Whether a request's blocks read from the HDD may be kept below RAM (decided once per request, before its first await). */
+  protected admits(_pos: number, _n: number, _guest: boolean): boolean {
+    return false
+  }
+
+  /** A copy of block b from below RAM, into `into` (and RAM); false: none. */
+  protected fromCache(_b: number, _into: Buffer): boolean {
+    return false
+  }
+
+  /** Whether a read need not fetch block b from the HDD (a copy is cached). */
+  protected cached(b: number): boolean {
+    return this.state.ram.has(this.state.key(b))
+  }
+
+  /** Whether the HDD file's bytes of block b are its current ones (no newer copy below RAM). */
+  protected hddCurrent(_b: number): boolean {
+    return true
+  }
+
+  /** A requested block read from the HDD on a miss, not written meanwhile (`admit`: the request's admits()). */
+  protected missed(_b: number, _blk: Buffer, _admit: boolean): void {
+    /* nothing below RAM */
   }
 
   /** Write-through; the LRU keeps whole blocks written, drops partly written ones. */

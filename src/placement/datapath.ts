@@ -25,12 +25,13 @@ import { hddDevice } from '../store/hdd-device'
 import type { HddModel } from '../store/hdd-model'
 import { backgroundTick, failover } from './destage'
 import { changedAfter, registerImage, sameStat, signatureOf } from './identity'
-import { imageParts, ImageRefused, newProgress, type ImageEntry } from './image'
+import { imageParts, ImageRefused, newProgress, saveAtUnmount, type ImageEntry } from './image'
 import { Ledger } from './ledger'
 import { MAX_SCANS, PreloadScheduler, Slots } from './schedule'
 import { imageStats, type DatapathStats } from './stats'
 import { beforeWrite, scanImage } from './scan'
-import { MIN_IMAGE_BYTES, OPT_OUT_XATTR, optedOut, type DatapathOptions } from './options'
+import { classless, MIN_IMAGE_BYTES, OPT_OUT_XATTR, optedOut, type DatapathOptions } from './options'
+import { BlockCachePolicy } from './block-cache'
 import { warmStart } from './warm-start'
 import { foldNative, NativeData, type NativeDataBinding } from './native-data'
 import { RamDrain } from './ram-drain'
@@ -53,6 +54,8 @@ export class Datapath {
   /** What the SSD store holds, per image, with the mount's totals. */
   private readonly ledger: Ledger
   private readonly capBlocks: number
+  /** Block-cache mode: the SSD block cache's LRU over every image's blocks (block-cache.ts). */
+  private readonly blockCache: BlockCachePolicy | null
   /** New data is held on the SSD store while its dirty blocks are fewer than this (at most half the cap). */
   private readonly newDataBlocks: number
   /** Background introspection (scan, then warm start) of every attached image, while it runs. */
@@ -81,6 +84,7 @@ export class Datapath {
     if (floor !== 0) this.ram.floorOf = floor === 'fair' ? () => Math.floor(this.ram.capacity / Math.max(1, this.byKey.size)) : () => Math.floor(floor / BLOCK)
     this.ssd = SsdStore.open(opts.ssdPath)
     this.capBlocks = Math.floor(opts.ssdMaxBytes / BLOCK)
+    this.blockCache = opts.cacheMode === 'block-cache' ? new BlockCachePolicy(this.capBlocks) : null
     this.newDataBlocks = Math.min(Math.floor(this.capBlocks / 2), Math.floor((opts.newDataBytes ?? 0) / BLOCK))
     this.excluded = excludeMatcher(opts.exclude)
     this.ledger = new Ledger(this.ssd)
@@ -215,11 +219,12 @@ export class Datapath {
         log.warn(`image ${rel}: saved map unreadable (${(e as Error).message}): scanning afresh`)
       }
     }
-    const conventional = this.opts.cacheMode === 'conventional'
+    const mode = this.opts.cacheMode
     const parts = imageParts(fd, reg.id, this.ram, this.ssd, this.ledger, (b) => entry.map.classOf(b), {
-      canRedirect: () => this.canRedirect() && !conventional,
+      canRedirect: () => this.canRedirect() && mode !== 'conventional',
       device: hddDevice(fd, this.opts.hdd),
-      conventional,
+      mode,
+      policy: this.blockCache ?? undefined,
       onBlockZero: async (bytes) => {
         this.ssd.setSignature(entry.id, signatureOf(bytes))
         // A store failing now is abandoned (its identity record with it): the guest's write goes on.
@@ -258,13 +263,13 @@ export class Datapath {
     }
     this.byKey.set(key, entry)
     this.byId.set(entry.id, entry)
-    if (!conventional) this.nativeData?.attach(entry)
-    if (!conventional) vmStarting(entry, this.ram, this.ssd, 'first open', () => this.closed)
+    if (!classless(mode)) this.nativeData?.attach(entry)
+    if (!classless(mode)) vmStarting(entry, this.ram, this.ssd, 'first open', () => this.closed)
     log.info(
       `image ${rel}: attached (${reg.status === 'same' ? `known to the SSD store${reg.map ? ', saved map used at once' : ''}` : reg.status === 'reset' ? 'changed since last seen: store copies dropped' : 'new'}` +
         `${reg.dirtyBlocks ? `, ${reg.dirtyBlocks} dirty block(s) to destage` : ''})`,
     )
-    if (conventional) {
+    if (classless(mode)) {
       entry.scan.state = 'off'
       entry.map = ImageMap.empty()
     } else {
@@ -439,14 +444,14 @@ export class Datapath {
    * count as RAM hits of their image and class and as LRU use, as if JS had served them.
    */
   serveNatively(mirror: RamMirror, drain: (out: Float64Array) => number): void {
-    if (this.opts.cacheMode === 'conventional' || this.ram.capacity === 0) return
+    if (classless(this.opts.cacheMode) || this.ram.capacity === 0) return
     this.ram.attachMirror(mirror)
     this.ramDrain = new RamDrain(this.ram, drain, (id) => this.byId.get(id))
   }
 
-  /** The native data path (native-data.ts): `register`/`unregister` hand an image's table to its open handles and take it back. Not for the conventional array, nor under --emulate-hdd (the emulated disk must see every HDD I/O). */
+  /** The native data path (native-data.ts): `register`/`unregister` hand an image's table to its open handles and take it back. Not for the conventional array nor the block cache, nor under --emulate-hdd (the emulated disk must see every HDD I/O). */
   serveDataNatively(binding: NativeDataBinding, register: (entry: ImageEntry) => void, unregister: (entry: ImageEntry) => void): boolean {
-    if (this.opts.cacheMode === 'conventional' || this.opts.hdd) return false
+    if (classless(this.opts.cacheMode) || this.opts.hdd) return false
     this.nativeData = new NativeData(binding, register, unregister, this.ram, (id) => this.byId.get(id), this.newDataBlocks > 0)
     return true
   }
@@ -481,13 +486,7 @@ export class Datapath {
       try {
         const n = await e.destager.all()
         if (n) log.info(`image ${e.rel}: ${n} block(s) destaged at unmount`)
-        if (e.scan.state === 'done' && !this.ssd.failed) {
-          this.ssd.saveMap(e.id, e.map.serialize())
-          if (e.map.scanned && e.state.held.dirtyCount === 0) {
-            const st = fs.fstatSync(e.fd, { bigint: true })
-            this.ssd.saveCleanRecord(e.id, e.map.cleanRecord(st.mtimeNs, Number(st.size)))
-          }
-        }
+        if (!this.ssd.failed) saveAtUnmount(this.ssd, e, this.blockCache !== null)
       } catch (x) {
         log.error(`image ${e.rel}: destage at unmount failed: ${(x as Error).message}; the SSD store keeps its blocks for the next mount`)
       }

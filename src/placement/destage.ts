@@ -73,7 +73,7 @@ export class Destager {
         if (w.written(b) || !s.held.isDirty(b)) continue
         const cls = s.classOf(b)
         if (s.ssd.failed) s.held.notDirty(b) // the HDD has it (synced above); the store is going
-        else if (isFastTier(cls)) s.held.markClean(b, data, cls)
+        else if (isFastTier(cls) || s.keepsDestaged) s.held.markClean(b, data, cls)
         else {
           // Data held back (new allocations, or a block reclassified while dirty): the HDD is
           // its place now; the store keeps the fast tiers' blocks.

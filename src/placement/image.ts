@@ -4,19 +4,22 @@
 // | part      | module          | owns                                               |
 // | --------- | --------------- | -------------------------------------------------- |
 // | state     | image-state.ts  | size, stats, counters, locks and watches; the ledger view of its SSD rows |
-// | router    | router.ts / conventional.ts | the request path (read-ahead window)  |
+// | router    | router.ts / conventional.ts / block-cache.ts | the request path (read-ahead window) |
 // | destager  | destage.ts      | the one destage batch running                      |
 // | keeper    | warm-start.ts   | the copies the scan read, until the preload adopts them |
 // | map       | introspect      | the class of every 4 KiB block of the file         |
 
+import fs from 'fs'
 import type { BlockClass } from '../introspect/classes'
 import type { ImageMap } from '../introspect/map/image-map'
 import type { RamCache } from '../store/ram'
 import type { SsdStore } from '../store/ssd'
+import { BlockCachePolicy, BlockCacheRouter } from './block-cache'
 import { ConventionalRouter } from './conventional'
 import { Destager } from './destage'
 import { ImageState, type ImageStateOptions, type Router } from './image-state'
 import type { Ledger } from './ledger'
+import type { CacheMode } from './options'
 import { ImageRouter } from './router'
 import { ScanKeeper } from './warm-start'
 
@@ -28,15 +31,32 @@ export interface ImageParts {
 }
 
 export interface ImagePartsOptions extends ImageStateOptions {
-  /** The conventional array (benchmark configuration (b)): no classes, no SSD store. */
-  conventional?: boolean
+  /** 'conventional': the conventional array (benchmark configuration (b)): no classes, no SSD store; 'block-cache': (f), with `policy`. */
+  mode?: CacheMode
+  /** The mount's SSD block cache (block-cache mode; default: one of its own, unbounded). */
+  policy?: BlockCachePolicy
 }
 
 /** The parts that serve image `id` through the HDD file `fd`; `classOf` is read on every request (the map may be swapped under it). */
 export function imageParts(fd: number, id: number, ram: RamCache, ssd: SsdStore, ledger: Ledger, classOf: (b: number) => BlockClass, opts: ImagePartsOptions = {}): ImageParts {
   const state = new ImageState(fd, id, ram, ssd, ledger.image(id), classOf, opts)
-  const router = opts.conventional ? new ConventionalRouter(state) : new ImageRouter(state)
+  const router =
+    opts.mode === 'conventional' ? new ConventionalRouter(state) : opts.mode === 'block-cache' ? new BlockCacheRouter(state, opts.policy ?? new BlockCachePolicy(Infinity)) : new ImageRouter(state)
   return { state, router, destager: new Destager(state), keeper: new ScanKeeper(state, router) }
+}
+
+/**
+ * A clean unmount's record of an image: its map once scanned, and the
+ * clean-unmount record (the next mount trusts the store's clean copies while the
+ * file's mtime and size match it) when nothing is dirty. `cachesAll`: the SSD
+ * block cache, whose rows are kept over a clean unmount with no scan.
+ */
+export function saveAtUnmount(ssd: SsdStore, e: ImageEntry, cachesAll: boolean): void {
+  if (e.scan.state === 'done') ssd.saveMap(e.id, e.map.serialize())
+  if (((e.scan.state === 'done' && e.map.scanned) || cachesAll) && e.state.held.dirtyCount === 0) {
+    const st = fs.fstatSync(e.fd, { bigint: true })
+    ssd.saveCleanRecord(e.id, e.map.cleanRecord(st.mtimeNs, Number(st.size)))
+  }
 }
 
 export type ScanState = 'off' | 'pending' | 'running' | 'done' | 'failed'

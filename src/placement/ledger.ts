@@ -35,6 +35,7 @@ export class Ledger {
   release(id: number): void {
     const l = this.images.get(id)
     if (!l) return
+    if (l.onRow) for (const b of l.heldBlocks()) l.onRow(b, null)
     this.adjust(-l.heldCount, -l.dirtyCount)
     this.images.delete(id)
   }
@@ -131,11 +132,15 @@ export class ImageLedger {
   /** Told before the store takes a copy of block b (dirty: the authority); the native data path lowers the block. */
   onCopy: ((b: number, dirty: boolean) => void) | null = null
 
+  /** Told after every change of block b's row: now clean, dirty, or gone (null). The SSD block cache's LRU follows the rows with it. */
+  onRow: ((b: number, row: 'clean' | 'dirty' | null) => void) | null = null
+
   /** A clean copy (preload, a load from the HDD). */
   putClean(b: number, data: Buffer, cls: BlockClass): void {
     this.onCopy?.(b, false)
     this.ssd.put(this.image, b, data, cls, false)
     this.addPresent(b)
+    this.onRow?.(b, this.dirty.has(b) ? 'dirty' : 'clean')
   }
 
   /** A redirected write: the store's copy becomes the authority. */
@@ -147,17 +152,20 @@ export class ImageLedger {
       this.dirty.add(b)
       this.owner.adjust(0, 1)
     }
+    this.onRow?.(b, 'dirty')
   }
 
   /** After destage: the HDD file has the bytes; the store keeps a clean copy. */
   markClean(b: number, data: Buffer, cls: BlockClass): void {
     this.ssd.markClean(this.image, b, data, cls)
     this.clearDirty(b)
+    this.onRow?.(b, 'clean')
   }
 
   /** The block's dirty copy is written (or was not there after all); the row stays, clean or on its way out. */
   notDirty(b: number): void {
     this.clearDirty(b)
+    if (this.present.has(b)) this.onRow?.(b, 'clean')
   }
 
   /** The row goes (clean or dirty): the HDD file is the authority from now on. */
@@ -186,7 +194,6 @@ export class ImageLedger {
   truncate(first: number): void {
     for (const b of [...this.present]) {
       if (b < first) continue
-      this.clearDirty(b)
       this.forgetRow(b)
     }
     if (!this.ssd.failed) this.ssd.truncate(this.image, first)
@@ -194,6 +201,7 @@ export class ImageLedger {
 
   /** The store is gone (its failover wrote everything dirty to the HDD): nothing is held. */
   clear(): void {
+    if (this.onRow) for (const b of this.present) this.onRow(b, null)
     this.owner.adjust(-this.present.size, -this.dirty.size)
     this.present.clear()
     this.dirty.clear()
@@ -210,7 +218,9 @@ export class ImageLedger {
   }
 
   private forgetRow(b: number): void {
-    if (this.present.delete(b)) this.owner.adjust(-1, 0)
     if (this.dirty.delete(b)) this.owner.adjust(0, -1)
+    if (!this.present.delete(b)) return
+    this.owner.adjust(-1, 0)
+    this.onRow?.(b, null)
   }
 }

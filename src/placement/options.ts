@@ -17,8 +17,11 @@ export interface DatapathOptions {
   destageBlocks?: number
   destageIntervalMs?: number
   destageIdleMs?: number
-  /** 'conventional': benchmark configuration (b), a plain LRU of every block with read-ahead; no scans, no SSD. */
-  cacheMode?: 'introspect' | 'conventional'
+  /**
+   * 'conventional': benchmark configuration (b), a plain LRU of every block with read-ahead; no scans, no SSD.
+   * 'block-cache': configuration (f), (b) with an SSD block cache below it (block-cache.ts).
+   */
+  cacheMode?: CacheMode
   /** The emulated disk every image file is on (--emulate-hdd), or none. */
   hdd?: HddModel | null
   /** Data of regular files up to this many bytes is placed with the meta-data (--small-files; default 0: off). */
@@ -34,6 +37,14 @@ export interface DatapathOptions {
   ramFloor?: number | 'fair'
   /** RAM all images' maps and running scans may take together (--introspect-memory; default: no ceiling). */
   introspectMemoryBytes?: number
+}
+
+export type CacheMode = 'introspect' | 'conventional' | 'block-cache'
+export const CACHE_MODES: readonly CacheMode[] = ['introspect', 'conventional', 'block-cache']
+
+/** Whether a mode has no classes (no scan, no preload, no VM starts, no native data path): every block alike. */
+export function classless(mode: CacheMode | undefined): boolean {
+  return mode === 'conventional' || mode === 'block-cache'
 }
 
 /** Raw files smaller than this are never taken for disk images, nor containers of smaller disks. */

@@ -5,10 +5,11 @@
 import { className } from '../introspect/classes'
 import type { ImageEntry, Progress } from './image'
 import type { ClassStats, RouterCounters } from './image-state'
+import type { CacheMode } from './options'
 import { bootRamBlocks } from './vm-start'
 
 export interface DatapathStats {
-  mode: 'introspect' | 'conventional'
+  mode: CacheMode
   ram: { hits: number; misses: number; evictions: number; blocks: number; capacity: number; bytes: number }
   ssd: { path: string; heldBlocks: number; capBlocks: number; dirtyBlocks: number; failed: string | null }
   images: ({
