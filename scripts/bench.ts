@@ -2,7 +2,7 @@
 //
 //   node dist/scripts/bench.js [--quick] [--scale F] [--json FILE] [--out DIR]
 //        [--workloads du,stat,find,rm,create,webserver,boot | du-ext4,...]
-//        [--configs a,b,c,d,e | passthrough,conventional,...] [--fs ext4,ext3]
+//        [--configs a,b,c,d,e,f | passthrough,conventional,...] [--fs ext4,ext3]
 //        [--ram-cache SIZE] [--keep] [--no-hdd-emulation] [--vm-memory SIZE|off]
 //        node dist/scripts/bench.js --fleet [--quick] ...   (scripts/bench/fleet.ts)
 //
@@ -126,6 +126,7 @@ function configDefs(emulation: boolean): ConfigDef[] {
     { key: 'c', id: 'introspect', label: "`--ram-cache X`: introspection with the product's defaults: meta-data, the data of files up to 32 KiB (`--small-files 32K`) and of the boot files (kernel, initrd, init: `--boot-files`) placed on RAM and the SSD store, new data held on the SSD store (`--new-data 1G`); the workload starts once the scan is done and all of it is preloaded (RAM within budget, meta-data first; the rest in the SSD store)", introspect: true, emulated: emulation, color: '#2e7d32' },
     { key: 'd', id: 'introspect_small_ram', label: "`--ram-cache` = a tenth of the image's meta-data bytes: introspection, most meta-data served from the SSD store", introspect: true, emulated: emulation, color: '#9ccc65' },
     { key: 'e', id: 'ram', label: '(c) without `--emulate-hdd`: the upper bound, the image file on the host disk and page cache', introspect: true, emulated: false, color: '#ffb300' },
+    { key: 'f', id: 'block_cache', label: "`--cache-mode block-cache --ram-cache X`: the peer a user would pick instead (bcache, dm-cache, lvmcache in write-back mode): (b) with an SSD block cache of (c)'s SSD cap, every block eligible, LRU, 4 MiB sequential cutoff, write-back, no classes, no preload; it starts warm from a store its own use filled (a read-only pass over the image: `find -exec stat` and `du` of every guest file system, and the boot list on the OS image)", introspect: false, emulated: emulation, color: '#8d6e63' },
   ]
 }
 
@@ -133,6 +134,7 @@ function mountArgs(c: ConfigDef, ram: number | null): string[] {
   const a: string[] = []
   if (c.id === 'passthrough') a.push('--no-introspect')
   if (c.id === 'conventional') a.push('--cache-mode', 'conventional')
+  if (c.id === 'block_cache') a.push('--cache-mode', 'block-cache')
   if (ram !== null) a.push('--ram-cache', String(ram))
   if (c.emulated) a.push('--emulate-hdd', HDD_PROFILE)
   return a
@@ -274,7 +276,7 @@ async function setMtime(file: string, ns: bigint): Promise<void> {
  * the scan and preload waited for, a clean unmount). Records the scan row.
  */
 async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snapshot> {
-  const key = `${copy.image.name}.${c.emulated ? 'hdd' : 'host'}`
+  const key = `${copy.image.name}.${c.emulated ? 'hdd' : 'host'}${c.id === 'block_cache' ? '.block-cache' : ''}`
   const have = ctx.snapshots.get(key)
   if (have) return have
   if (copy.dirty) await restoreCopy(ctx, copy)
@@ -284,6 +286,14 @@ async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snap
   for (const f of storeFiles(file)) fs.rmSync(f, { force: true })
   progress(`${copy.image.name} on the ${c.emulated ? 'emulated HDD' : 'host disk'}: scan and preload into a new SSD store (the snapshot its runs start from)`)
   const fuse = await mountFuse(cleanup, ctx.store, ctx.mnt, [...mountArgs(c, ctx.ramCache), '--ssd', file], { VMDI_STATE_DIR: path.join(dir, 'state') }, ctx.logFile)
+  if (c.id === 'block_cache') {
+    await warmBlockCache(ctx, copy)
+    await fuse.umount()
+    progress(`${copy.image.name}: the block cache filled by a read-only pass`)
+    const snap = { file, mtimeNs: fs.statSync(path.join(ctx.store, copy.flat), { bigint: true }).mtimeNs }
+    ctx.snapshots.set(key, snap)
+    return snap
+  }
   const fd = fs.openSync(path.join(ctx.mnt, copy.flat), 'r')
   let s: Awaited<ReturnType<typeof waitScan>>
   try {
@@ -310,6 +320,26 @@ async function snapshotFor(ctx: Ctx, copy: WorkCopy, c: ConfigDef): Promise<Snap
   return snap
 }
 
+/** (f)'s own use before the runs: the guest file systems mounted read-only, every inode stat'ed, du, and (OS image) the boot list read. */
+async function warmBlockCache(ctx: Ctx, copy: WorkCopy): Promise<void> {
+  const parts = [...copy.image.parts].sort((x, y) => x.mountAt.length - y.mountAt.length)
+  const undo: (() => Promise<void>)[] = []
+  try {
+    const devs: string[] = []
+    for (const p of parts) {
+      const l = await attachLoop(cleanup, path.join(ctx.mnt, copy.flat), p.offset, p.size, true)
+      undo.push(l.detach)
+      devs.push(l.dev)
+    }
+    for (const [i, p] of parts.entries()) undo.push(await mountGuest(cleanup, devs[i], p.fstype, path.join(ctx.guest, p.mountAt), true))
+    await run('find', [ctx.guest, '-exec', 'stat', '{}', '+'], { discardStdout: true, timeoutMs: WORKLOAD_TIMEOUT_MS })
+    await run('du', ['-s', ctx.guest], { timeoutMs: WORKLOAD_TIMEOUT_MS })
+    if (copy.image === ctx.set.os) await run('cat', ctx.set.boot.map((f) => path.join(ctx.guest, f)), { discardStdout: true, timeoutMs: WORKLOAD_TIMEOUT_MS })
+  } finally {
+    for (const u of undo.reverse()) await u()
+  }
+}
+
 function imageOf(set: ImageSet, w: Workload): BuiltImage {
   return w.image === 'os' ? set.os : set.data[w.fs]
 }
@@ -331,7 +361,7 @@ async function runOne(ctx: Ctx, w: Workload, c: ConfigDef): Promise<Cell> {
       cell.copySeconds = since(t)
     }
     const storeArgs: string[] = []
-    if (c.introspect) {
+    if (c.introspect || c.id === 'block_cache') {
       const snap = await snapshotFor(ctx, copy, c)
       const ssd = path.join(runDir, 'ssd.sqlite')
       storeFiles(snap.file).forEach((f, i) => fs.existsSync(f) && fs.copyFileSync(f, storeFiles(ssd)[i]))
@@ -463,13 +493,17 @@ async function main(): Promise<void> {
   const emulation = cliEmulates && !args.noEmulation
   if (!cliEmulates) notes.push('This build of the CLI has no `--emulate-hdd`: every configuration ran without HDD emulation.')
   let defs = configDefs(emulation)
+  if (!help.includes('block-cache')) {
+    defs = defs.filter((d) => d.id !== 'block_cache')
+    notes.push('This build of the CLI has no `--cache-mode block-cache`: configuration (f) was not run.')
+  }
   if (!cliConventional) {
     defs = defs.filter((d) => d.id !== 'conventional')
     notes.push('This build of the CLI has no `--cache-mode conventional`: configuration (b) was not run, and no speed-up against it can be given.')
   }
   if (args.configs) {
     const want = new Set(args.configs)
-    for (const w of want) if (!configDefs(true).some((d) => d.key === w || d.id === w)) usage(`--configs: unknown configuration ${w} (a-e or ${CONFIG_IDS.join(', ')})`)
+    for (const w of want) if (!configDefs(true).some((d) => d.key === w || d.id === w)) usage(`--configs: unknown configuration ${w} (a-f or ${CONFIG_IDS.join(', ')})`)
     defs = defs.filter((d) => want.has(d.key) || want.has(d.id))
   }
   let wls = workloads(args.fs)

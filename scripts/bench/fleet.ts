@@ -4,8 +4,9 @@
 //        [--parts boot,interference,bigstore] [--ram-cache SIZE] [--vm-memory SIZE|off]
 //        [--out DIR] [--json FILE] [--keep]
 //
-// Every VM is a copy of a cached benchmark image (scripts/bench/images.ts, the
-// quick scale's set: the OS image's boot list is 210 files, 61 MB) in one
+// Every VM is a copy of a cached benchmark image (scripts/bench/images.ts, at
+// scale 0.1: the OS image's boot list is 210 files, 61 MB; data images of
+// 9,000 files) in one
 // datastore, played by loop devices (losetup --direct-io=on) and guest mounts,
 // its workload in a memory cgroup of the VM's size (cgroup.ts). All VMs of a
 // run share one vmdi-fuse mount and one emulated disk (--emulate-hdd
@@ -41,7 +42,6 @@ import { fmtBytes, progress, readSparse, run, running, since, sleep, SparseImage
 import { runWorkload, Workload, workloads } from './workloads'
 
 const HDD_PROFILE = 'laptop5400'
-const IMAGE_SCALE = 0.025
 const TIMEOUT_MS = 60 * 60_000
 
 type Key = 'a' | 'b' | 'c' | 'e' | 'f'
@@ -73,6 +73,8 @@ interface Args {
   out: string
   json: string | null
   keep: boolean
+  /** The benchmark images' scale (images.ts). */
+  scale: number
 }
 
 function usage(msg?: string): never {
@@ -80,7 +82,7 @@ function usage(msg?: string): never {
   process.stderr.write(
     [
       'usage: node dist/scripts/bench.js --fleet [--quick] [--ns 1,4,16] [--configs a,b,c,e,f] [--parts boot,interference,bigstore]',
-      '         [--ram-cache SIZE] [--vm-memory SIZE|off] [--out DIR] [--json FILE] [--keep]',
+      '         [--ram-cache SIZE] [--vm-memory SIZE|off] [--scale F] [--out DIR] [--json FILE] [--keep]',
       'Many VMs on one datastore (issue 18): (i) boot storm of N VMs, (ii) meta-data VMs beside streaming VMs,',
       '(iii) a datastore of >= 10x the SSD cap, (iv) each image\'s attach-to-scan latency. --quick: N = 1, 4 and fewer VMs.',
       '',
@@ -103,7 +105,7 @@ function parseArgs(argv: string[]): Args {
     parts: ['boot', 'interference', 'bigstore'],
     ramCache: 256 << 20,
     ssdMax: 0,
-    bigSsdMax: 512 << 20,
+    bigSsdMax: 1 << 30,
     vmMemory: 1 << 30,
     interferenceVms: 0,
     streamVms: 2,
@@ -111,6 +113,7 @@ function parseArgs(argv: string[]): Args {
     out: path.join(PROJECT_ROOT, '.cache', 'bench', 'results'),
     json: null,
     keep: false,
+    scale: 0.1,
   }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
@@ -126,10 +129,12 @@ function parseArgs(argv: string[]): Args {
     } else if (k === '--out') a.out = path.resolve(val())
     else if (k === '--json') a.json = path.resolve(val())
     else if (k === '--keep') a.keep = true
+    else if (k === '--scale') a.scale = Number(val())
     else if (k === '-h' || k === '--help') usage()
     else usage(`unknown argument ${k}`)
   }
   if (!a.ns.length) a.ns = a.quick ? [1, 4] : [1, 4, 16]
+  if (!(a.scale > 0 && a.scale < 0.5)) usage('--scale: above 0 and below 0.5 (the small OS image)')
   if (a.ns.some((n) => !(n >= 1 && n <= 32))) usage('--ns: 1 to 32 VMs')
   for (const c of a.configs) if (!'abcef'.includes(c) || c.length !== 1) usage(`--configs: ${c} is not one of a, b, c, e, f`)
   for (const p of a.parts) if (!['boot', 'interference', 'bigstore'].includes(p)) usage(`--parts: ${p} is not boot, interference or bigstore`)
@@ -332,6 +337,8 @@ interface BootCell {
   hdd?: { requests: number; busySeconds: number }
   /** Each VM's boot list read alone (without starting its loop devices and guest mounts), seconds. */
   readSeconds: number[]
+  /** Each VM's start: loop devices, lock, guest mounts, seconds. */
+  startSeconds?: number[]
   error?: string
 }
 
@@ -362,8 +369,21 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
     await stopAll(booted)
     if (c.introspect) {
       await waitBootsEnded(day, disks.map((d) => d.flat))
+      // The learnt sets get their SSD copies in the background (read back from the disk): until that settles.
+      let kept = -1
+      for (let i = 0; i < 600; i++) {
+        const st = await day.stats()
+        const now = disks.reduce((a, d) => a + Number((imageIn(st, d.flat) as unknown as Record<string, unknown> | null)?.bootKept ?? 0), 0)
+        if (now === kept) break
+        kept = now
+        await sleep(3000)
+      }
       const st = await day.stats()
       cell.bootLearned = disks.map((d) => Number(imageIn(st, d.flat)?.bootLearned ?? 0))
+      for (const d of disks) {
+        const im = imageIn(st, d.flat) as unknown as Record<string, unknown> | null
+        if (im) progress(`${tag}: day: ${d.name}: ${['ramRefilled', 'bootPrefetched', 'bootKept', 'ssdBlocks', 'preloaded', 'bootLearned'].map((k) => `${k} ${im[k]}`).join(', ')}`)
+      }
     }
     await day.umount()
     const files = [streamDisk(ctx, 'other1', 4 * 2 ** 30), streamDisk(ctx, 'other2', 4 * 2 ** 30)]
@@ -378,7 +398,9 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
   const t0 = process.hrtime.bigint()
   const vms = await Promise.all(
     disks.map(async (d) => {
+      const ts = process.hrtime.bigint()
       const vm = await startVm(ctx, d, false)
+      ;(cell.startSeconds ??= []).push(since(ts))
       cell.readSeconds.push(await timed(ctx, vm, 'boot', path.join(dir, d.name)))
       cell.vms.push(since(t0))
       return vm
@@ -396,6 +418,10 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
     cell.blocks = b
   }
   if (st.hdd) cell.hdd = { requests: st.hdd.requests, busySeconds: st.hdd.busyMs / 1000 }
+  for (const d of disks) {
+    const im = imageIn(st, d.flat) as unknown as Record<string, unknown> | null
+    if (im) progress(`${tag}: ${d.name}: ${['ramRefilled', 'bootPrefetched', 'bootKept', 'ssdBlocks', 'preloaded'].map((k) => `${k} ${im[k]}`).join(', ')}`)
+  }
   await stopAll(vms)
   await fuse.umount()
   progress(`${tag}: the last booted after ${cell.seconds.toFixed(2)} s${cell.attachToScanMs ? `; scans started ${Math.max(...cell.attachToScanMs).toFixed(0)} ms after attach at most` : ''}`)
@@ -533,6 +559,7 @@ async function bigstore(ctx: Ctx, c: Cfg): Promise<BigCell> {
   const vms = await Promise.all(disks.map((d) => startVm(ctx, d, true)))
   const cell: BigCell = { du: null, find: null, rm: null, dataBytes }
   for (const w of ['du', 'find', 'rm'] as const) {
+    await dropCaches()
     const t = process.hrtime.bigint()
     await Promise.all(vms.map((vm) => timed(ctx, vm, w, path.join(dir, vm.disk.name))))
     cell[w] = since(t)
@@ -559,6 +586,11 @@ const median = (a: number[]) => {
   return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN
 }
 
+/** The SSD cap of (iii), from the report's budgets line. */
+function BIG_CAP_OF(meta: Record<string, string>): number {
+  return Number(meta.bigSsdMaxBytes) || NaN
+}
+
 function verdict(ok: boolean | null): string {
   return ok === null ? 'not measured' : ok ? 'met' : 'MISSED'
 }
@@ -580,12 +612,12 @@ function report(r: Results, cfgs: Cfg[], meta: Record<string, string>): string {
       const c = row.c?.seconds
       L.push(`| ${n} | ${cfgs.map((x) => (row[x.key]?.error ? 'failed' : fmt(row[x.key]?.seconds))).join(' | ')} | ${fmt(ratio(c, row.b?.seconds))}× | ${fmt(ratio(c, row.f?.seconds))}× | ${fmt(c && row.e?.seconds ? c / row.e.seconds : null)}× |`)
     }
-    L.push('', 'Per run: each VM\'s boot list read alone (median, s; the rest of a VM\'s time is its loop devices and guest mounts), the guests\' reads in 4 KiB blocks from RAM / SSD store / HDD, and the emulated disk\'s requests and busy seconds:', '')
-    L.push('| N | config | read median | blocks RAM / SSD / HDD | HDD requests | HDD busy, s |', '|---|---|---:|---|---:|---:|')
+    L.push('', 'Per run: each VM\'s start (loop devices, lock directory, guest mounts) and its boot list read (medians, s), the guests\' reads in 4 KiB blocks from RAM / SSD store / HDD, and the emulated disk\'s requests and busy seconds:', '')
+    L.push('| N | config | start median | read median | blocks RAM / SSD / HDD | HDD requests | HDD busy, s |', '|---|---|---:|---:|---|---:|---:|')
     for (const n of ns) for (const c of cfgs) {
       const x = r.boot[n][c.key]
       if (!x || x.error) continue
-      L.push(`| ${n} | (${c.key}) | ${fmt(median(x.readSeconds))} | ${x.blocks ? `${x.blocks.ram} / ${x.blocks.ssd} / ${x.blocks.hdd}` : 'n/a'} | ${x.hdd?.requests ?? 'n/a'} | ${fmt(x.hdd?.busySeconds, 1)} |`)
+      L.push(`| ${n} | (${c.key}) | ${fmt(median(x.startSeconds ?? []))} | ${fmt(median(x.readSeconds))} | ${x.blocks ? `${x.blocks.ram} / ${x.blocks.ssd} / ${x.blocks.hdd}` : 'n/a'} | ${x.hdd?.requests ?? 'n/a'} | ${fmt(x.hdd?.busySeconds, 1)} |`)
     }
     const one = r.boot[1]
     if (one) targets.push(`one VM's boot (second start, learnt set): (c) within 2× of (e): ${fmt(one.c?.seconds && one.e?.seconds ? one.c.seconds / one.e.seconds : null)}× — ${verdict(one.c?.seconds && one.e?.seconds ? one.c.seconds <= 2 * one.e.seconds : null)}`)
@@ -627,7 +659,9 @@ function report(r: Results, cfgs: Cfg[], meta: Record<string, string>): string {
     }
   }
   if (Object.keys(r.bigstore).length) {
+    const data = Object.values(r.bigstore).find((x) => x && x.dataBytes)?.dataBytes ?? 0
     L.push('', '## (iii) A datastore of ≥ 10× the SSD cap: seconds until every VM had done it', '')
+    L.push(`The datastore: ${fmtBytes(data)} of disks (the VMs' data images and two stream disks), ${fmt(data / BIG_CAP_OF(meta), 1)}× the SSD cap; caches dropped before each step.`, '')
     L.push('| config | du | find | rm -rf | total |', '|---|---:|---:|---:|---:|')
     const tot = (x?: BigCell) => (x && x.du !== null && x.find !== null && x.rm !== null ? x.du + x.find + x.rm : null)
     for (const c of cfgs) {
@@ -685,7 +719,7 @@ export async function fleet(argv: string[], self: string): Promise<void> {
   process.on('SIGINT', () => onSignal('SIGINT'))
   process.on('SIGTERM', () => onSignal('SIGTERM'))
 
-  const set = await ensureImages(IMAGE_SCALE)
+  const set = await ensureImages(args.scale)
   const work = path.join(PROJECT_ROOT, '.cache', 'bench', 'fleet')
   await clearStale(work)
   fs.rmSync(path.join(work, 'runs'), { recursive: true, force: true })
@@ -729,9 +763,10 @@ export async function fleet(argv: string[], self: string): Promise<void> {
     command: `node dist/scripts/bench.js --fleet ${argv.join(' ')}`.trim(),
     machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${fmtBytes(os.totalmem())} RAM, Linux ${os.release()}`,
     disk: `one emulated 5400 RPM laptop disk (--emulate-hdd ${HDD_PROFILE}) for every VM of a mount; (e) the host disk`,
-    images: `copies of the scale-${IMAGE_SCALE} benchmark images: OS ${fmtBytes(set.os.bytes)} (boot list ${set.boot.length} files, ${fmtBytes(set.bootBytes)}), data-ext3 ${fmtBytes(set.data.ext3.bytes)} (${set.fileserverFiles} files; data blocks are holes)`,
+    images: `copies of the scale-${args.scale} benchmark images: OS ${fmtBytes(set.os.bytes)} (boot list ${set.boot.length} files, ${fmtBytes(set.bootBytes)}), data-ext3 ${fmtBytes(set.data.ext3.bytes)} (${set.fileserverFiles} files; data blocks are holes)`,
     budgets: `RAM ${fmtBytes(args.ramCache)} for the mount; SSD cap ${fmtBytes(args.ssdMax)} ((iii): ${fmtBytes(args.bigSsdMax)}); each VM ${args.vmMemory ? `a ${fmtBytes(args.vmMemory)} memory cgroup` : 'unbounded memory'}`,
     seconds: ((Date.now() - t0) / 1000).toFixed(0),
+    bigSsdMaxBytes: String(args.bigSsdMax),
     ...(notes.length ? { notes: notes.join(' ') } : {}),
   }
   const md = report(r, cfgs, meta)
