@@ -197,13 +197,19 @@ async function disk(ctx: Ctx, image: BuiltImage, name: string): Promise<Disk> {
   return { name, flat, image }
 }
 
-/** A plain raw disk of `bytes` (sparse) that VMs stream. */
-function streamDisk(ctx: Ctx, name: string, bytes: number): string {
+/**
+ * A VM's big disk that it streams or reads at random: a sparse raw file with
+ * an empty ext4 on it (a disk the mount attaches as an image, as it would a
+ * VM's; a file of no known format is served as plain pass-through, and no
+ * cache of any configuration would see it).
+ */
+async function streamDisk(ctx: Ctx, name: string, bytes: number): Promise<string> {
   const f = path.join(ctx.store, `${name}.img`)
   if (!fs.existsSync(f) || fs.statSync(f).size !== bytes) {
     fs.rmSync(f, { force: true })
     fs.writeFileSync(f, '')
     fs.truncateSync(f, bytes)
+    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', 'lazy_itable_init=1,nodiscard', f])
   }
   return `${name}.img`
 }
@@ -386,7 +392,7 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
       }
     }
     await day.umount()
-    const files = [streamDisk(ctx, 'other1', 4 * 2 ** 30), streamDisk(ctx, 'other2', 4 * 2 ** 30)]
+    const files = [await streamDisk(ctx, 'other1', 4 * 2 ** 30), await streamDisk(ctx, 'other2', 4 * 2 ** 30)]
     progress(`${tag}: the datastore's other traffic: ${fmtBytes(2 * ctx.args.ssdMax)} of random reads (host disk, not timed)`)
     const night = await mount(ctx, c, ssd, ctx.args.ssdMax, false)
     await otherTraffic(ctx, files, 2 * ctx.args.ssdMax)
@@ -484,7 +490,8 @@ async function interference(ctx: Ctx, c: Cfg): Promise<InterferenceCell> {
   const k = ctx.args.interferenceVms
   const disks: Disk[] = []
   for (let i = 0; i < k; i++) disks.push(await disk(ctx, ctx.set.data.ext3, `meta${String(i + 1).padStart(2, '0')}`))
-  const streams = Array.from({ length: ctx.args.streamVms }, (_, i) => streamDisk(ctx, `stream${i + 1}`, 4 * 2 ** 30))
+  const streams: string[] = []
+  for (let i = 0; i < ctx.args.streamVms; i++) streams.push(await streamDisk(ctx, `stream${i + 1}`, 4 * 2 ** 30))
   const snap = path.join(dir, 'day.sqlite')
   const tag = `interference (${c.key})`
   if (c.keeps) {
@@ -537,7 +544,8 @@ async function bigstore(ctx: Ctx, c: Cfg): Promise<BigCell> {
   const cap = ctx.args.bigSsdMax
   const disks: Disk[] = []
   for (let i = 0; i < m; i++) disks.push(await disk(ctx, ctx.set.data.ext3, `big${String(i + 1).padStart(2, '0')}`))
-  const streams = Array.from({ length: 2 }, (_, i) => streamDisk(ctx, `stream${i + 1}`, 4 * 2 ** 30))
+  const streams: string[] = []
+  for (let i = 0; i < 2; i++) streams.push(await streamDisk(ctx, `stream${i + 1}`, 4 * 2 ** 30))
   const dataBytes = disks.reduce((a, d) => a + d.image.bytes, 0) + streams.length * (4 * 2 ** 30)
   const ssd = path.join(dir, 'ssd.sqlite')
   const tag = `datastore >> SSD (${c.key})`
