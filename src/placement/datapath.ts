@@ -282,7 +282,7 @@ export class Datapath {
 
   /** Scan, then warm start; scans run one at a time for the mount. */
   private async introspect(entry: ImageEntry): Promise<void> {
-    const done = await this.scanSlots.run(() => scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed, memoryLeft: () => this.introspectMemoryLeft(entry) }))
+    const done = await this.scanSlots.run(() => scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed, memoryLeft: () => this.introspectMemoryLeft(entry), scansRunning: () => this.scanSlots.running }))
     if (!done) return
     // warmStart adopts the scan's kept copies before its first await: the native table is built after.
     const warm = warmStart({

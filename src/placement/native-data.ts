@@ -5,7 +5,7 @@
 //
 // | state  | the binding may | the block is                                            |
 // | ------ | --------------- | ------------------------------------------------------- |
-// | NONE   | nothing         | fast-tier (meta-data, small/boot files' data: the live map must see its writes, the tiers serve its reads), dirty (the SSD store is the authority), a copy in RAM (the RAM index answers its reads), block 0 (the identity signature follows its writes), not yet learnt, or past the end |
+// | NONE   | nothing         | fast-tier (meta-data, small/boot files' data: the live map must see its writes, the tiers serve its reads), dirty (the SSD store is the authority), a copy in RAM (the RAM index answers its reads), data with a clean SSD copy (a learnt boot set's: JavaScript reads the copy), block 0 (the identity signature follows its writes), not yet learnt, or past the end |
 // | READ   | read it         | data whose HDD copy is the authority, with a clean copy in the SSD store, a load in progress, or not known to be allocated by the guest while new data is held |
 // | RW     | read and write  | data with no copy anywhere, allocated in the guest (or new data is not held) |
 //
@@ -269,7 +269,10 @@ export class NativeData {
     const fast: Array<[number, number]> = []
     for (const [start, count, cls] of entry.map.runs()) if (isFastTier(cls)) fast.push([start, count])
     // RAM copies NONE: the binding's RAM index answers them (a miss comes to JavaScript, which learns the block again).
-    s.native.build(fast, free, [...s.held.heldBlocks(), ...s.watch.watchedBlocks()], [...s.held.dirtyBlocks(), ...this.ram.blocksOf(entry.id)])
+    // Data blocks with a clean SSD copy (learnt boot sets) NONE too: JavaScript serves them from the SSD store.
+    const held = s.held.heldBlocks()
+    const heldData = held.filter((b) => !isFastTier(s.classOf(b)))
+    s.native.build(fast, free, [...held, ...s.watch.watchedBlocks()], [...s.held.dirtyBlocks(), ...heldData, ...this.ram.blocksOf(entry.id)])
     this.register(entry)
   }
 

@@ -150,6 +150,18 @@ export class ImageRouter implements Router {
         if (runLen === 0 && s.ram.get(s.key(b), tmp)) {
           tmp.copy(buf, at - pos, at - b * BLOCK, end - b * BLOCK)
           st.ramHits++
+        } else if (s.held.isHeld(b)) {
+          // A clean copy on the SSD store (a learnt boot set's block, vm-start.ts): it, not the HDD.
+          await flushRun(false)
+          const held = s.held.read(b)
+          if (held) {
+            held.data.copy(buf, at - pos, at - b * BLOCK, end - b * BLOCK)
+            st.ssdHits++
+          } else {
+            runStart = at
+            runLen = end - at
+            st.hddReads++
+          }
         } else {
           if (runLen === 0) runStart = at
           runLen += end - at

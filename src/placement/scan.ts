@@ -21,7 +21,7 @@ import type { ImageEntry } from './image'
 const MAX_SCAN_TRIES = 3
 /** Blocks written during a scan remembered for the retry decision (past this: retry). */
 const MAX_SCAN_WRITES = 1 << 16
-/** What the scan read and the preload takes instead of reading it again: at most this many bytes (512 MiB). */
+/** What the scans read and the preloads take instead of reading it again: at most this many bytes (512 MiB) for all scans running at once. */
 const SCAN_KEEP_MAX = 512 << 20
 
 export interface ScanContext {
@@ -32,6 +32,8 @@ export interface ScanContext {
   closed: () => boolean
   /** Bytes of the daemon's introspection memory ceiling (--introspect-memory) this image may take (default: no ceiling). */
   memoryLeft?: () => number
+  /** Scans running now, this one included: they share SCAN_KEEP_MAX. */
+  scansRunning?: () => number
 }
 
 /** Scans an image (again while the guest races it), installs the map, and returns whether it is done (then the warm start may run). */
@@ -58,7 +60,7 @@ export async function scanImage(entry: ImageEntry, ctx: ScanContext): Promise<bo
     let ins: Inspection
     let fileMap: ImageMap
     // What the scan reads is kept for the preload (it is most of the meta-data); writes drop their copies.
-    entry.keeper.keep(SCAN_KEEP_MAX)
+    entry.keeper.keep(Math.floor(SCAN_KEEP_MAX / Math.max(1, ctx.scansRunning?.() ?? 1)))
     try {
       const openFile = async (p: string): Promise<DiskFile> => (p === entry.abs ? new RouterFile(entry, ctx.closed) : FileReader.open(p))
       const memoryLeft = ctx.memoryLeft?.() ?? Infinity

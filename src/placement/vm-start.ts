@@ -35,7 +35,7 @@ import type { SsdStore } from '../store/ssd'
 import { foldRuns } from './blocks'
 import type { ImageEntry } from './image'
 import { BOOT_RAM_PRIORITY, ramWorthy } from './image-state'
-import { NATIVE_NONE, NATIVE_READ } from './native-data'
+import { NATIVE_NONE } from './native-data'
 
 /** Blocks of a learnt boot set at most (1 GiB); a boot that reads more keeps its first ones. */
 export const MAX_LEARN_BLOCKS = 262_144
@@ -92,6 +92,7 @@ export function vmStarting(entry: ImageEntry, ram: RamCache, ssd: SsdStore, why:
   if (again) return
   const read = new Set<number>()
   learning.set(entry, read)
+  booting.add(entry)
   s.onGuestRead = (first, last) => {
     for (let b = first; b <= last && read.size < MAX_LEARN_BLOCKS; b++) read.add(b)
   }
@@ -99,6 +100,9 @@ export function vmStarting(entry: ImageEntry, ram: RamCache, ssd: SsdStore, why:
   log.info(`image ${entry.rel}: VM start (${why}): its meta-data and boot files go to RAM first${learnt ? `, then the ${learnt.reduce((a, r) => a + r[1], 0)} block(s) its last boot read` : ''}`)
   void copyBootSet(entry, ram, stop).then(() => (learnt ? prefetchLearnt(entry, ram, learnt, stop) : undefined))
 }
+
+/** Images booting now (a boot storm's prefetches share RAM). */
+const booting = new Set<ImageEntry>()
 
 /** What each booting image's guest has read since its start (the boot set being learnt). */
 const learning = new WeakMap<ImageEntry, Set<number>>()
@@ -117,15 +121,20 @@ async function prefetchLearnt(entry: ImageEntry, ram: RamCache, runs: Array<[num
   const fileBlocks = Math.ceil(s.size / BLOCK)
   // Meta-data and boot files come by their own path; a copy in RAM or a write meanwhile wins.
   const wanted = (b: number) => !s.routedAsMeta(b) && !ram.has(s.key(b))
+  let taken = 0
   const toRam = (b: number, blk: Buffer) => {
+    taken++
     ram.set(s.key(b), blk, BOOT_RAM_PRIORITY, true)
     // The binding then answers it from RAM (its RAM index), not from the HDD file.
     s.native?.lower(b, 1, NATIVE_NONE)
     s.counters.bootPrefetched++
   }
+  // In a boot storm each image prefetches at most its share of half the RAM: past it, prefetched
+  // blocks would evict other booting images' before their guests read them (the rest of a set
+  // kept on the SSD store is read from there when the guest asks).
   for (const [start, count] of runs) {
     for (let at = start; at < Math.min(start + count, fileBlocks); at += PREFETCH_SPAN) {
-      if (stop() || !entry.boot) return
+      if (stop() || !entry.boot || taken >= ram.capacity / 2 / Math.max(1, booting.size)) return
       const end = Math.min(at + PREFETCH_SPAN, start + count, fileBlocks)
       // The SSD store's copies first (no await between the read and the insert: a write cannot slip in).
       let lo = end
@@ -161,11 +170,11 @@ async function prefetchLearnt(entry: ImageEntry, ram: RamCache, runs: Array<[num
  * At a boot's end: the learnt set's data blocks get clean copies in the SSD
  * store (from RAM where a copy is there, else read from the HDD in file-order
  * spans in the background), so the next start reads them from the SSD, not
- * the HDD. They are data: reads of them go on to the HDD file (or RAM) as
- * before, a write drops the copy (ImageState.dropCopies), the native table
- * keeps them READ (lowered before the HDD read, so a native write cannot
- * slip in between), and the cap's eviction takes them first (the lowest
- * class priority).
+ * the HDD. They are data: JavaScript serves reads of them from the copy (the
+ * router; the native table keeps them NONE, lowered before the HDD read so no
+ * native write slips in between), a write drops the copy
+ * (ImageState.dropCopies), and the cap's eviction takes them first (the
+ * lowest class priority).
  */
 async function keepLearnt(entry: ImageEntry, ram: RamCache, blocks: number[], stop: () => boolean): Promise<void> {
   const s = entry.state
@@ -189,7 +198,7 @@ async function keepLearnt(entry: ImageEntry, ram: RamCache, blocks: number[], st
         }
       }
       if (lo < hi) {
-        s.native?.lower(lo, hi - lo, NATIVE_READ)
+        s.native?.lower(lo, hi - lo, NATIVE_NONE)
         const w = s.watch.range(lo, hi)
         try {
           const buf = Buffer.allocUnsafe((hi - lo) * BLOCK)
@@ -270,6 +279,7 @@ export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdSt
     if (forced.delete(e)) s.native?.readsToJs(false)
     const read = learning.get(e)
     learning.delete(e)
+    booting.delete(e)
     const data = read ? [...read].filter((blk) => !isFastTier(s.classOf(blk))).sort((x, y) => x - y) : []
     if (data.length && !ssd.failed) {
       ssd.saveBootSet(e.id, foldRuns(data))

@@ -159,5 +159,26 @@ describe('the VM-start signal through a mount', () => {
     } finally {
       expect(await m.stop()).toBe(0)
     }
+    // A start with RAM for a fraction of the set (a boot storm's share): the prefetch stops at its
+    // share, and the guest's reads of the rest come from the SSD store's copies, not the HDD.
+    m = await mount(store, path.join(base, 'mnt2'), ['--ram-cache', '1M'], env)
+    try {
+      const f = fs.openSync(path.join(m.mnt, 'vm1', 'disk.img'), fs.constants.O_RDONLY | fs.constants.O_DIRECT)
+      await waitFor(() => imageStats(m.mnt, 'vm1/disk.img')?.scan.warm === true, 60_000, 'the warm start')
+      await new Promise((r) => setTimeout(r, 500))
+      const st = imageStats(m.mnt, 'vm1/disk.img')!
+      expect(st.bootPrefetched).toBeLessThan(lib.length)
+      const before = st.classes.data ?? { ssdHits: 0, hddReads: 0 }
+      const b = Buffer.alloc(4096)
+      for (const [i, blk] of lib.entries()) {
+        fs.readSync(f, b, 0, 4096, blk * 4096)
+        expect(b.equals(i === 3 ? fresh : content.subarray(i * 4096, (i + 1) * 4096)), `block ${i} of the library`).toBe(true)
+      }
+      fs.closeSync(f)
+      const after = imageStats(m.mnt, 'vm1/disk.img')!.classes.data
+      expect(after.ssdHits - (before.ssdHits ?? 0)).toBeGreaterThan(lib.length / 2)
+    } finally {
+      expect(await m.stop()).toBe(0)
+    }
   }, 180_000)
 })
