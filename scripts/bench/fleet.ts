@@ -426,7 +426,8 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
   if (st.hdd) cell.hdd = { requests: st.hdd.requests, busySeconds: st.hdd.busyMs / 1000 }
   for (const d of disks) {
     const im = imageIn(st, d.flat) as unknown as Record<string, unknown> | null
-    if (im) progress(`${tag}: ${d.name}: ${['ramRefilled', 'bootPrefetched', 'bootKept', 'ssdBlocks', 'preloaded'].map((k) => `${k} ${im[k]}`).join(', ')}`)
+    const hdd = Object.entries((im?.classes ?? {}) as Record<string, { hddReads?: number }>).filter(([, v]) => v.hddReads).map(([k, v]) => `${k} ${v.hddReads}`).join(' ')
+    if (im) progress(`${tag}: ${d.name}: ${['ramRefilled', 'bootPrefetched', 'bootKept', 'ssdBlocks', 'preloaded', 'booting', 'bootsEnded'].map((k) => `${k} ${im[k]}`).join(', ')}; HDD reads by class: ${hdd || 'none'}`)
   }
   await stopAll(vms)
   await fuse.umount()

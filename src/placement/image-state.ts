@@ -141,6 +141,21 @@ export class ImageState {
   native: NativeBlocks | null = null
   /** Its VM is booting (vm-start.ts): boot files' data goes to RAM at BOOT_RAM_PRIORITY, not the lowest. */
   booting = false
+  /** Guest requests of the JavaScript path in progress (a request waiting at a busy disk is not a quiet guest). */
+  guestInFlight = 0
+
+  /** Runs one guest request: the idle clock is set at its start and its end, and it counts as in flight meanwhile. */
+  async guestRequest<T>(fn: () => Promise<T>): Promise<T> {
+    this.lastGuestIo = Date.now()
+    this.guestInFlight++
+    try {
+      return await fn()
+    } finally {
+      this.guestInFlight--
+      this.lastGuestIo = Date.now()
+    }
+  }
+
   /** Told of every guest read's blocks (vm-start.ts records what a booting VM reads). */
   onGuestRead: ((first: number, last: number) => void) | null = null
   /** The SSD block cache (block-cache.ts): a destaged block keeps its row as a clean copy whatever its class. */

@@ -90,8 +90,12 @@ export class ImageRouter implements Router {
   }
 
   async read(buf: Buffer, len: number, pos: number, guest = true): Promise<number> {
+    if (!guest) return this.readBlocks(buf, len, pos, false)
+    return this.state.guestRequest(() => this.readBlocks(buf, len, pos, true))
+  }
+
+  private async readBlocks(buf: Buffer, len: number, pos: number, guest: boolean): Promise<number> {
     const s = this.state
-    if (guest) s.lastGuestIo = Date.now()
     const n = Math.max(0, Math.min(len, s.size - pos))
     if (n === 0) return 0
     // Sequential data reads get Linux-style read-ahead into RAM at the lowest priority:
@@ -179,9 +183,12 @@ export class ImageRouter implements Router {
     return n
   }
 
-  async write(buf: Buffer, len: number, pos: number, absorb = false): Promise<number> {
+  write(buf: Buffer, len: number, pos: number, absorb = false): Promise<number> {
+    return this.state.guestRequest(() => this.writeBlocks(buf, len, pos, absorb))
+  }
+
+  private async writeBlocks(buf: Buffer, len: number, pos: number, absorb: boolean): Promise<number> {
     const s = this.state
-    s.lastGuestIo = Date.now()
     if (len === 0) return 0
     if (pos + len > s.size) {
       // Grow the HDD file first, so its size is the file's size whichever tier holds the bytes.

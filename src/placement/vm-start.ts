@@ -271,7 +271,8 @@ export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdSt
     const b = e.boot
     if (!b) continue
     const s = e.state
-    const quiet = now - Math.max(s.lastGuestIo, b.since) >= bootQuietMs()
+    // Quiet: no guest request for bootQuietMs(), and none in progress (in a boot storm a request can wait at the disk for seconds).
+    const quiet = s.guestInFlight === 0 && now - Math.max(s.lastGuestIo, b.since) >= bootQuietMs()
     if (!quiet && now - b.since < BOOT_MAX_MS) continue
     e.boot = null
     s.booting = false
