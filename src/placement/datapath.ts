@@ -280,7 +280,7 @@ export class Datapath {
     return entry
   }
 
-  /** Scan, then warm start; scans run one at a time for the mount. */
+  /** Scan, then warm start; scans run up to MAX_SCANS at once for the mount. */
   private async introspect(entry: ImageEntry): Promise<void> {
     const done = await this.scanSlots.run(() => scanImage(entry, { storeRoot: this.opts.storeRoot, smallFileBytes: this.opts.smallFileBytes ?? 0, bootFiles: this.opts.bootFiles ?? false, ssd: this.ssd, closed: () => this.closed, memoryLeft: () => this.introspectMemoryLeft(entry), scansRunning: () => this.scanSlots.running }))
     if (!done) return
