@@ -707,6 +707,8 @@ async function clearStale(work: string): Promise<void> {
 export async function fleet(argv: string[], self: string): Promise<void> {
   const args = parseArgs(argv)
   const t0 = Date.now()
+  // The commit the run's build is of: read now (a commit made while it runs is not what it measured).
+  const commit = spawnSync('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()
   if (process.getuid?.() !== 0) usage('run as root (FUSE mounts, loop devices, guest mounts, cgroups)')
   if (!fs.existsSync(CLI)) usage(`${CLI} is missing: build first (npx tsc -p .)`)
   if (args.vmMemory && !memoryCgroupsAvailable()) usage('no cgroup v1 memory controller at /sys/fs/cgroup/memory: give --vm-memory off')
@@ -765,7 +767,6 @@ export async function fleet(argv: string[], self: string): Promise<void> {
   }
   if (args.parts.includes('interference')) for (const c of cfgs) r.interference[c.key] = await guard(`interference (${c.key})`, () => interference(ctx, c), { alone: [], streams: [], streamMiBs: null })
   if (args.parts.includes('bigstore')) for (const c of cfgs) r.bigstore[c.key] = await guard(`datastore >> SSD (${c.key})`, () => bigstore(ctx, c), { du: null, find: null, rm: null, dataBytes: 0 })
-  const commit = spawnSync('git', ['-C', PROJECT_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()
   const meta: Record<string, string> = {
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     commit,
