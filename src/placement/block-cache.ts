@@ -56,6 +56,24 @@ export class SequentialCutoff {
     if (this.streams.size > STREAMS) this.streams.delete(this.streams.keys().next().value as number)
     return this.cutoff > 0 && bytes >= this.cutoff
   }
+
+  /**
+   * Bytes [start, end) read without a request of ours (a block the binding answered from RAM):
+   * they continue a stream that ends inside them (a request's tail in the block), or start one;
+   * bytes a stream already covers change nothing.
+   */
+  noteRange(start: number, end: number, now = Date.now()): void {
+    for (const [k, v] of this.streams) {
+      if (v.until <= now) continue
+      if (k >= start && k <= end) {
+        this.streams.delete(k)
+        this.streams.set(end, { bytes: v.bytes + end - k, until: now + STREAM_MS })
+        return
+      }
+      if (k > end && k - v.bytes <= start) return
+    }
+    this.note(start, end - start, now)
+  }
 }
 
 /**
@@ -160,7 +178,15 @@ export class BlockCacheRouter extends ConventionalRouter {
   }
 
   protected override admits(pos: number, n: number, guest: boolean): boolean {
+    // The RAM hits the binding answered before this request first: the stream sees every request in order.
+    if (guest) this.state.ram.drainNative?.()
     return guest && !this.cutoff.note(pos, n)
+  }
+
+  /** A block the binding answered from RAM: counted, and part of its stream (bcache sees every request). */
+  override servedFromRam(b: number, at: number): void {
+    super.servedFromRam(b, at)
+    this.cutoff.noteRange(b * BLOCK, (b + 1) * BLOCK, at)
   }
 
   protected override fromCache(b: number, into: Buffer): boolean {
@@ -168,7 +194,7 @@ export class BlockCacheRouter extends ConventionalRouter {
     const held = s.held.read(b)
     if (!held) return false
     held.data.copy(into, 0, 0, BLOCK)
-    s.ram.set(s.key(b), into, 0)
+    s.ram.set(s.key(b), into, 0, true)
     this.policy.touch(s.key(b))
     return true
   }
@@ -197,6 +223,7 @@ export class BlockCacheRouter extends ConventionalRouter {
     s.lastGuestIo = Date.now()
     if (len === 0) return 0
     if (pos + len > s.size) await s.grow(pos + len)
+    s.ram.drainNative?.()
     const bypass = this.cutoff.note(pos, len)
     const first = Math.floor(pos / BLOCK)
     const blocks = Array.from({ length: Math.floor((pos + len - 1) / BLOCK) - first + 1 }, (_, i) => first + i)
@@ -240,7 +267,7 @@ export class BlockCacheRouter extends ConventionalRouter {
       const inPlace = s.held.isDirty(b) && !s.ssd.failed && (!bypass || !whole)
       const back = blk !== null && (inPlace || (!bypass && s.canRedirect() && this.policy.makeRoom(key)))
       if (back) {
-        s.ram.set(key, blk!, 0)
+        s.ram.set(key, blk!, 0, true)
         s.held.putDirty(b, blk!, BlockClass.Data)
         st.redirected++
         continue
@@ -248,7 +275,7 @@ export class BlockCacheRouter extends ConventionalRouter {
       if (bypass) s.counters.bypassed++
       else s.counters.writeThrough++
       // Through: RAM holds the new bytes (or none), a clean copy goes now, a dirty one after the HDD write.
-      if (blk) s.ram.set(key, blk, 0)
+      if (blk) s.ram.set(key, blk, 0, true)
       else s.ram.delete(key)
       if (s.held.isDirty(b)) after.push([b, blk])
       else s.held.dropClean(b)
@@ -266,7 +293,7 @@ export class BlockCacheRouter extends ConventionalRouter {
     for (const [b, blk] of after) {
       s.held.drop(b)
       // A read may have copied the dirty bytes into RAM meanwhile.
-      if (blk) s.ram.set(s.key(b), blk, 0)
+      if (blk) s.ram.set(s.key(b), blk, 0, true)
       else s.ram.delete(s.key(b))
     }
   }

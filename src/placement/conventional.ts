@@ -2,7 +2,9 @@
 // no classes, no SSD store; the RAM budget is a plain LRU of every block read
 // or written, filled with Linux-style sequential read-ahead; writes go
 // through to the HDD file. The same interface as the introspecting router, so
-// the datapath and the binding treat both alike. The SSD block cache
+// the datapath and the binding treat both alike. Every RAM copy is servable:
+// the binding's RAM index answers reads of cached blocks on the libfuse
+// threads, as it does for (c). The SSD block cache
 // (block-cache.ts, configuration (f)) is this array with a cache below its
 // RAM: the read path's hooks below are where it plugs in.
 
@@ -26,7 +28,8 @@ export class ConventionalRouter implements Router {
     const st = s.stat(BlockClass.Data)
     const first = Math.floor(pos / BLOCK)
     const last = Math.floor((pos + n - 1) / BLOCK)
-    const sequential = this.ra.note(first, last)
+    // RAM hits the binding answered never reach us: a miss right after a cached block continues a stream.
+    const sequential = this.ra.note(first, last, s.ram.mirrored && first > 0 && s.ram.has(s.key(first - 1)))
     const admit = this.admits(pos, n, guest)
     const tmp = Buffer.allocUnsafe(BLOCK)
     for (let b = first; b <= last; ) {
@@ -56,7 +59,7 @@ export class ConventionalRouter implements Router {
         for (let k = b; k < raEnd; k++) {
           const blk = chunk.subarray((k - b) * BLOCK, (k - b + 1) * BLOCK)
           if (!w.written(k) && this.hddCurrent(k)) {
-            s.ram.set(s.key(k), blk, 0)
+            s.ram.set(s.key(k), blk, 0, true)
             if (k < end) this.missed(k, blk, admit)
           }
           if (k < end) copyPart(blk, k, buf, pos, n)
@@ -109,7 +112,7 @@ export class ConventionalRouter implements Router {
       s.watch.touched(b)
       const lo = Math.max(pos, b * BLOCK)
       const hi = Math.min(pos + len, (b + 1) * BLOCK)
-      if (hi - lo === BLOCK) s.ram.set(s.key(b), buf.subarray(lo - pos, hi - pos), 0)
+      if (hi - lo === BLOCK) s.ram.set(s.key(b), buf.subarray(lo - pos, hi - pos), 0, true)
       else s.ram.delete(s.key(b))
     }
     await pwriteFull(s.dev, buf, 0, len, pos)

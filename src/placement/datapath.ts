@@ -444,9 +444,10 @@ export class Datapath {
    * count as RAM hits of their image and class and as LRU use, as if JS had served them.
    */
   serveNatively(mirror: RamMirror, drain: (out: Float64Array) => number): void {
-    if (classless(this.opts.cacheMode) || this.ram.capacity === 0) return
+    if (this.ram.capacity === 0) return
     this.ram.attachMirror(mirror)
     this.ramDrain = new RamDrain(this.ram, drain, (id) => this.byId.get(id))
+    this.ram.drainNative = () => this.ramDrain?.run()
   }
 
   /** The native data path (native-data.ts): `register`/`unregister` hand an image's table to its open handles and take it back. Not for the conventional array nor the block cache, nor under --emulate-hdd (the emulated disk must see every HDD I/O). */

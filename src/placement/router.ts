@@ -35,9 +35,13 @@ export class ReadAhead {
   private next = -1
   window = RA_MIN
 
-  /** Records a read of blocks [first, last]; whether it continues the previous one. */
-  note(first: number, last: number): boolean {
-    const sequential = first === this.next || first === this.next - 1
+  /**
+   * Records a read of blocks [first, last]; whether it continues the previous one.
+   * `context`: the caller knows the block before `first` was just read (it is cached, and
+   * reads of cached blocks were answered without it: Linux's context read-ahead).
+   */
+  note(first: number, last: number, context = false): boolean {
+    const sequential = context || first === this.next || first === this.next - 1
     this.window = sequential ? Math.min(RA_MAX, this.window * 2) : RA_MIN
     this.next = last + 1
     return sequential

@@ -63,6 +63,13 @@ export class RamCache {
   private mirror: RamMirror | null = null
   /** Told of every key before its copy is stored (the native data path stops native writes of the block). */
   onSet: ((key: number) => void) | null = null
+  /** Counts the hits the mirror answered so far (the datapath's RAM drain), for a caller that needs them before its own request. */
+  drainNative: (() => void) | null = null
+
+  /** Whether a mirror answers reads of servable blocks (the binding's RAM index). */
+  get mirrored(): boolean {
+    return this.mirror !== null
+  }
   /** Blocks of meta-data priority (> 0) an image keeps against other images' blocks (null: no floors). */
   floorOf: ((image: number) => number) | null = null
   /** Per image: its blocks of priority > 0, and all its blocks. */

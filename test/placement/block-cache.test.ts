@@ -31,6 +31,19 @@ const MiB = 1 << 20
 const NO_BACKGROUND_DESTAGE = { VMDI_DESTAGE_INTERVAL_MS: String(24 * 3600 * 1000) }
 
 describe('SequentialCutoff (bcache sequential_cutoff)', () => {
+  it('blocks answered from RAM without a request continue the stream they extend, also from inside a block; covered bytes change nothing', () => {
+    const c = new SequentialCutoff()
+    // A request ends 2,848 bytes before a block boundary; the binding answers that block; the next request continues.
+    expect(c.note(0, 128224, 0)).toBe(false)
+    c.noteRange(126976, 131072, 0)
+    c.noteRange(126976, 131072, 0) // again: covered
+    for (let b = 32; b < 1023; b++) c.noteRange(b * 4096, (b + 1) * 4096, 0)
+    expect(c.note(1023 * 4096, 4096, 0)).toBe(true) // the stream's 1,024th block: 4 MiB
+    // A block elsewhere starts its own stream.
+    c.noteRange(50 << 20, (50 << 20) + 4096, 0)
+    expect(c.note((50 << 20) + 4096, 4096, 0)).toBe(false)
+  })
+
   it('bypasses a stream once it has reached 4 MiB, not random requests; a gap or a pause of 5 s starts a new stream', () => {
     const c = new SequentialCutoff()
     const r = rng(3)
@@ -460,4 +473,44 @@ describe('a block-cache mount', () => {
       expect(await m.stop()).toBe(0)
     }
   }, 60_000)
+})
+
+describe('(b) and (f) answer RAM hits on the libfuse threads, as (c) does', () => {
+  for (const mode of ['conventional', 'block-cache']) {
+    it(`--cache-mode ${mode}: re-reads are answered by the binding's RAM index; a sequential read keeps its read-ahead going between natively answered requests${mode === 'block-cache' ? '; the cutoff sees those requests' : ''}`, async () => {
+      const d = mountDirs(`native-${mode}`)
+      const sh = fs.readFileSync(d.img)
+      const args = ['--cache-mode', mode, '--ram-cache', '64M', ...(mode === 'block-cache' ? ['--ssd-max', '64M', '--ssd', path.join(path.dirname(d.store), 'ssd.sqlite')] : [])]
+      const m = await mount(d.store, d.mnt, args, NO_BACKGROUND_DESTAGE)
+      const fh = await fs.promises.open(path.join(m.mnt, 'vm.img'), fs.constants.O_RDONLY | fs.constants.O_DIRECT)
+      try {
+        const buf = Buffer.alloc(128 << 10)
+        // A sequential read of 16 MiB in 128 KiB requests: the window grows to 128 KiB, so a
+        // request's successor is in RAM and answered natively; the next miss must still count as
+        // sequential (its preceding block is cached) or the read-ahead would start over.
+        for (let at = 0; at < 16 * MiB; at += buf.length) {
+          await fh.read(buf, 0, buf.length, at)
+          expect(buf.equals(sh.subarray(at, at + buf.length)), `bytes at ${at}`).toBe(true)
+        }
+        await new Promise((r) => setTimeout(r, 100)) // the drain of the binding's hits
+        let im = stats(m.mnt).images[0]
+        const seqNative = im.nativeRamHits
+        // At least a third of the 4,096 blocks came from RAM without JavaScript (read-ahead kept up).
+        expect(seqNative).toBeGreaterThan(4096 / 3)
+        if (mode === 'block-cache') {
+          // The stream (natively answered requests included) passed 4 MiB: the rest went around the SSD store.
+          expect(im.bypassed).toBeGreaterThan(1000)
+          expect(im.ssdBlocks).toBeLessThanOrEqual(1024)
+        }
+        // A re-read of the first MiB: RAM hits, all answered by the binding.
+        for (let at = 0; at < MiB; at += buf.length) await fh.read(buf, 0, buf.length, at)
+        await new Promise((r) => setTimeout(r, 100))
+        im = stats(m.mnt).images[0]
+        expect(im.nativeRamHits - seqNative).toBeGreaterThanOrEqual(256)
+      } finally {
+        await fh.close()
+        expect(await m.stop()).toBe(0)
+      }
+    }, 60_000)
+  }
 })
