@@ -358,7 +358,7 @@ async function bootStorm(ctx: Ctx, c: Cfg, n: number): Promise<BootCell> {
   if (c.keeps) {
     // A day: attach every VM, (c)/(e) scan and preload, everyone boots once (learnt); boots end.
     progress(`${tag}: the day before: attach, ${c.introspect ? 'scans and preloads, ' : ''}one boot each`)
-    const day = await mount(ctx, c, ssd, ctx.args.ssdMax, c.emulated, { VMDI_BOOT_QUIET_MS: '3000' })
+    const day = await mount(ctx, c, ssd, ctx.args.ssdMax, c.emulated, { VMDI_BOOT_QUIET_MS: '10000' })
     const vms = await Promise.all(disks.map((d) => startVm(ctx, d, false, { lock: false, mountGuests: false })))
     if (c.introspect) {
       const started = await waitScans(day, disks.map((d) => d.flat))
