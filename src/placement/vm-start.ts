@@ -176,10 +176,11 @@ async function prefetchLearnt(entry: ImageEntry, ram: RamCache, runs: Array<[num
  * (ImageState.dropCopies), and the cap's eviction takes them first (the
  * lowest class priority).
  */
-async function keepLearnt(entry: ImageEntry, ram: RamCache, blocks: number[], stop: () => boolean): Promise<void> {
+async function keepLearnt(entry: ImageEntry, ram: RamCache, blocks: number[]): Promise<void> {
   const s = entry.state
   const blk = Buffer.allocUnsafe(BLOCK)
-  const gone = () => stop() || entry.unlinked || s.ssd.failed !== null || !s.canRedirect()
+  // canRedirect() is false once the mount closes.
+  const gone = () => entry.unlinked || s.ssd.failed !== null || !s.canRedirect()
   const wanted = (b: number) => !s.held.isHeld(b) && !s.routedAsMeta(b)
   for (const [start, count] of foldRuns(blocks)) {
     for (let at = start; at < start + count; at += PREFETCH_SPAN) {
@@ -261,31 +262,34 @@ export function bootRamBlocks(e: ImageEntry, ram: RamCache): { blocks: number; r
  * the boot needed (boot files' data, the learnt set's prefetched blocks) drop
  * to the lowest priority.
  */
-export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdStore, now = Date.now(), stop: () => boolean = () => false): void {
+export function endBoots(images: Iterable<ImageEntry>, ram: RamCache, ssd: SsdStore, now = Date.now()): void {
   for (const [e, since] of forced) {
     if (e.boot && now - since < BOOT_LEARN_MS) continue
     forced.delete(e)
     e.state.native?.readsToJs(false)
   }
+  // Booting images are those of the mount still booting: one detached or gone meanwhile no longer takes a share.
+  booting.clear()
   for (const e of images) {
     const b = e.boot
     if (!b) continue
+    booting.add(e)
     const s = e.state
     // Quiet: no guest request for bootQuietMs(), and none in progress (in a boot storm a request can wait at the disk for seconds).
     const quiet = s.guestInFlight === 0 && now - Math.max(s.lastGuestIo, b.since) >= bootQuietMs()
     if (!quiet && now - b.since < BOOT_MAX_MS) continue
     e.boot = null
+    booting.delete(e)
     s.booting = false
     s.onGuestRead = null
     if (forced.delete(e)) s.native?.readsToJs(false)
     const read = learning.get(e)
     learning.delete(e)
-    booting.delete(e)
     const data = read ? [...read].filter((blk) => !isFastTier(s.classOf(blk))).sort((x, y) => x - y) : []
     if (data.length && !ssd.failed) {
       ssd.saveBootSet(e.id, foldRuns(data))
       e.bootLearned = data.length
-      void keepLearnt(e, ram, data, stop).catch((x) => log.warn(`image ${e.rel}: keeping its boot set on the SSD store stopped: ${(x as Error).message}`))
+      void keepLearnt(e, ram, data).catch((x) => log.warn(`image ${e.rel}: keeping its boot set on the SSD store stopped: ${(x as Error).message}`))
     }
     let n = 0
     for (const blk of ram.blocksOf(e.id)) {
